@@ -1,0 +1,156 @@
+//! The `readtier` command line: `serve` (the default), `migrate`, `seed`.
+//!
+//! Exit statuses: 0 success, 64 invalid configuration or usage, 1 anything else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::CatalogData;
+use crate::config::Config;
+use crate::node;
+use crate::store::Store;
+
+/// Exit status for invalid configuration or usage (sysexits EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "readtier",
+    version,
+    about = "The read tier for plan pricing and playback entitlement"
+)]
+struct Cli {
+    /// A configuration file layered over config/default.toml (also READTIER_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Create the store's tables, indexes and change-capture triggers (idempotent).
+    Migrate,
+    /// Load the reference catalog (if the store has none) and N synthetic members, ids 1..=N.
+    Seed {
+        /// How many members to create or overwrite.
+        #[arg(long)]
+        members: u64,
+    },
+}
+
+/// Runs the command line; the return value is the process exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_CONFIG),
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("readtier: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cfg),
+        Command::Migrate => migrate(&cfg),
+        Command::Seed { members } => seed(&cfg, members),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("readtier: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.store)?;
+    let Store::Sqlite(s) = &store;
+    s.migrate()?;
+    println!("migrated {}", store.describe());
+    Ok(())
+}
+
+fn seed(cfg: &Config, members: u64) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.store)?;
+    let Store::Sqlite(s) = &store;
+    s.migrate()?;
+    if s.catalog_is_empty()? {
+        s.write_catalog(&CatalogData::reference()?)?;
+        println!("seeded the reference catalog");
+    }
+    let catalog = s.load_catalog()?;
+    let took = node::seed_members_into(&store, &catalog, members)?;
+    let secs = took.as_secs_f64();
+    println!(
+        "seeded {members} members in {secs:.2}s ({:.0} members/s) into {}",
+        members as f64 / secs.max(1e-9),
+        store.describe()
+    );
+    Ok(())
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let running = node::start(cfg, shutdown.clone()).await?;
+        println!(
+            "readtier listening on http://{} (admin http://{})",
+            running.addr, running.admin_addr
+        );
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            shutdown.cancel();
+        });
+        running.wait().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; watching SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,480 @@
+//! Layered configuration: the commented `config/default.toml` compiled into the
+//! binary, then an optional file, then `READTIER_*` environment variables.
+//!
+//! Every key a layer may set is a key of the default file, so a typo in a file or an
+//! environment variable is an error naming it rather than a setting silently ignored.
+//! Values are checked here, once, at start: the rest of the program holds a typed
+//! [`Config`] and never parses a setting again.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default file, with every key documented.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "READTIER_";
+
+/// The environment variable naming an optional configuration file.
+pub const ENV_CONFIG_FILE: &str = "READTIER_CONFIG";
+
+/// A configuration that cannot be used; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration key `{key}` (from {source_name}): {reason}")]
+    Invalid {
+        key: String,
+        source_name: String,
+        reason: String,
+    },
+    #[error("configuration key `{key}` (from {source_name}) is not a known key")]
+    Unknown { key: String, source_name: String },
+    #[error("configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// The typed configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store: StoreUrl,
+    pub seed_members: u64,
+    pub l1: L1Config,
+    pub http: HttpConfig,
+    pub changes: ChangesConfig,
+}
+
+/// Where the source of truth lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An SQLite database file (the embedded default).
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct L1Config {
+    pub capacity: u64,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub drain_delay: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChangesConfig {
+    pub poll_interval: Duration,
+    pub retention: Duration,
+}
+
+/// One raw value and the layer it came from (for error messages).
+#[derive(Debug, Clone)]
+struct Raw {
+    value: toml::Value,
+    source_name: String,
+}
+
+impl Config {
+    /// Loads the layers from the process: `file` (or `READTIER_CONFIG`), then the
+    /// environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(ENV_CONFIG_FILE).map(PathBuf::from));
+        let file_text = match &file {
+            Some(path) => Some((
+                path.clone(),
+                std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
+            )),
+            None => None,
+        };
+        Self::from_layers(
+            file_text.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+            &env,
+        )
+    }
+
+    /// Builds a configuration from explicit layers; `env` is a list of
+    /// `(name, value)` pairs of which only `READTIER_*` ones are considered.
+    pub fn from_layers(
+        file: Option<(&Path, &str)>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        // The default file is part of the binary; failing to parse it is a build bug,
+        // caught by the unit tests below.
+        let defaults: toml::Table = DEFAULT_TOML.parse().expect("config/default.toml parses");
+        let mut values = BTreeMap::new();
+        flatten("", &defaults, "config/default.toml", &mut values);
+
+        if let Some((path, text)) = file {
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: path.to_path_buf(),
+                        reason: e.message().to_string(),
+                    })?;
+            let mut layer = BTreeMap::new();
+            let name = path.display().to_string();
+            flatten("", &table, &name, &mut layer);
+            for (key, raw) in layer {
+                let Some(default) = values.get(&key) else {
+                    return Err(ConfigError::Unknown {
+                        key,
+                        source_name: name,
+                    });
+                };
+                if std::mem::discriminant(&default.value) != std::mem::discriminant(&raw.value) {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        source_name: name,
+                        reason: format!(
+                            "expected a {}, found a {}",
+                            default.value.type_str(),
+                            raw.value.type_str()
+                        ),
+                    });
+                }
+                values.insert(key, raw);
+            }
+        }
+
+        for (name, text) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if name == ENV_CONFIG_FILE {
+                continue;
+            }
+            let key = values
+                .keys()
+                .find(|k| env_name_of(k) == *name)
+                .cloned()
+                .ok_or_else(|| ConfigError::Unknown {
+                    key: rest.to_ascii_lowercase(),
+                    source_name: format!("environment variable {name}"),
+                })?;
+            let source_name = format!("environment variable {name}");
+            let value = match &values[&key].value {
+                toml::Value::Integer(_) => {
+                    let n = text.trim().replace('_', "").parse::<i64>().map_err(|_| {
+                        ConfigError::Invalid {
+                            key: key.clone(),
+                            source_name: source_name.clone(),
+                            reason: format!("expected a whole number, found {text:?}"),
+                        }
+                    })?;
+                    toml::Value::Integer(n)
+                }
+                toml::Value::Boolean(_) => match text.trim() {
+                    "true" | "1" => toml::Value::Boolean(true),
+                    "false" | "0" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            key,
+                            source_name,
+                            reason: format!("expected true or false, found {text:?}"),
+                        })
+                    }
+                },
+                _ => toml::Value::String(text.clone()),
+            };
+            values.insert(key, Raw { value, source_name });
+        }
+
+        Self::from_values(&values)
+    }
+
+    fn from_values(values: &BTreeMap<String, Raw>) -> Result<Config, ConfigError> {
+        let get = Getter(values);
+        let data_dir = PathBuf::from(get.string("data_dir")?);
+        let store_text = get.string("store_url")?;
+        let store = parse_store_url("store_url", &store_text, &data_dir)
+            .map_err(|reason| get.invalid("store_url", reason))?;
+        let l1 = L1Config {
+            capacity: get.positive("l1.capacity")?,
+            ttl: get.duration("l1.ttl")?,
+            negative_ttl: get.duration("l1.negative_ttl")?,
+        };
+        let http = HttpConfig {
+            max_header_bytes: get.positive("http.max_header_bytes")? as usize,
+            max_body_bytes: get.positive("http.max_body_bytes")? as usize,
+            request_timeout: get.duration("http.request_timeout")?,
+            drain_delay: get.duration("http.drain_delay")?,
+            shutdown_timeout: get.duration("http.shutdown_timeout")?,
+        };
+        if http.max_header_bytes < 8192 {
+            return Err(get.invalid(
+                "http.max_header_bytes",
+                "must be at least 8192 (the HTTP/1 parser's smallest buffer)".into(),
+            ));
+        }
+        if l1.ttl.is_zero() {
+            return Err(get.invalid("l1.ttl", "must be longer than zero".into()));
+        }
+        if http.request_timeout.is_zero() {
+            return Err(get.invalid("http.request_timeout", "must be longer than zero".into()));
+        }
+        let changes = ChangesConfig {
+            poll_interval: get.duration("changes.poll_interval")?,
+            retention: get.duration("changes.retention")?,
+        };
+        if changes.poll_interval.is_zero() {
+            return Err(get.invalid("changes.poll_interval", "must be longer than zero".into()));
+        }
+        Ok(Config {
+            listen: get.addr("listen")?,
+            admin_listen: get.addr("admin_listen")?,
+            data_dir,
+            store,
+            seed_members: get.integer("seed_members")?,
+            l1,
+            http,
+            changes,
+        })
+    }
+}
+
+/// `l1.ttl` → `READTIER_L1_TTL`.
+pub fn env_name_of(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+fn flatten(prefix: &str, table: &toml::Table, source: &str, out: &mut BTreeMap<String, Raw>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, source, out),
+            other => {
+                out.insert(
+                    key,
+                    Raw {
+                        value: other.clone(),
+                        source_name: source.to_string(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn parse_store_url(key: &str, text: &str, data_dir: &Path) -> Result<StoreUrl, String> {
+    let _ = key;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(StoreUrl::Sqlite(data_dir.join("readtier.db")));
+    }
+    if let Some(path) = text.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err("sqlite:// needs a file path".into());
+        }
+        return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+    }
+    if text.contains("://") {
+        let scheme = text.split("://").next().unwrap_or_default();
+        return Err(format!(
+            "unsupported store scheme {scheme:?}: this build supports sqlite:// or a file path"
+        ));
+    }
+    Ok(StoreUrl::Sqlite(PathBuf::from(text)))
+}
+
+/// Parses "250ms", "5s", "2m", "1h" (and "0").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m or h)"))?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like \"250ms\" or \"5s\""))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+struct Getter<'a>(&'a BTreeMap<String, Raw>);
+
+impl Getter<'_> {
+    fn raw(&self, key: &str) -> &Raw {
+        // Every key read here is in config/default.toml; the unit tests load it.
+        self.0
+            .get(key)
+            .unwrap_or_else(|| panic!("config/default.toml lacks key {key}"))
+    }
+
+    fn invalid(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            source_name: self.raw(key).source_name.clone(),
+            reason,
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<String, ConfigError> {
+        match &self.raw(key).value {
+            toml::Value::String(s) => Ok(s.clone()),
+            other => Err(self.invalid(key, format!("expected a string, found {other}"))),
+        }
+    }
+
+    fn integer(&self, key: &str) -> Result<u64, ConfigError> {
+        match &self.raw(key).value {
+            toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
+            other => Err(self.invalid(
+                key,
+                format!("expected a non-negative whole number, found {other}"),
+            )),
+        }
+    }
+
+    fn positive(&self, key: &str) -> Result<u64, ConfigError> {
+        match self.integer(key)? {
+            0 => Err(self.invalid(key, "must be greater than zero".into())),
+            n => Ok(n),
+        }
+    }
+
+    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+        let s = self.string(key)?;
+        parse_duration(&s).map_err(|reason| self.invalid(key, reason))
+    }
+
+    fn addr(&self, key: &str) -> Result<SocketAddr, ConfigError> {
+        let s = self.string(key)?;
+        s.trim()
+            .parse()
+            .map_err(|_| self.invalid(key, format!("{s:?} is not an address like 127.0.0.1:8080")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_name_the_embedded_store() {
+        let c = Config::from_layers(None, &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            c.store,
+            StoreUrl::Sqlite(PathBuf::from("./var/readtier.db"))
+        );
+        assert_eq!(c.l1.ttl, Duration::from_secs(60));
+        assert_eq!(c.http.max_body_bytes, 4096);
+    }
+
+    #[test]
+    fn every_default_key_has_a_comment_above_it() {
+        let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let l = line.trim();
+            if l.is_empty() || l.starts_with('#') || l.starts_with('[') {
+                continue;
+            }
+            assert!(
+                i > 0 && lines[i - 1].trim().starts_with('#'),
+                "key line {l:?} has no comment above it"
+            );
+        }
+    }
+
+    #[test]
+    fn file_then_env_override_in_order() {
+        let file = "data_dir = \"/tmp/x\"\n[l1]\nttl = \"5s\"\n";
+        let c = Config::from_layers(
+            Some((Path::new("f.toml"), file)),
+            &env(&[
+                ("READTIER_L1_TTL", "7s"),
+                ("READTIER_LISTEN", "127.0.0.1:0"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.l1.ttl, Duration::from_secs(7));
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(
+            c.store,
+            StoreUrl::Sqlite(PathBuf::from("/tmp/x/readtier.db"))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (env(&[("READTIER_LISTEN", "nope")]), "`listen`"),
+            (env(&[("READTIER_L1_TTL", "5 parsecs")]), "`l1.ttl`"),
+            (env(&[("READTIER_L1_CAPACITY", "-1")]), "`l1.capacity`"),
+            (env(&[("READTIER_L1_CAPACITY", "0")]), "`l1.capacity`"),
+            (env(&[("READTIER_NO_SUCH_KEY", "1")]), "`no_such_key`"),
+            (env(&[("READTIER_STORE_URL", "mysql://x")]), "`store_url`"),
+            (
+                env(&[("READTIER_HTTP_MAX_HEADER_BYTES", "100")]),
+                "`http.max_header_bytes`",
+            ),
+        ];
+        for (e, needle) in cases {
+            let err = Config::from_layers(None, &e).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} should name {needle}");
+        }
+        let err = Config::from_layers(Some((Path::new("f.toml"), "[l1]\ncapacty = 3\n")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`l1.capacty`"), "{err}");
+        let err = Config::from_layers(Some((Path::new("f.toml"), "listen = 3\n")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`listen`") && err.contains("expected a string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

@@ -1,0 +1,663 @@
+//! The HTTP API: routing, the three lookups, problem answers, and the listeners.
+//!
+//! The request path, once:
+//! - `GET /v1/plans?country=CC`: the country's answer is pre-rendered in the current
+//!   catalog snapshot — a hit copies a reference-counted buffer (`x-served-from:
+//!   snapshot`); `If-None-Match` matching the ETag answers 304; a country without plans
+//!   is 404. The catalog never misses: a node does not serve without a snapshot.
+//! - `GET /v1/members/{id}/entitlement` and `POST /v1/playback/authorize`: the member is
+//!   looked up through [`Members`] — **hit** answers from L1; **miss** reads the store
+//!   once per member (concurrent misses wait for that one read); **stale** entries are
+//!   dropped by the change follower before they are read again; **failure** of the store
+//!   answers 503 problem JSON and caches nothing. The decision is computed from the
+//!   record and the same snapshot that supplies `x-catalog-version`.
+//! - Anything malformed is a 4xx problem (RFC 9457) naming what was wrong: 400 bad
+//!   input, 404 unknown path, 405 wrong method (with `Allow`), 408 body too slow, 413
+//!   body over the limit, 415 not JSON, 431 (from hyper) head over the limit.
+//!
+//! Requests are counted and timed per route and status with handles registered once.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::{is_country_code, CatalogHandle, Snapshot};
+use crate::config::HttpConfig;
+use crate::members::{self, Member, Members, Reason};
+use crate::telemetry::{HttpMetrics, Route};
+
+pub type Body = Full<Bytes>;
+
+static X_CATALOG_VERSION: HeaderName = HeaderName::from_static("x-catalog-version");
+static X_SERVED_FROM: HeaderName = HeaderName::from_static("x-served-from");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+const FROM_SNAPSHOT: HeaderValue = HeaderValue::from_static("snapshot");
+const FROM_L1: HeaderValue = HeaderValue::from_static("l1");
+const FROM_STORE: HeaderValue = HeaderValue::from_static("store");
+
+/// Which listener a request arrived on: the admin one also serves `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+/// What every request handler shares.
+pub struct App {
+    pub catalog: Arc<CatalogHandle>,
+    pub members: Arc<Members>,
+    /// Set at shutdown: `/readyz` answers 503 so load balancers stop sending.
+    pub draining: AtomicBool,
+    pub limits: HttpConfig,
+    prometheus: PrometheusHandle,
+    metrics: HttpMetrics,
+}
+
+impl App {
+    pub fn new(
+        catalog: Arc<CatalogHandle>,
+        members: Arc<Members>,
+        limits: HttpConfig,
+        prometheus: PrometheusHandle,
+    ) -> App {
+        App {
+            catalog,
+            members,
+            draining: AtomicBool::new(false),
+            limits,
+            prometheus,
+            metrics: HttpMetrics::register(),
+        }
+    }
+
+    /// Answers one request; never fails (errors are problem answers).
+    pub async fn handle(&self, req: Request<Incoming>, listener: Listener) -> Response<Body> {
+        let started = Instant::now();
+        let (route, resp) = self.route(req, listener).await;
+        self.metrics
+            .record(route, resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>, listener: Listener) -> (Route, Response<Body>) {
+        let path = req.uri().path();
+        if listener == Listener::Public {
+            if path == "/v1/plans" {
+                return (Route::Plans, self.plans(&req));
+            }
+            if path == "/v1/playback/authorize" {
+                return (Route::Authorize, self.authorize(req).await);
+            }
+            if let Some(rest) = path.strip_prefix("/v1/members/") {
+                if let Some(id) = rest.strip_suffix("/entitlement") {
+                    if !id.contains('/') {
+                        let id = id.to_string();
+                        return (Route::Entitlement, self.entitlement(&req, &id).await);
+                    }
+                }
+            }
+        }
+        match path {
+            "/healthz" => (
+                Route::Healthz,
+                only_get(&req)
+                    .unwrap_or_else(|| json_ok(Bytes::from_static(b"{\"status\":\"ok\"}"))),
+            ),
+            "/readyz" => (
+                Route::Readyz,
+                only_get(&req).unwrap_or_else(|| self.readyz()),
+            ),
+            "/metrics" if listener == Listener::Admin => (
+                Route::Metrics,
+                only_get(&req).unwrap_or_else(|| self.metrics_text()),
+            ),
+            _ => (
+                Route::Other,
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "Not Found",
+                    &format!("no resource at {path}"),
+                ),
+            ),
+        }
+    }
+
+    fn plans(&self, req: &Request<Incoming>) -> Response<Body> {
+        if let Some(resp) = only_get(req) {
+            return resp;
+        }
+        let cc = match country_param(req.uri().query()) {
+            Ok(cc) => cc,
+            Err(detail) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-country",
+                    "Malformed country code",
+                    &detail,
+                )
+            }
+        };
+        let snapshot = self.catalog.load();
+        let Some(entry) = snapshot.country(cc) else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "unknown-country",
+                "No plans for this country",
+                &format!("no plans are offered in {}", String::from_utf8_lossy(&cc)),
+            );
+        };
+        let not_modified = req
+            .headers()
+            .get(IF_NONE_MATCH)
+            .is_some_and(|v| etag_matches(v.as_bytes(), entry.etag.as_bytes()));
+        let (status, body) = if not_modified {
+            (StatusCode::NOT_MODIFIED, Bytes::new())
+        } else {
+            (StatusCode::OK, entry.body.clone())
+        };
+        let mut resp = Response::new(Full::new(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        if !not_modified {
+            h.insert(CONTENT_TYPE, JSON);
+        }
+        h.insert(ETAG, entry.etag.clone());
+        h.insert(X_CATALOG_VERSION.clone(), snapshot.version_header().clone());
+        h.insert(X_SERVED_FROM.clone(), FROM_SNAPSHOT);
+        resp
+    }
+
+    async fn entitlement(&self, req: &Request<Incoming>, id: &str) -> Response<Body> {
+        if let Some(resp) = only_get(req) {
+            return resp;
+        }
+        let id = match parse_member_id(id) {
+            Ok(id) => id,
+            Err(detail) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-member-id",
+                    "Malformed member id",
+                    &detail,
+                )
+            }
+        };
+        let (entry, from) = match self.lookup(id).await {
+            Ok(found) => found,
+            Err(resp) => return resp,
+        };
+        let snapshot = self.catalog.load();
+        let Some(member) = entry.as_ref() else {
+            let mut resp = problem(
+                StatusCode::NOT_FOUND,
+                "unknown-member",
+                "Unknown member",
+                &format!("there is no member {id}"),
+            );
+            with_member_headers(&mut resp, &snapshot, from);
+            return resp;
+        };
+        let mut resp = json_ok(render_entitlement(member, &snapshot));
+        with_member_headers(&mut resp, &snapshot, from);
+        resp
+    }
+
+    async fn authorize(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::POST {
+            return method_not_allowed("POST");
+        }
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let essence = v.split(';').next().unwrap_or("").trim();
+                essence.eq_ignore_ascii_case("application/json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the body as application/json",
+            );
+        }
+        let body = match read_body(req, &self.limits).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let ask: AuthorizeRequest = match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-body",
+                    "Malformed request body",
+                    &format!("expected {{\"member_id\": positive integer, \"device_class\": string, \"active_streams\": non-negative integer}}: {e}"),
+                )
+            }
+        };
+        if ask.member_id == 0 || ask.member_id > i64::MAX as u64 {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "malformed-member-id",
+                "Malformed member id",
+                "member_id must be a positive 64-bit integer",
+            );
+        }
+        if !valid_device_class(&ask.device_class) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "malformed-device-class",
+                "Malformed device class",
+                "device_class must be 1 to 32 characters of a-z, 0-9, '_' or '-' (for example \"tv\")",
+            );
+        }
+        let (entry, from) = match self.lookup(ask.member_id).await {
+            Ok(found) => found,
+            Err(resp) => return resp,
+        };
+        let snapshot = self.catalog.load();
+        let (reason, plan) = members::authorize(
+            entry.as_ref().as_ref(),
+            &snapshot,
+            &ask.device_class,
+            ask.active_streams,
+        );
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(b"{\"allowed\":");
+        out.extend_from_slice(if reason == Reason::Ok {
+            b"true"
+        } else {
+            b"false"
+        });
+        out.extend_from_slice(b",\"reason\":\"");
+        out.extend_from_slice(reason.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"max_streams\":");
+        match plan {
+            Some(p) => {
+                out.extend_from_slice(itoa::Buffer::new().format(p.max_streams).as_bytes());
+                out.extend_from_slice(b",\"max_resolution\":");
+                json_string(&mut out, &p.max_resolution);
+            }
+            None => out.extend_from_slice(b"0,\"max_resolution\":null"),
+        }
+        out.push(b'}');
+        let mut resp = json_ok(Bytes::from(out));
+        with_member_headers(&mut resp, &snapshot, from);
+        resp
+    }
+
+    /// A member lookup bounded by the request timeout; failures become 503 problems.
+    async fn lookup(
+        &self,
+        id: u64,
+    ) -> Result<(members::Entry, members::ServedFrom), Response<Body>> {
+        match tokio::time::timeout(self.limits.request_timeout, self.members.get(id)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => {
+                tracing::warn!(member = id, error = %e, "member lookup failed");
+                Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Member store unavailable",
+                    "the member could not be read; retry shortly",
+                ))
+            }
+            Err(_) => Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-timeout",
+                "Member store too slow",
+                "the member could not be read in time; retry shortly",
+            )),
+        }
+    }
+
+    fn readyz(&self) -> Response<Body> {
+        if self.draining.load(Ordering::Acquire) {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "Draining",
+                "this node is shutting down",
+            );
+        }
+        let snapshot = self.catalog.load();
+        let body = format!(
+            "{{\"status\":\"ready\",\"catalog_version\":{}}}",
+            snapshot.version()
+        );
+        let mut resp = json_ok(Bytes::from(body));
+        resp.headers_mut()
+            .insert(X_CATALOG_VERSION.clone(), snapshot.version_header().clone());
+        resp
+    }
+
+    fn metrics_text(&self) -> Response<Body> {
+        metrics::gauge!("readtier_l1_entries").set(self.members.len() as f64);
+        let mut resp = Response::new(Full::new(Bytes::from(self.prometheus.render())));
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        resp
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthorizeRequest {
+    member_id: u64,
+    device_class: String,
+    active_streams: u64,
+}
+
+fn valid_device_class(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The `country` query parameter, upper-cased; an error says what was wrong.
+pub fn country_param(query: Option<&str>) -> Result<[u8; 2], String> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("country="))
+        .ok_or_else(|| "the country query parameter is required, as in ?country=US".to_string())?;
+    let b = value.as_bytes();
+    if b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic) {
+        let cc = [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()];
+        debug_assert!(is_country_code(&cc));
+        return Ok(cc);
+    }
+    let shown: String = value.chars().take(16).collect();
+    Err(format!(
+        "country must be a two-letter ISO 3166-1 code such as US; got {shown:?}"
+    ))
+}
+
+/// A member id: a positive decimal integer that fits a signed 64-bit column.
+pub fn parse_member_id(s: &str) -> Result<u64, String> {
+    let shown: String = s.chars().take(24).collect();
+    let bad = || format!("member id must be a positive integer; got {shown:?}");
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 && n <= i64::MAX as u64 => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
+/// Whether an `If-None-Match` value matches `etag` (weak comparison, lists, `*`).
+pub fn etag_matches(header: &[u8], etag: &[u8]) -> bool {
+    header.split(|b| *b == b',').any(|t| {
+        let t = t.trim_ascii();
+        let t = t.strip_prefix(b"W/").unwrap_or(t);
+        t == b"*" || t == etag
+    })
+}
+
+/// `{"member_id":…,"status":…,"plan":…,"country":…,"can_stream":…,<plan fragment>,"version":…}`.
+pub fn render_entitlement(m: &Member, snapshot: &Snapshot) -> Bytes {
+    let entry = snapshot.plan(&m.plan_id);
+    let can_stream = members::standing(m, entry.map(|e| &e.plan)) == Reason::Ok;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"member_id\":");
+    out.extend_from_slice(itoa::Buffer::new().format(m.id).as_bytes());
+    out.extend_from_slice(b",\"status\":\"");
+    out.extend_from_slice(m.status.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"plan\":");
+    json_string(&mut out, &m.plan_id);
+    out.extend_from_slice(b",\"country\":");
+    json_string(&mut out, &m.country);
+    out.extend_from_slice(if can_stream {
+        b",\"can_stream\":true,"
+    } else {
+        b",\"can_stream\":false,"
+    });
+    match entry {
+        Some(e) => out.extend_from_slice(&e.entitlement_fragment),
+        None => out.extend_from_slice(b"\"max_streams\":0,\"max_resolution\":null,\"download_devices\":0,\"device_classes\":[]"),
+    }
+    out.extend_from_slice(b",\"version\":");
+    out.extend_from_slice(itoa::Buffer::new().format(m.version).as_bytes());
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, s).expect("string serializes");
+}
+
+fn with_member_headers(resp: &mut Response<Body>, snapshot: &Snapshot, from: members::ServedFrom) {
+    let h = resp.headers_mut();
+    h.insert(X_CATALOG_VERSION.clone(), snapshot.version_header().clone());
+    h.insert(
+        X_SERVED_FROM.clone(),
+        match from {
+            members::ServedFrom::L1 => FROM_L1,
+            members::ServedFrom::Store => FROM_STORE,
+        },
+    );
+}
+
+fn json_ok(body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut().insert(CONTENT_TYPE, JSON);
+    resp
+}
+
+/// An RFC 9457 problem answer.
+pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": format!("urn:readtier:problem:{slug}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
+    resp
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        &format!("this resource answers {allow}"),
+    );
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// `None` for GET or HEAD; otherwise the 405 answer.
+fn only_get<B>(req: &Request<B>) -> Option<Response<Body>> {
+    (req.method() != Method::GET && req.method() != Method::HEAD)
+        .then(|| method_not_allowed("GET, HEAD"))
+}
+
+async fn read_body(req: Request<Incoming>, limits: &HttpConfig) -> Result<Bytes, Response<Body>> {
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            &format!("the body may be at most {} bytes", limits.max_body_bytes),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    let limited = Limited::new(req.into_body(), limits.max_body_bytes);
+    match tokio::time::timeout(limits.request_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(e)) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "unreadable-body",
+            "Unreadable body",
+            &e.to_string(),
+        )),
+        Err(_) => Err(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            &format!(
+                "the body did not arrive within {:?}",
+                limits.request_timeout
+            ),
+        )),
+    }
+}
+
+/// Accepts connections until `stop` is cancelled, then lets every open connection
+/// finish its in-flight request (hyper's graceful shutdown) under `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    kind: Listener,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.limits.request_timeout)
+        .max_buf_size(app.limits.max_header_bytes)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let stop = stop.clone();
+        let builder = builder.clone();
+        tracker.spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.handle(req, kind).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Binds a listener, reporting the address in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn country_parameter() {
+        assert_eq!(country_param(Some("country=US")).unwrap(), *b"US");
+        assert_eq!(country_param(Some("x=1&country=jp")).unwrap(), *b"JP");
+        for bad in [
+            None,
+            Some(""),
+            Some("country=usa"),
+            Some("country=U1"),
+            Some("country="),
+            Some("country=%55S"),
+        ] {
+            assert!(country_param(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn member_ids() {
+        assert_eq!(parse_member_id("42").unwrap(), 42);
+        assert_eq!(parse_member_id("999999999999").unwrap(), 999_999_999_999);
+        for bad in [
+            "abc",
+            "-5",
+            "0",
+            "",
+            "+5",
+            "1.5",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
+            assert!(parse_member_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches(b"\"US-1\"", b"\"US-1\""));
+        assert!(etag_matches(b"W/\"US-1\"", b"\"US-1\""));
+        assert!(etag_matches(b"\"a\", \"US-1\"", b"\"US-1\""));
+        assert!(etag_matches(b"*", b"\"US-1\""));
+        assert!(!etag_matches(b"\"US-2\"", b"\"US-1\""));
+    }
+
+    #[test]
+    fn device_classes() {
+        assert!(valid_device_class("tv"));
+        assert!(valid_device_class("smart-tv_2"));
+        assert!(!valid_device_class(""));
+        assert!(!valid_device_class("TV"));
+        assert!(!valid_device_class(&"a".repeat(33)));
+    }
+}

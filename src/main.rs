@@ -1,0 +1,5 @@
+//! `readtier`: see [`readtier::cli`].
+
+fn main() -> std::process::ExitCode {
+    readtier::cli::main()
+}

@@ -1,0 +1,356 @@
+//! Member records, the entitlement decision, and the L1 cache in front of the store.
+//!
+//! A member record is small (status, plan, country, version). Entitlement is computed
+//! per request from the record and the current catalog snapshot, so a catalog change
+//! never needs a mass invalidation of member entries.
+//!
+//! L1 rules:
+//! - **hit**: the entry (a record, or "no such member") is answered from memory;
+//! - **miss**: one store read per member however many requests miss at once (the
+//!   others wait for it: coalescing); a found record is kept for `l1.ttl`, an unknown
+//!   id for `l1.negative_ttl`;
+//! - **stale**: change events drop the entry ([`Members::invalidate`]); a fill that was
+//!   in flight while any invalidation happened is not kept, so a read that raced a
+//!   commit cannot pin the old value until the TTL;
+//! - **failure**: a store error is answered as an error and nothing is cached.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::catalog::{Plan, Snapshot};
+use crate::store::{Store, StoreError};
+use crate::telemetry::MemberMetrics;
+
+/// A member's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Active,
+    /// Payment failed, still within grace: may stream.
+    Grace,
+    OnHold,
+    Paused,
+    Cancelled,
+}
+
+impl Status {
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "active" => Status::Active,
+            "grace" => Status::Grace,
+            "on_hold" => Status::OnHold,
+            "paused" => Status::Paused,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Grace => "grace",
+            Status::OnHold => "on_hold",
+            Status::Paused => "paused",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub const ALL: [Status; 5] = [
+        Status::Active,
+        Status::Grace,
+        Status::OnHold,
+        Status::Paused,
+        Status::Cancelled,
+    ];
+}
+
+/// One row of `memberships`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub status: Status,
+    pub plan_id: String,
+    pub country: String,
+    pub version: i64,
+}
+
+/// Why playback is allowed or not (the `reason` of an authorize answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Ok,
+    NotAMember,
+    AccountOnHold,
+    AccountPaused,
+    MembershipCancelled,
+    DeviceNotAllowed,
+    StreamLimitReached,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ok => "ok",
+            Reason::NotAMember => "not_a_member",
+            Reason::AccountOnHold => "account_on_hold",
+            Reason::AccountPaused => "account_paused",
+            Reason::MembershipCancelled => "membership_cancelled",
+            Reason::DeviceNotAllowed => "device_not_allowed",
+            Reason::StreamLimitReached => "stream_limit_reached",
+        }
+    }
+}
+
+/// Whether the member's standing alone lets them stream: `Ok` or the status's reason.
+/// A member whose plan is missing from the catalog is treated as not a member: there
+/// is nothing to entitle them to.
+pub fn standing(member: &Member, plan: Option<&Plan>) -> Reason {
+    match member.status {
+        Status::OnHold => Reason::AccountOnHold,
+        Status::Paused => Reason::AccountPaused,
+        Status::Cancelled => Reason::MembershipCancelled,
+        Status::Active | Status::Grace if plan.is_none() => Reason::NotAMember,
+        Status::Active | Status::Grace => Reason::Ok,
+    }
+}
+
+/// The playback decision for a member (or an unknown id), a device class and the
+/// number of streams the member already has running. Checked in order: membership,
+/// standing, device, stream count.
+pub fn authorize<'s>(
+    member: Option<&Member>,
+    snapshot: &'s Snapshot,
+    device_class: &str,
+    active_streams: u64,
+) -> (Reason, Option<&'s Plan>) {
+    let Some(member) = member else {
+        return (Reason::NotAMember, None);
+    };
+    let plan = snapshot.plan(&member.plan_id).map(|e| &e.plan);
+    let reason = match standing(member, plan) {
+        Reason::Ok => {
+            // `standing` is Ok only with a plan.
+            let plan = plan.expect("standing Ok implies a plan");
+            if !plan.allows_device(device_class) {
+                Reason::DeviceNotAllowed
+            } else if active_streams >= plan.max_streams as u64 {
+                Reason::StreamLimitReached
+            } else {
+                Reason::Ok
+            }
+        }
+        other => other,
+    };
+    (reason, plan)
+}
+
+/// Where a member answer came from (`x-served-from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedFrom {
+    L1,
+    Store,
+}
+
+impl ServedFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedFrom::L1 => "l1",
+            ServedFrom::Store => "store",
+        }
+    }
+}
+
+/// An L1 entry: a record, or the knowledge that there is none.
+pub type Entry = Arc<Option<Member>>;
+
+struct TtlPolicy {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Expiry<u64, Entry> for TtlPolicy {
+    fn expire_after_create(&self, _key: &u64, value: &Entry, _now: Instant) -> Option<Duration> {
+        Some(if value.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        })
+    }
+}
+
+/// Member lookups: L1, then the store.
+pub struct Members {
+    l1: Cache<u64, Entry>,
+    store: Store,
+    /// Raised by every invalidation; a fill that sees it move drops what it read.
+    generation: AtomicU64,
+    metrics: MemberMetrics,
+}
+
+impl Members {
+    pub fn new(store: Store, cfg: &crate::config::L1Config) -> Members {
+        let l1 = Cache::builder()
+            .max_capacity(cfg.capacity)
+            .expire_after(TtlPolicy {
+                ttl: cfg.ttl,
+                negative_ttl: cfg.negative_ttl,
+            })
+            .build();
+        Members {
+            l1,
+            store,
+            generation: AtomicU64::new(0),
+            metrics: MemberMetrics::register(),
+        }
+    }
+
+    /// Looks a member up through L1.
+    pub async fn get(&self, id: u64) -> Result<(Entry, ServedFrom), Arc<StoreError>> {
+        if let Some(entry) = self.l1.get(&id).await {
+            self.metrics.l1_hits.increment(1);
+            return Ok((entry, ServedFrom::L1));
+        }
+        self.metrics.l1_misses.increment(1);
+        let started_at = self.generation.load(Ordering::Acquire);
+        let mut loaded_here = false;
+        let entry = self
+            .l1
+            .entry(id)
+            .or_try_insert_with(async {
+                loaded_here = true;
+                self.metrics.store_reads.increment(1);
+                match self.store.get_member(id).await {
+                    Ok(m) => Ok(Arc::new(m)),
+                    Err(e) => {
+                        self.metrics.store_errors.increment(1);
+                        Err(e)
+                    }
+                }
+            })
+            .await?;
+        if !loaded_here {
+            self.metrics.l1_coalesced.increment(1);
+        }
+        if self.generation.load(Ordering::Acquire) != started_at {
+            // An invalidation ran while this fill was reading: what was read may predate
+            // the change, so answer it (it was current when read) but do not keep it.
+            self.l1.invalidate(&id).await;
+        }
+        Ok((entry.into_value(), ServedFrom::Store))
+    }
+
+    /// Drops one member's entry (a change event for it arrived).
+    pub async fn invalidate(&self, id: u64) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.l1.invalidate(&id).await;
+        self.metrics.l1_invalidations.increment(1);
+    }
+
+    /// Drops every entry: the node cannot prove it saw every change.
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.l1.invalidate_all();
+        self.metrics.l1_flushes.increment(1);
+    }
+
+    /// Entries currently held (approximate, as moka counts them).
+    pub fn len(&self) -> u64 {
+        self.l1.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{CatalogData, Snapshot};
+
+    fn member(status: Status, plan: &str) -> Member {
+        Member {
+            id: 1,
+            status,
+            plan_id: plan.into(),
+            country: "US".into(),
+            version: 1,
+        }
+    }
+
+    /// Every status × device class × active streams × plan of the reference catalog.
+    #[test]
+    fn entitlement_decision_table() {
+        let snap = Snapshot::build(&CatalogData::reference().unwrap());
+        let plans = [
+            "mobile",
+            "basic",
+            "standard-with-ads",
+            "standard",
+            "premium",
+        ];
+        let max = |p: &str| match p {
+            "mobile" | "basic" => 1,
+            "standard-with-ads" | "standard" => 2,
+            "premium" => 4,
+            _ => unreachable!(),
+        };
+        let devices = ["tv", "computer", "mobile", "tablet", "toaster"];
+        let mut seen = std::collections::HashSet::new();
+        for status in Status::ALL {
+            for plan in plans {
+                for device in devices {
+                    for active in 0..6u64 {
+                        let m = member(status, plan);
+                        let (reason, p) = authorize(Some(&m), &snap, device, active);
+                        assert_eq!(p.unwrap().id, plan);
+                        let device_ok = match plan {
+                            "mobile" => matches!(device, "mobile" | "tablet"),
+                            _ => device != "toaster",
+                        };
+                        let expected = match status {
+                            Status::OnHold => Reason::AccountOnHold,
+                            Status::Paused => Reason::AccountPaused,
+                            Status::Cancelled => Reason::MembershipCancelled,
+                            Status::Active | Status::Grace if !device_ok => {
+                                Reason::DeviceNotAllowed
+                            }
+                            Status::Active | Status::Grace if active >= max(plan) => {
+                                Reason::StreamLimitReached
+                            }
+                            Status::Active | Status::Grace => Reason::Ok,
+                        };
+                        assert_eq!(reason, expected, "{status:?} {plan} {device} {active}");
+                        seen.insert(reason);
+                    }
+                }
+            }
+        }
+        assert_eq!(authorize(None, &snap, "tv", 0).0, Reason::NotAMember);
+        assert_eq!(
+            authorize(
+                Some(&member(Status::Active, "no-such-plan")),
+                &snap,
+                "tv",
+                0
+            )
+            .0,
+            Reason::NotAMember
+        );
+        assert_eq!(
+            seen.len(),
+            6,
+            "every reason but not_a_member reached by the table"
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("Active"), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! The source of truth: the relational store and the change log its triggers write.
+//!
+//! The schema is a public contract (other services write it in raw SQL; see README):
+//! `plans`, `plan_prices`, `memberships`, plus `change_log` and `catalog_meta`, which
+//! the store's own triggers maintain in the writer's transaction. Writers change
+//! business columns only; the triggers raise `memberships.version`, bump the catalog
+//! version and record every insert, update and delete in `change_log`.
+//!
+//! [`Store`] is the async face the node uses; each backend does blocking work on
+//! tokio's blocking pool so the request path never blocks a runtime thread.
+
+pub mod seed;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use crate::catalog::CatalogData;
+use crate::members::Member;
+
+pub use sqlite::SqliteStore;
+
+/// Store failures, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite store {path}: {op}: {source}")]
+    Sqlite {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store row {what}: {reason}")]
+    BadRow { what: String, reason: String },
+    #[error("could not create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// One committed change, in commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// Position in the change log; strictly rising in commit order.
+    pub seq: u64,
+    pub kind: ChangeKind,
+    /// Commit time in milliseconds since the Unix epoch (store clock).
+    pub changed_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A member row was inserted, updated or deleted; `version` is its new version
+    /// (for a deletion, the version of the tombstone).
+    Member {
+        id: u64,
+        version: i64,
+        deleted: bool,
+    },
+    /// `plans` or `plan_prices` changed: the catalog version rose.
+    Catalog { version: u64 },
+    /// Members were bulk-loaded without per-row events (`seed`): forget all of them.
+    MembersReseeded,
+}
+
+/// What the follower needs to know about the log besides the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogState {
+    /// Highest position written so far.
+    pub head: u64,
+    /// Every position at or below this one has been trimmed away.
+    pub trimmed_through: u64,
+}
+
+/// The store a node reads from.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(Arc<SqliteStore>),
+}
+
+impl Store {
+    /// Opens the store named by the configuration (creating an SQLite file if needed).
+    pub fn open(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {
+        match url {
+            crate::config::StoreUrl::Sqlite(path) => {
+                Ok(Store::Sqlite(Arc::new(SqliteStore::open(path)?)))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(s) => format!("sqlite:{}", s.path().display()),
+        }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || f(&s))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))?
+            }
+        }
+    }
+
+    pub async fn get_member(&self, id: u64) -> Result<Option<Member>, StoreError> {
+        self.blocking(move |s| s.get_member(id)).await
+    }
+
+    pub async fn load_catalog(&self) -> Result<CatalogData, StoreError> {
+        self.blocking(|s| s.load_catalog()).await
+    }
+
+    pub async fn log_state(&self) -> Result<LogState, StoreError> {
+        self.blocking(|s| s.log_state()).await
+    }
+
+    pub async fn changes_after(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<ChangeEvent>, LogState), StoreError> {
+        self.blocking(move |s| s.changes_after(seq, limit)).await
+    }
+
+    pub async fn trim_changes(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        self.blocking(move |s| s.trim_changes(older_than_ms)).await
+    }
+}
+
+/// Milliseconds since the Unix epoch, on this host's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,162 @@
+//! Metrics: one Prometheus recorder per process, and the per-request handles
+//! registered once at start so that the request path never hashes a label set.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+///
+/// In a process that runs several nodes (the integration tests do) they share the
+/// recorder: the figures are the process's, which is what a scrape means anyway.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+                0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is already global (an embedding program installed
+                // one): keep a private one so /metrics still answers.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Spawns the periodic upkeep that folds histogram samples into their buckets.
+pub fn spawn_upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => handle.run_upkeep(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// The routes requests are counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Plans = 0,
+    Entitlement = 1,
+    Authorize = 2,
+    Healthz = 3,
+    Readyz = 4,
+    Metrics = 5,
+    Other = 6,
+}
+
+const ROUTES: [&str; 7] = [
+    "plans",
+    "entitlement",
+    "authorize",
+    "healthz",
+    "readyz",
+    "metrics",
+    "other",
+];
+
+/// The statuses this service answers with; anything else is counted as "other".
+const STATUSES: [u16; 12] = [200, 304, 400, 404, 405, 408, 413, 415, 431, 500, 503, 0];
+
+/// Request counters and latency histograms, one handle per (route, status).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Vec<Counter>,
+    latency: Vec<Histogram>,
+}
+
+impl HttpMetrics {
+    pub fn register() -> HttpMetrics {
+        let mut requests = Vec::with_capacity(ROUTES.len() * STATUSES.len());
+        for route in ROUTES {
+            for status in STATUSES {
+                let status = if status == 0 {
+                    "other".to_string()
+                } else {
+                    status.to_string()
+                };
+                requests.push(metrics::counter!("readtier_http_requests_total", "route" => route, "status" => status));
+            }
+        }
+        let latency = ROUTES
+            .iter()
+            .map(|r| metrics::histogram!("readtier_http_request_duration_seconds", "route" => *r))
+            .collect();
+        HttpMetrics { requests, latency }
+    }
+
+    #[inline]
+    pub fn record(&self, route: Route, status: u16, elapsed: Duration) {
+        let si = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUSES.len() - 1);
+        self.requests[route as usize * STATUSES.len() + si].increment(1);
+        self.latency[route as usize].record(elapsed.as_secs_f64());
+    }
+}
+
+/// L1 and store counters of the member lookups.
+#[derive(Clone)]
+pub struct MemberMetrics {
+    pub l1_hits: Counter,
+    pub l1_misses: Counter,
+    pub l1_coalesced: Counter,
+    pub l1_invalidations: Counter,
+    pub l1_flushes: Counter,
+    pub store_reads: Counter,
+    pub store_errors: Counter,
+}
+
+impl MemberMetrics {
+    pub fn register() -> MemberMetrics {
+        MemberMetrics {
+            l1_hits: metrics::counter!("readtier_l1_hits_total"),
+            l1_misses: metrics::counter!("readtier_l1_misses_total"),
+            l1_coalesced: metrics::counter!("readtier_l1_coalesced_total"),
+            l1_invalidations: metrics::counter!("readtier_l1_invalidations_total"),
+            l1_flushes: metrics::counter!("readtier_l1_flushes_total"),
+            store_reads: metrics::counter!("readtier_store_reads_total"),
+            store_errors: metrics::counter!("readtier_store_errors_total"),
+        }
+    }
+}
+
+/// Change-log follower figures.
+#[derive(Clone)]
+pub struct ChangeMetrics {
+    pub applied: Counter,
+    pub lag_events: Gauge,
+    pub lag_seconds: Gauge,
+    pub position: Gauge,
+    pub poll_errors: Counter,
+    pub gaps: Counter,
+    pub catalog_reloads: Counter,
+}
+
+impl ChangeMetrics {
+    pub fn register() -> ChangeMetrics {
+        ChangeMetrics {
+            applied: metrics::counter!("readtier_changes_applied_total"),
+            lag_events: metrics::gauge!("readtier_change_log_lag_events"),
+            lag_seconds: metrics::gauge!("readtier_change_log_lag_seconds"),
+            position: metrics::gauge!("readtier_change_log_position"),
+            poll_errors: metrics::counter!("readtier_change_log_poll_errors_total"),
+            gaps: metrics::counter!("readtier_change_log_gaps_total"),
+            catalog_reloads: metrics::counter!("readtier_catalog_reloads_total"),
+        }
+    }
+}
