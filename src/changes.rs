@@ -14,6 +14,7 @@
 //! event is harmless.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub struct Follower {
     poll_interval: Duration,
     retention: Duration,
     position: u64,
+    /// `position`, published for readers outside the follower (readiness, tests).
+    published: Arc<AtomicU64>,
     metrics: ChangeMetrics,
 }
 
@@ -58,8 +61,15 @@ impl Follower {
             poll_interval: cfg.poll_interval,
             retention: cfg.retention,
             position,
+            published: Arc::new(AtomicU64::new(position)),
             metrics: ChangeMetrics::register(),
         }
+    }
+
+    /// A shared view of the follower's position: every change at or below it has been
+    /// applied to this node.
+    pub fn published_position(&self) -> Arc<AtomicU64> {
+        self.published.clone()
     }
 
     /// Polls until `shutdown` is cancelled.
@@ -132,6 +142,7 @@ impl Follower {
                 .lag_seconds
                 .set((now_ms() - at).max(0) as f64 / 1000.0);
         }
+        self.published.store(self.position, Ordering::Release);
         self.metrics.position.set(self.position as f64);
         self.metrics
             .lag_events

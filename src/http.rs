@@ -126,7 +126,10 @@ impl App {
             ),
             "/metrics" if listener == Listener::Admin => (
                 Route::Metrics,
-                only_get(&req).unwrap_or_else(|| self.metrics_text()),
+                match only_get(&req) {
+                    Some(resp) => resp,
+                    None => self.metrics_text().await,
+                },
             ),
             _ => (
                 Route::Other,
@@ -352,8 +355,8 @@ impl App {
         resp
     }
 
-    fn metrics_text(&self) -> Response<Body> {
-        metrics::gauge!("readtier_l1_entries").set(self.members.len() as f64);
+    async fn metrics_text(&self) -> Response<Body> {
+        metrics::gauge!("readtier_l1_entries").set(self.members.settled_len().await as f64);
         let mut resp = Response::new(Full::new(Bytes::from(self.prometheus.render())));
         resp.headers_mut().insert(
             CONTENT_TYPE,
@@ -363,11 +366,12 @@ impl App {
     }
 }
 
-#[derive(Deserialize)]
-struct AuthorizeRequest {
-    member_id: u64,
-    device_class: String,
-    active_streams: u64,
+/// The body of `POST /v1/playback/authorize`.
+#[derive(Debug, Deserialize)]
+pub struct AuthorizeRequest {
+    pub member_id: u64,
+    pub device_class: String,
+    pub active_streams: u64,
 }
 
 fn valid_device_class(s: &str) -> bool {

@@ -78,7 +78,7 @@ pub struct Member {
 }
 
 /// Why playback is allowed or not (the `reason` of an authorize answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     Ok,
     NotAMember,
@@ -186,6 +186,8 @@ pub struct Members {
     store: Store,
     /// Raised by every invalidation; a fill that sees it move drops what it read.
     generation: AtomicU64,
+    /// Store reads made by this instance (the metrics are per process).
+    store_reads: AtomicU64,
     metrics: MemberMetrics,
 }
 
@@ -202,6 +204,7 @@ impl Members {
             l1,
             store,
             generation: AtomicU64::new(0),
+            store_reads: AtomicU64::new(0),
             metrics: MemberMetrics::register(),
         }
     }
@@ -220,6 +223,7 @@ impl Members {
             .entry(id)
             .or_try_insert_with(async {
                 loaded_here = true;
+                self.store_reads.fetch_add(1, Ordering::Relaxed);
                 self.metrics.store_reads.increment(1);
                 match self.store.get_member(id).await {
                     Ok(m) => Ok(Arc::new(m)),
@@ -255,8 +259,19 @@ impl Members {
         self.metrics.l1_flushes.increment(1);
     }
 
+    /// How many store reads this instance has made.
+    pub fn store_reads(&self) -> u64 {
+        self.store_reads.load(Ordering::Relaxed)
+    }
+
     /// Entries currently held (approximate, as moka counts them).
     pub fn len(&self) -> u64 {
+        self.l1.entry_count()
+    }
+
+    /// Entries held, after moka has applied its pending bookkeeping (for /metrics).
+    pub async fn settled_len(&self) -> u64 {
+        self.l1.run_pending_tasks().await;
         self.l1.entry_count()
     }
 

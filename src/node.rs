@@ -31,8 +31,8 @@ pub enum NodeError {
     Catalog(#[from] CatalogError),
     #[error("no catalog: the store failed ({store}) and there is no snapshot on disk ({disk})")]
     NoCatalog {
-        store: StoreError,
-        disk: CatalogError,
+        store: Box<StoreError>,
+        disk: Box<CatalogError>,
     },
     #[error("{0}")]
     Bind(std::io::Error),
@@ -46,6 +46,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
+    /// The change-log position applied so far.
+    pub change_position: Arc<std::sync::atomic::AtomicU64>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -142,8 +144,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             }
             Err(disk) => {
                 return Err(NodeError::NoCatalog {
-                    store: store_err,
-                    disk,
+                    store: Box::new(store_err),
+                    disk: Box::new(disk),
                 })
             }
         },
@@ -178,6 +180,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         &cfg.changes,
         position,
     );
+    let change_position = follower.published_position();
     let follower = tokio::spawn(follower.run(background.clone()));
     let listeners = [
         tokio::spawn(http::serve(
@@ -223,6 +226,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         addr,
         admin_addr,
         app,
+        change_position,
         done,
     })
 }
