@@ -31,11 +31,26 @@ fn catalog(c: &mut Criterion) {
 
 fn entitlement(c: &mut Criterion) {
     let snap = Snapshot::build(&CatalogData::reference().unwrap());
-    let m = Member { id: 42, status: Status::Active, plan_id: "premium".into(), country: "US".into(), version: 3 };
+    let m = Member {
+        id: 42,
+        status: Status::Active,
+        plan_id: "premium".into(),
+        country: "US".into(),
+        version: 3,
+    };
     c.bench_function("entitlement: decision", |b| {
-        b.iter(|| black_box(authorize(Some(black_box(&m)), &snap, black_box("tv"), black_box(1))))
+        b.iter(|| {
+            black_box(authorize(
+                Some(black_box(&m)),
+                &snap,
+                black_box("tv"),
+                black_box(1),
+            ))
+        })
     });
-    c.bench_function("entitlement: render body", |b| b.iter(|| black_box(render_entitlement(black_box(&m), &snap))));
+    c.bench_function("entitlement: render body", |b| {
+        b.iter(|| black_box(render_entitlement(black_box(&m), &snap)))
+    });
     let body = br#"{"member_id":42,"device_class":"tv","active_streams":1}"#;
     c.bench_function("authorize: parse body", |b| {
         b.iter(|| black_box(serde_json::from_slice::<AuthorizeRequest>(black_box(body)).unwrap()))
@@ -44,11 +59,17 @@ fn entitlement(c: &mut Criterion) {
 
 fn l1(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![("READTIER_DATA_DIR".to_string(), dir.path().display().to_string())];
+    let env = vec![(
+        "READTIER_DATA_DIR".to_string(),
+        dir.path().display().to_string(),
+    )];
     let cfg = Config::from_layers(None, &env).unwrap();
     let store = Store::open(&cfg.store).unwrap();
     prepare_store(&store, 1000).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let members = Arc::new(Members::new(store, &cfg.l1));
     rt.block_on(async {
         for id in 1..=1000 {
