@@ -65,11 +65,11 @@ fn l1(c: &mut Criterion) {
     )];
     let cfg = Config::from_layers(None, &env).unwrap();
     let store = Store::open(&cfg.store).unwrap();
-    prepare_store(&store, 1000).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    rt.block_on(prepare_store(&store, 1000)).unwrap();
     let members = Arc::new(Members::new(store, &cfg.l1));
     rt.block_on(async {
         for id in 1..=1000 {

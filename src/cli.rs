@@ -1,4 +1,4 @@
-//! The `readtier` command line: `serve` (the default), `migrate`, `seed`.
+//! The `readtier` command line: `serve` (the default), `migrate`, `seed`, `relay`.
 //!
 //! Exit statuses: 0 success, 64 invalid configuration or usage, 1 anything else.
 
@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::CatalogData;
+use crate::changes::relay::Relay;
+use crate::changes::stream::{stream_key, StreamPublisher};
 use crate::config::Config;
 use crate::node;
 use crate::store::Store;
@@ -36,6 +38,12 @@ enum Command {
     Serve,
     /// Create the store's tables, indexes and change-capture triggers (idempotent).
     Migrate,
+    /// Publish the store's change log on the change stream (one active relay, others standby).
+    Relay {
+        /// This relay's name in the lease (default: host name and process id).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Load the reference catalog (if the store has none) and N synthetic members, ids 1..=N.
     Seed {
         /// How many members to create or overwrite.
@@ -71,11 +79,24 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cfg),
-        Command::Migrate => migrate(&cfg),
-        Command::Seed { members } => seed(&cfg, members),
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("readtier: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(cfg).await,
+            Command::Migrate => migrate(&cfg).await,
+            Command::Seed { members } => seed(&cfg, members).await,
+            Command::Relay { id } => relay(&cfg, id).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -85,24 +106,22 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn migrate(cfg: &Config) -> anyhow::Result<()> {
+async fn migrate(cfg: &Config) -> anyhow::Result<()> {
     let store = Store::open(&cfg.store)?;
-    let Store::Sqlite(s) = &store;
-    s.migrate()?;
+    store.migrate().await?;
     println!("migrated {}", store.describe());
     Ok(())
 }
 
-fn seed(cfg: &Config, members: u64) -> anyhow::Result<()> {
+async fn seed(cfg: &Config, members: u64) -> anyhow::Result<()> {
     let store = Store::open(&cfg.store)?;
-    let Store::Sqlite(s) = &store;
-    s.migrate()?;
-    if s.catalog_is_empty()? {
-        s.write_catalog(&CatalogData::reference()?)?;
+    store.migrate().await?;
+    if store.catalog_is_empty().await? {
+        store.write_catalog(CatalogData::reference()?).await?;
         println!("seeded the reference catalog");
     }
-    let catalog = s.load_catalog()?;
-    let took = node::seed_members_into(&store, &catalog, members)?;
+    let catalog = store.load_catalog().await?;
+    let took = node::seed_members_into(&store, &catalog, members).await?;
     let secs = took.as_secs_f64();
     println!(
         "seeded {members} members in {secs:.2}s ({:.0} members/s) into {}",
@@ -112,24 +131,48 @@ fn seed(cfg: &Config, members: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(cfg: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let running = node::start(cfg, shutdown.clone()).await?;
-        println!(
-            "readtier listening on http://{} (admin http://{})",
-            running.addr, running.admin_addr
-        );
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            shutdown.cancel();
-        });
-        running.wait().await;
-        Ok(())
-    })
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let running = node::start(cfg, shutdown.clone()).await?;
+    println!(
+        "readtier listening on http://{} (admin http://{})",
+        running.addr, running.admin_addr
+    );
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        shutdown.cancel();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.store)?;
+    let Some(url) = &cfg.changes.stream_url else {
+        anyhow::bail!("the relay needs Redis: set redis_urls (READTIER_REDIS_URLS)");
+    };
+    store.migrate().await?;
+    let holder = id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "relay".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let publisher = StreamPublisher::new(
+        url,
+        stream_key(&cfg.redis_prefix),
+        cfg.changes.stream_maxlen,
+    )?;
+    let relay = Relay::new(store, publisher, holder.clone(), cfg)?;
+    println!("readtier relay {holder} started (standby until it holds the lease)");
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    relay.run(shutdown).await;
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -43,9 +43,111 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreUrl,
     pub seed_members: u64,
+    pub redis: Option<RedisTopology>,
+    /// This node's zone (an index into `redis.zones`).
+    pub zone: usize,
+    pub redis_prefix: String,
     pub l1: L1Config,
     pub http: HttpConfig,
     pub changes: ChangesConfig,
+    pub relay: RelayConfig,
+}
+
+/// Redis nodes grouped into zones; every zone holds a full replica of the hash tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTopology {
+    pub zones: Vec<Zone>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    pub name: String,
+    /// Node URLs (`redis://host:port[/db]`), or cluster seeds when `cluster`.
+    pub nodes: Vec<String>,
+    /// A Redis Cluster zone (`redis+cluster://` seeds): the cluster routes keys itself.
+    pub cluster: bool,
+}
+
+impl RedisTopology {
+    /// Parses `a=redis://h1,redis://h2;b=redis://h3` or a single URL.
+    pub fn parse(text: &str) -> Result<Option<RedisTopology>, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let mut zones = Vec::new();
+        for (i, part) in text
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .enumerate()
+        {
+            let (name, urls) = match part.split_once('=') {
+                Some((n, u)) if !n.contains("://") => (n.trim().to_string(), u),
+                _ => (
+                    if i == 0 {
+                        "default".to_string()
+                    } else {
+                        format!("zone{i}")
+                    },
+                    part,
+                ),
+            };
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "zone name {name:?} must be letters, digits, '-' or '_'"
+                ));
+            }
+            if zones.iter().any(|z: &Zone| z.name == name) {
+                return Err(format!("zone {name:?} is listed twice"));
+            }
+            let nodes: Vec<String> = urls
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            if nodes.is_empty() {
+                return Err(format!("zone {name:?} has no node URLs"));
+            }
+            let cluster = nodes[0].starts_with("redis+cluster://");
+            for n in &nodes {
+                let ok = if cluster {
+                    n.starts_with("redis+cluster://")
+                } else {
+                    n.starts_with("redis://") && n.len() > "redis://".len()
+                };
+                if !ok {
+                    return Err(format!(
+                        "zone {name:?}: {n:?} is not a redis:// URL (a cluster zone lists only redis+cluster:// seeds)"
+                    ));
+                }
+            }
+            zones.push(Zone {
+                name,
+                nodes,
+                cluster,
+            });
+        }
+        if zones.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(RedisTopology { zones }))
+    }
+
+    /// The URL the change stream lives on by default: the first node of the first zone.
+    pub fn first_url(&self) -> String {
+        let n = &self.zones[0].nodes[0];
+        n.replacen("redis+cluster://", "redis://", 1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub lease_ttl: Duration,
 }
 
 /// Where the source of truth lives.
@@ -53,6 +155,8 @@ pub struct Config {
 pub enum StoreUrl {
     /// An SQLite database file (the embedded default).
     Sqlite(PathBuf),
+    /// A PostgreSQL (wire-compatible) database URL.
+    Postgres(String),
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +179,9 @@ pub struct HttpConfig {
 pub struct ChangesConfig {
     pub poll_interval: Duration,
     pub retention: Duration,
+    /// Redis URL of the change stream (`None` when there is no Redis).
+    pub stream_url: Option<String>,
+    pub stream_maxlen: u64,
 }
 
 /// One raw value and the layer it came from (for error messages).
@@ -228,10 +335,51 @@ impl Config {
         if http.request_timeout.is_zero() {
             return Err(get.invalid("http.request_timeout", "must be longer than zero".into()));
         }
+        let redis = RedisTopology::parse(&get.string("redis_urls")?)
+            .map_err(|r| get.invalid("redis_urls", r))?;
+        let zone_name = get.string("zone")?;
+        let zone = match (&redis, zone_name.trim()) {
+            (_, "") => 0,
+            (None, _) => {
+                return Err(get.invalid("zone", "names a zone but redis_urls is empty".into()))
+            }
+            (Some(t), name) => t.zones.iter().position(|z| z.name == name).ok_or_else(|| {
+                get.invalid(
+                    "zone",
+                    format!(
+                        "{name:?} is not one of the zones in redis_urls ({})",
+                        t.zones
+                            .iter()
+                            .map(|z| z.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?,
+        };
+        let stream_text = get.string("changes.stream_url")?;
+        let stream_url = match (stream_text.trim(), &redis) {
+            ("", None) => None,
+            ("", Some(t)) => Some(t.first_url()),
+            (u, _) if u.starts_with("redis://") => Some(u.to_string()),
+            (u, _) => {
+                return Err(
+                    get.invalid("changes.stream_url", format!("{u:?} is not a redis:// URL"))
+                )
+            }
+        };
         let changes = ChangesConfig {
             poll_interval: get.duration("changes.poll_interval")?,
             retention: get.duration("changes.retention")?,
+            stream_url,
+            stream_maxlen: get.positive("changes.stream_maxlen")?,
         };
+        let relay = RelayConfig {
+            lease_ttl: get.duration("relay.lease_ttl")?,
+        };
+        if relay.lease_ttl < Duration::from_millis(300) {
+            return Err(get.invalid("relay.lease_ttl", "must be at least 300ms".into()));
+        }
         if changes.poll_interval.is_zero() {
             return Err(get.invalid("changes.poll_interval", "must be longer than zero".into()));
         }
@@ -241,9 +389,13 @@ impl Config {
             data_dir,
             store,
             seed_members: get.integer("seed_members")?,
+            redis,
+            zone,
+            redis_prefix: get.string("redis_prefix")?,
             l1,
             http,
             changes,
+            relay,
         })
     }
 }
@@ -287,10 +439,15 @@ fn parse_store_url(key: &str, text: &str, data_dir: &Path) -> Result<StoreUrl, S
         }
         return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
     }
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        text.parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+        return Ok(StoreUrl::Postgres(text.to_string()));
+    }
     if text.contains("://") {
         let scheme = text.split("://").next().unwrap_or_default();
         return Err(format!(
-            "unsupported store scheme {scheme:?}: this build supports sqlite:// or a file path"
+            "unsupported store scheme {scheme:?}: use postgres://, sqlite:// or a file path"
         ));
     }
     Ok(StoreUrl::Sqlite(PathBuf::from(text)))
@@ -466,6 +623,66 @@ mod tests {
             err.contains("`listen`") && err.contains("expected a string"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn redis_topologies() {
+        let t = RedisTopology::parse(
+            "a=redis://10.0.0.1:6379,redis://10.0.0.2:6379;b=redis://10.0.1.1:6379",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.zones.len(), 2);
+        assert_eq!(t.zones[0].name, "a");
+        assert_eq!(t.zones[0].nodes.len(), 2);
+        assert_eq!(t.zones[1].nodes, ["redis://10.0.1.1:6379"]);
+        let one = RedisTopology::parse("redis://127.0.0.1:6379")
+            .unwrap()
+            .unwrap();
+        assert_eq!(one.zones[0].name, "default");
+        assert!(RedisTopology::parse("").unwrap().is_none());
+        let c = RedisTopology::parse("a=redis+cluster://h1:7000,redis+cluster://h2:7000")
+            .unwrap()
+            .unwrap();
+        assert!(c.zones[0].cluster);
+        for bad in [
+            "a=",
+            "a=http://x",
+            "a=redis://x;a=redis://y",
+            "a b=redis://x",
+            "a=redis+cluster://x,redis://y",
+        ] {
+            assert!(RedisTopology::parse(bad).is_err(), "{bad}");
+        }
+        let env = vec![
+            (
+                "READTIER_REDIS_URLS".to_string(),
+                "a=redis://h:1;b=redis://h:2".to_string(),
+            ),
+            ("READTIER_ZONE".to_string(), "b".to_string()),
+        ];
+        let c = Config::from_layers(None, &env).unwrap();
+        assert_eq!(c.zone, 1);
+        assert_eq!(c.changes.stream_url.as_deref(), Some("redis://h:1"));
+        let env = vec![
+            (
+                "READTIER_REDIS_URLS".to_string(),
+                "a=redis://h:1".to_string(),
+            ),
+            ("READTIER_ZONE".to_string(), "c".to_string()),
+        ];
+        assert!(Config::from_layers(None, &env)
+            .unwrap_err()
+            .to_string()
+            .contains("`zone`"));
+        let env = vec![(
+            "READTIER_STORE_URL".to_string(),
+            "postgres://u@127.0.0.1:5432/db".to_string(),
+        )];
+        assert!(matches!(
+            Config::from_layers(None, &env).unwrap().store,
+            StoreUrl::Postgres(_)
+        ));
     }
 
     #[test]

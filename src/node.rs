@@ -1,12 +1,15 @@
 //! One serving node, assembled: store, catalog snapshot, L1, change follower, and the
 //! public and admin listeners, all stopped through one shutdown handle.
 //!
-//! Start order matters for "nothing is lost": the change-log position is read
-//! *before* the catalog is loaded, so any change committed after the load is at a
-//! position the follower has not passed yet.
+//! Start order matters for "nothing is lost": the change position (stream end or
+//! change-log head) is taken *before* the catalog is loaded, so any change committed
+//! after the load is at a position the follower has not passed yet. If the position
+//! cannot be taken (Redis or the store is down), the node starts anyway and its first
+//! successful read of changes counts as a gap: it drops L1 and reloads the catalog.
+//! If the store is down too, the node serves the last good catalog snapshot from disk.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{CatalogData, CatalogError, CatalogHandle, Snapshot};
-use crate::changes::Follower;
+use crate::changes::log::LogReader;
+use crate::changes::stream::{stream_key, StreamError, StreamReader};
+use crate::changes::{Follower, Source};
 use crate::config::Config;
 use crate::http::{self, App, Listener};
 use crate::members::Members;
@@ -29,6 +34,8 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     #[error("no catalog: the store failed ({store}) and there is no snapshot on disk ({disk})")]
     NoCatalog {
         store: Box<StoreError>,
@@ -36,8 +43,8 @@ pub enum NodeError {
     },
     #[error("{0}")]
     Bind(std::io::Error),
-    #[error("startup task failed: {0}")]
-    Task(String),
+    #[error("{0}")]
+    Other(String),
 }
 
 /// A started node.
@@ -46,8 +53,10 @@ pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
-    /// The change-log position applied so far.
-    pub change_position: Arc<std::sync::atomic::AtomicU64>,
+    /// The change-log position applied so far (log sources; 0 with the stream).
+    pub change_position: Arc<AtomicU64>,
+    /// How many changes this node has applied.
+    pub changes_applied: Arc<AtomicU64>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -59,39 +68,40 @@ impl Running {
 }
 
 /// Migrates the store, and on a fresh store (no plans at all) seeds the reference
-/// catalog and `seed_members` synthetic members.
-pub fn prepare_store(store: &Store, seed_members: u64) -> Result<(), NodeError> {
-    let Store::Sqlite(s) = store;
-    s.migrate()?;
-    if s.catalog_is_empty()? {
+/// catalog; on the embedded store also `seed_members` synthetic members (a production
+/// store's members come from the service that owns them).
+pub async fn prepare_store(store: &Store, seed_members: u64) -> Result<(), NodeError> {
+    store.migrate().await?;
+    if store.catalog_is_empty().await? {
         let catalog = CatalogData::reference()?;
-        s.write_catalog(&catalog)?;
+        store.write_catalog(catalog.clone()).await?;
         tracing::info!(
             plans = catalog.plans.len(),
             prices = catalog.prices.len(),
             "seeded the reference catalog"
         );
-        if seed_members > 0 {
-            seed_members_into(store, &catalog, seed_members)?;
+        if seed_members > 0 && matches!(store, Store::Sqlite(_)) {
+            seed_members_into(store, &catalog, seed_members).await?;
         }
     }
     Ok(())
 }
 
 /// Seeds members `1..=n`; returns how long it took.
-pub fn seed_members_into(
+pub async fn seed_members_into(
     store: &Store,
     catalog: &CatalogData,
     n: u64,
 ) -> Result<std::time::Duration, NodeError> {
-    let Store::Sqlite(s) = store;
     let Some(gen) = MemberGenerator::new(catalog) else {
-        return Err(NodeError::Task(
+        return Err(NodeError::Other(
             "the catalog offers no plan to seed members with".into(),
         ));
     };
     let started = Instant::now();
-    let written = s.write_members((1..=n).map(|id| gen.member(id)))?;
+    let written = store
+        .write_members((1..=n).map(move |id| gen.member(id)))
+        .await?;
     let took = started.elapsed();
     tracing::info!(
         members = written,
@@ -101,55 +111,81 @@ pub fn seed_members_into(
     Ok(took)
 }
 
+/// Where this node's changes come from, positioned at the current end.
+async fn change_source(cfg: &Config, store: &Store) -> Result<Source, NodeError> {
+    match &cfg.changes.stream_url {
+        Some(url) => {
+            let mut reader = StreamReader::new(url, stream_key(&cfg.redis_prefix), cfg.l1.ttl)?;
+            if let Err(e) = reader.start_at_head().await {
+                tracing::warn!(error = %e, "change stream unreachable at start; L1 is dropped once it is reached");
+            }
+            Ok(Source::Stream(reader))
+        }
+        None => match LogReader::at_head(store).await {
+            Ok(r) => Ok(Source::Log(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "change log unreachable at start; L1 is dropped once it is reached");
+                Ok(Source::Log(LogReader::unknown_position(store)))
+            }
+        },
+    }
+}
+
+/// The catalog from the store (saved to disk as the last good one), or from disk.
+async fn first_catalog(
+    store: &Store,
+    snapshot_path: &std::path::Path,
+) -> Result<CatalogData, NodeError> {
+    match store.load_catalog().await {
+        Ok(data) => {
+            let (d, p) = (data.clone(), snapshot_path.to_path_buf());
+            let saved = tokio::task::spawn_blocking(move || {
+                if let Some(dir) = p.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                d.save(&p)
+            })
+            .await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(error = %e, "could not save the catalog snapshot to disk");
+            }
+            Ok(data)
+        }
+        Err(store_err) => match CatalogData::load(snapshot_path) {
+            Ok(data) => {
+                tracing::warn!(error = %store_err, version = data.version, "store unavailable: serving the last good catalog snapshot from disk");
+                Ok(data)
+            }
+            Err(disk) => Err(NodeError::NoCatalog {
+                store: Box::new(store_err),
+                disk: Box::new(disk),
+            }),
+        },
+    }
+}
+
 /// Starts a node; it runs until `shutdown` is cancelled, then drains and stops.
 pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, NodeError> {
     let prometheus = telemetry::install();
     let store = {
         let url = cfg.store.clone();
-        let seed = cfg.seed_members;
-        tokio::task::spawn_blocking(move || -> Result<Store, NodeError> {
-            let store = Store::open(&url)?;
-            prepare_store(&store, seed)?;
-            Ok(store)
-        })
-        .await
-        .map_err(|e| NodeError::Task(e.to_string()))??
-    };
-
-    let position = store.log_state().await?.head;
-    let snapshot_path = cfg.data_dir.join("catalog-snapshot.json");
-    let data = match store.load_catalog().await {
-        Ok(data) => {
-            let (d, p) = (data.clone(), snapshot_path.clone());
-            if let Err(e) = tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(p.parent().unwrap_or(std::path::Path::new("."))).map_err(
-                    |e| CatalogError::File {
-                        path: p.display().to_string(),
-                        reason: e.to_string(),
-                    },
-                )?;
-                d.save(&p)
-            })
+        tokio::task::spawn_blocking(move || Store::open(&url))
             .await
-            .map_err(|e| NodeError::Task(e.to_string()))?
-            {
-                tracing::warn!(error = %e, "could not save the catalog snapshot to disk");
-            }
-            data
-        }
-        Err(store_err) => match CatalogData::load(&snapshot_path) {
-            Ok(data) => {
-                tracing::warn!(error = %store_err, version = data.version, "store unavailable: serving the last good catalog snapshot from disk");
-                data
-            }
-            Err(disk) => {
-                return Err(NodeError::NoCatalog {
-                    store: Box::new(store_err),
-                    disk: Box::new(disk),
-                })
-            }
-        },
+            .map_err(|e| NodeError::Other(e.to_string()))??
     };
+    if let Err(e) = prepare_store(&store, cfg.seed_members).await {
+        match &store {
+            // The embedded store is a local file: failing to prepare it is fatal.
+            Store::Sqlite(_) => return Err(e),
+            Store::Postgres(_) => {
+                tracing::warn!(error = %e, "store not ready at start; serving what can be served")
+            }
+        }
+    }
+
+    let source = change_source(&cfg, &store).await?;
+    let snapshot_path = cfg.data_dir.join("catalog-snapshot.json");
+    let data = first_catalog(&store, &snapshot_path).await?;
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(&data)));
     let members = Arc::new(Members::new(store.clone(), &cfg.l1));
     let app = Arc::new(App::new(
@@ -172,15 +208,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     telemetry::spawn_upkeep(prometheus, background.clone());
-    let follower = Follower::new(
-        store,
-        members,
-        catalog,
-        snapshot_path,
-        &cfg.changes,
-        position,
-    );
-    let change_position = follower.published_position();
+    let follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
+    let change_position = follower.position();
+    let changes_applied = follower.applied_counter();
     let follower = tokio::spawn(follower.run(background.clone()));
     let listeners = [
         tokio::spawn(http::serve(
@@ -227,6 +257,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         admin_addr,
         app,
         change_position,
+        changes_applied,
         done,
     })
 }

@@ -5,22 +5,23 @@ mod common;
 use std::sync::Arc;
 
 use readtier::catalog::{CatalogHandle, Snapshot};
-use readtier::changes::Follower;
+use readtier::changes::log::LogReader;
+use readtier::changes::{Follower, Source};
 use readtier::members::{Members, ServedFrom, Status};
 use readtier::node::prepare_store;
 use readtier::store::{now_ms, Store};
 
-fn store_in(dir: &std::path::Path, members: u64) -> Store {
+async fn store_in(dir: &std::path::Path, members: u64) -> Store {
     let cfg = common::test_config(dir, &[]);
     let store = Store::open(&cfg.store).unwrap();
-    prepare_store(&store, members).unwrap();
+    prepare_store(&store, members).await.unwrap();
     store
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_one_member_make_one_store_read() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_in(dir.path(), 100);
+    let store = store_in(dir.path(), 100).await;
     let cfg = common::test_config(dir.path(), &[]);
     let members = Arc::new(Members::new(store, &cfg.l1));
     let mut tasks = Vec::new();
@@ -51,20 +52,20 @@ async fn concurrent_misses_for_one_member_make_one_store_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trimmed_gap_drops_the_whole_l1() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_in(dir.path(), 100);
+    let store = store_in(dir.path(), 100).await;
     let cfg = common::test_config(dir.path(), &[]);
     let members = Arc::new(Members::new(store.clone(), &cfg.l1));
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(
         &store.load_catalog().await.unwrap(),
     )));
-    let position = store.log_state().await.unwrap().head;
+    let source = Source::Log(LogReader::at_head(&store).await.unwrap());
     let mut follower = Follower::new(
+        source,
         store.clone(),
         members.clone(),
         catalog,
         dir.path().join("snap.json"),
         &cfg.changes,
-        position,
     );
     common::sql(
         &dir.path().join("readtier.db"),
@@ -80,7 +81,10 @@ async fn a_trimmed_gap_drops_the_whole_l1() {
         &dir.path().join("readtier.db"),
         "UPDATE memberships SET status='paused' WHERE member_id=9",
     );
-    let trimmed = store.trim_changes(now_ms() + 60_000).await.unwrap();
+    let Store::Sqlite(s) = &store else {
+        unreachable!()
+    };
+    let trimmed = s.trim_changes(now_ms() + 60_000).unwrap();
     assert!(trimmed >= 1);
     follower.poll_once().await.unwrap();
     let (m, from) = members.get(9).await.unwrap();
@@ -91,7 +95,7 @@ async fn a_trimmed_gap_drops_the_whole_l1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_and_replayed_events_are_harmless() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_in(dir.path(), 100);
+    let store = store_in(dir.path(), 100).await;
     let cfg = common::test_config(dir.path(), &[]);
     let members = Arc::new(Members::new(store.clone(), &cfg.l1));
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(
@@ -109,14 +113,14 @@ async fn duplicate_and_replayed_events_are_harmless() {
     // Replay the whole log from the start twice: the node ends in the same state.
     for _ in 0..2 {
         let mut f = Follower::new(
+            Source::Log(LogReader::from_cursor(&store, 0)),
             store.clone(),
             members.clone(),
             catalog.clone(),
             dir.path().join("s.json"),
             &cfg.changes,
-            0,
         );
-        while f.poll_once().await.unwrap() > 0 {}
+        while f.poll_once().await.unwrap() {}
     }
     let snap = catalog.load();
     let us =
@@ -137,12 +141,12 @@ async fn duplicate_and_replayed_events_are_harmless() {
     let version = snap.version();
     drop(snap);
     let mut f = Follower::new(
+        Source::Log(LogReader::from_cursor(&store, 0)),
         store.clone(),
         members.clone(),
         catalog.clone(),
         dir.path().join("s.json"),
         &cfg.changes,
-        0,
     );
     f.poll_once().await.unwrap();
     assert_eq!(

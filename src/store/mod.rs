@@ -9,6 +9,7 @@
 //! [`Store`] is the async face the node uses; each backend does blocking work on
 //! tokio's blocking pool so the request path never blocks a runtime thread.
 
+pub mod postgres;
 pub mod seed;
 pub mod sqlite;
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use crate::catalog::CatalogData;
 use crate::members::Member;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Store failures, with the operation that failed.
@@ -39,6 +41,19 @@ pub enum StoreError {
     },
     #[error("store task failed: {0}")]
     Task(String),
+    #[error("postgres store {url}: {op}: {source}")]
+    Postgres {
+        url: String,
+        op: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("postgres store {url}: no connection: {reason}")]
+    Pool { url: String, reason: String },
+    #[error("store URL: {0}")]
+    Config(String),
+    #[error("{0} is not supported by the {1} store")]
+    Unsupported(&'static str, &'static str),
 }
 
 /// One committed change, in commit order.
@@ -79,14 +94,19 @@ pub struct LogState {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
 }
 
 impl Store {
-    /// Opens the store named by the configuration (creating an SQLite file if needed).
+    /// Opens the store named by the configuration (creating an SQLite file if needed;
+    /// a PostgreSQL pool connects on first use).
     pub fn open(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {
         match url {
             crate::config::StoreUrl::Sqlite(path) => {
                 Ok(Store::Sqlite(Arc::new(SqliteStore::open(path)?)))
+            }
+            crate::config::StoreUrl::Postgres(url) => {
+                Ok(Store::Postgres(Arc::new(PgStore::open(url)?)))
             }
         }
     }
@@ -94,47 +114,68 @@ impl Store {
     pub fn describe(&self) -> String {
         match self {
             Store::Sqlite(s) => format!("sqlite:{}", s.path().display()),
-        }
-    }
-
-    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
-    {
-        match self {
-            Store::Sqlite(s) => {
-                let s = s.clone();
-                tokio::task::spawn_blocking(move || f(&s))
-                    .await
-                    .map_err(|e| StoreError::Task(e.to_string()))?
-            }
+            Store::Postgres(p) => p.describe().to_string(),
         }
     }
 
     pub async fn get_member(&self, id: u64) -> Result<Option<Member>, StoreError> {
-        self.blocking(move |s| s.get_member(id)).await
+        match self {
+            Store::Sqlite(s) => blocking(s, move |s| s.get_member(id)).await,
+            Store::Postgres(p) => p.get_member(id).await,
+        }
     }
 
     pub async fn load_catalog(&self) -> Result<CatalogData, StoreError> {
-        self.blocking(|s| s.load_catalog()).await
+        match self {
+            Store::Sqlite(s) => blocking(s, |s| s.load_catalog()).await,
+            Store::Postgres(p) => p.load_catalog().await,
+        }
     }
 
-    pub async fn log_state(&self) -> Result<LogState, StoreError> {
-        self.blocking(|s| s.log_state()).await
+    /// Creates the schema (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking(s, |s| s.migrate()).await,
+            Store::Postgres(p) => p.migrate().await,
+        }
     }
 
-    pub async fn changes_after(
-        &self,
-        seq: u64,
-        limit: usize,
-    ) -> Result<(Vec<ChangeEvent>, LogState), StoreError> {
-        self.blocking(move |s| s.changes_after(seq, limit)).await
+    pub async fn catalog_is_empty(&self) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking(s, |s| s.catalog_is_empty()).await,
+            Store::Postgres(p) => p.catalog_is_empty().await,
+        }
     }
 
-    pub async fn trim_changes(&self, older_than_ms: i64) -> Result<u64, StoreError> {
-        self.blocking(move |s| s.trim_changes(older_than_ms)).await
+    pub async fn write_catalog(&self, data: CatalogData) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking(s, move |s| s.write_catalog(&data)).await,
+            Store::Postgres(p) => p.write_catalog(&data).await,
+        }
     }
+
+    /// Bulk-loads members (see each backend's `write_members`).
+    pub async fn write_members<I>(&self, rows: I) -> Result<u64, StoreError>
+    where
+        I: IntoIterator<Item = (u64, crate::members::Status, String, String)> + Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => blocking(s, move |s| s.write_members(rows)).await,
+            Store::Postgres(p) => p.write_members(rows).await,
+        }
+    }
+}
+
+/// Runs SQLite work on the blocking pool so it never stalls a runtime thread.
+pub async fn blocking<T, F>(s: &Arc<SqliteStore>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
+{
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 /// Milliseconds since the Unix epoch, on this host's clock.
