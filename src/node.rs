@@ -53,7 +53,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
-    /// The change-log position applied so far (log sources; 0 with the stream).
+    /// The change position applied so far (change-log cursor, or stream id folded by
+    /// [`crate::changes::stream::id_to_u64`]).
     pub change_position: Arc<AtomicU64>,
     /// How many changes this node has applied.
     pub changes_applied: Arc<AtomicU64>,
@@ -119,7 +120,7 @@ async fn change_source(cfg: &Config, store: &Store) -> Result<Source, NodeError>
             if let Err(e) = reader.start_at_head().await {
                 tracing::warn!(error = %e, "change stream unreachable at start; L1 is dropped once it is reached");
             }
-            Ok(Source::Stream(reader))
+            Ok(Source::Stream(Box::new(reader)))
         }
         None => match LogReader::at_head(store).await {
             Ok(r) => Ok(Source::Log(r)),

@@ -61,7 +61,7 @@ pub struct Batch {
 /// Where a follower reads changes from.
 pub enum Source {
     Log(log::LogReader),
-    Stream(stream::StreamReader),
+    Stream(Box<stream::StreamReader>),
 }
 
 impl Source {
@@ -72,11 +72,12 @@ impl Source {
         }
     }
 
-    /// The change-log position reached, where the source is the log itself.
-    pub fn log_position(&self) -> Option<i64> {
+    /// The position reached: the change-log cursor, or the stream id of the last
+    /// entry read folded into one number ([`stream::id_to_u64`]).
+    pub fn position(&self) -> Option<i64> {
         match self {
             Source::Log(r) => Some(r.cursor()),
-            Source::Stream(_) => None,
+            Source::Stream(r) => r.position().map(|p| p as i64),
         }
     }
 
@@ -127,8 +128,7 @@ impl Follower {
         }
     }
 
-    /// A shared view of the change-log position applied so far (log sources only;
-    /// stays 0 for the stream).
+    /// A shared view of the position applied so far (see [`Source::position`]).
     pub fn position(&self) -> Arc<AtomicU64> {
         self.position.clone()
     }
@@ -166,7 +166,7 @@ impl Follower {
                     Err(e) => {
                         failures += 1;
                         self.metrics.poll_errors.increment(1);
-                        if failures == 1 || failures % 50 == 0 {
+                        if failures == 1 || failures.is_multiple_of(50) {
                             tracing::warn!(error = %e, failures, "reading changes failed; retrying");
                         }
                         break;
@@ -215,7 +215,7 @@ impl Follower {
         // counted change is visible.
         self.applied
             .fetch_add(batch.events.len() as u64, Ordering::Release);
-        if let Some(p) = self.source.log_position() {
+        if let Some(p) = self.source.position() {
             self.position.store(p.max(0) as u64, Ordering::Release);
             self.metrics.position.set(p as f64);
         }

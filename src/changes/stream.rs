@@ -221,6 +221,11 @@ impl StreamReader {
         }
     }
 
+    /// The id of the last entry read, folded into a number ([`id_to_u64`]).
+    pub fn position(&self) -> Option<u64> {
+        self.last_id.as_deref().map(id_to_u64)
+    }
+
     /// Learns the current end of the stream, so that every later entry is read. Call
     /// before loading anything the stream's changes apply to.
     pub async fn start_at_head(&mut self) -> Result<(), StreamError> {
@@ -362,6 +367,15 @@ impl StreamInfo {
                 .as_deref()
                 .is_some_and(|f| id_after(f, last))
     }
+}
+
+/// A stream id `ms-seq` as one ordered number (`ms << 16 | seq`, seq capped), for
+/// progress gauges and tests.
+pub fn id_to_u64(id: &str) -> u64 {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    let ms: u64 = ms.parse().unwrap_or(0);
+    let seq: u64 = seq.parse().unwrap_or(0);
+    (ms << 16) | seq.min(0xffff)
 }
 
 /// `a > b` for stream ids `ms-seq`.

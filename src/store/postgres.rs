@@ -20,7 +20,9 @@ use crate::catalog::{CatalogData, Plan, PlanPrice, Price};
 use crate::members::{Member, Status};
 
 /// Tables, functions and triggers; idempotent. Run under an advisory lock so that
-/// nodes migrating at once do not race each other's DDL.
+/// nodes migrating at once do not race each other's DDL. The trigger functions pin the
+/// `search_path` they were created with, so a writer whose own path differs (a psql
+/// session writing `schema.memberships`) still reaches this schema's change log.
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS plans (
     plan_id          TEXT PRIMARY KEY,
@@ -70,13 +72,15 @@ CREATE TABLE IF NOT EXISTS relay_state (
 );
 INSERT INTO relay_state (id, cursor_txid) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 
-CREATE OR REPLACE FUNCTION readtier_member_version() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION readtier_member_version() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     NEW.version := GREATEST(OLD.version, NEW.version) + 1;
     NEW.updated_at := now();
     RETURN NEW;
 END $$;
-CREATE OR REPLACE FUNCTION readtier_member_log() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION readtier_member_log() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         INSERT INTO change_log (table_name, op, member_id, version)
@@ -91,7 +95,8 @@ BEGIN
     VALUES ('memberships', lower(TG_OP), NEW.member_id, NEW.version);
     RETURN NEW;
 END $$;
-CREATE OR REPLACE FUNCTION readtier_catalog_log() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION readtier_catalog_log() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 DECLARE v BIGINT;
 BEGIN
     UPDATE catalog_meta SET version = version + 1 WHERE id = 1 RETURNING version INTO v;
