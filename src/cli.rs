@@ -8,12 +8,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::catalog::CatalogData;
 use crate::changes::relay::Relay;
 use crate::changes::stream::{stream_key, StreamPublisher};
 use crate::config::Config;
 use crate::node;
 use crate::store::Store;
+use crate::tier::Tier;
 
 /// Exit status for invalid configuration or usage (sysexits EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -164,7 +167,16 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
         stream_key(&cfg.redis_prefix),
         cfg.changes.stream_maxlen,
     )?;
-    let relay = Relay::new(store, publisher, holder.clone(), cfg)?;
+    let tier = match &cfg.redis {
+        Some(t) => Some(Arc::new(Tier::new(
+            t,
+            cfg.zone,
+            &cfg.redis_prefix,
+            &cfg.l2,
+        )?)),
+        None => None,
+    };
+    let relay = Relay::new(store, publisher, tier, holder.clone(), cfg)?;
     println!("readtier relay {holder} started (standby until it holds the lease)");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -48,9 +48,22 @@ pub struct Config {
     pub zone: usize,
     pub redis_prefix: String,
     pub l1: L1Config,
+    pub l2: TierConfig,
     pub http: HttpConfig,
     pub changes: ChangesConfig,
     pub relay: RelayConfig,
+}
+
+/// The Redis hash tier's settings.
+#[derive(Debug, Clone)]
+pub struct TierConfig {
+    pub ttl: Duration,
+    pub timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub max_store_fills: usize,
+    pub bucket_size: u64,
+    pub write_only_zones: Vec<String>,
 }
 
 /// Redis nodes grouped into zones; every zone holds a full replica of the hash tier.
@@ -374,6 +387,46 @@ impl Config {
             stream_url,
             stream_maxlen: get.positive("changes.stream_maxlen")?,
         };
+        let write_only_zones: Vec<String> = get
+            .string("l2.write_only_zones")?
+            .split(',')
+            .map(|z| z.trim().to_string())
+            .filter(|z| !z.is_empty())
+            .collect();
+        for z in &write_only_zones {
+            if !redis
+                .as_ref()
+                .is_some_and(|t| t.zones.iter().any(|zone| zone.name == *z))
+            {
+                return Err(get.invalid(
+                    "l2.write_only_zones",
+                    format!("{z:?} is not a zone in redis_urls"),
+                ));
+            }
+        }
+        let l2 = TierConfig {
+            ttl: get.duration("l2.ttl")?,
+            timeout: get.duration("l2.timeout")?,
+            breaker_failures: get.positive("l2.breaker_failures")?.min(u32::MAX as u64) as u32,
+            breaker_cooldown: get.duration("l2.breaker_cooldown")?,
+            max_store_fills: get.positive("l2.max_store_fills")? as usize,
+            bucket_size: get.positive("l2.bucket_size")?,
+            write_only_zones,
+        };
+        if l2.timeout.is_zero() {
+            return Err(get.invalid("l2.timeout", "must be longer than zero".into()));
+        }
+        if l2.ttl < Duration::from_secs(1) {
+            return Err(get.invalid("l2.ttl", "must be at least 1s".into()));
+        }
+        if let Some(t) = &redis {
+            if !l2.write_only_zones.is_empty() && l2.write_only_zones.len() == t.zones.len() {
+                return Err(get.invalid(
+                    "l2.write_only_zones",
+                    "at least one zone must be readable".into(),
+                ));
+            }
+        }
         let relay = RelayConfig {
             lease_ttl: get.duration("relay.lease_ttl")?,
         };
@@ -393,6 +446,7 @@ impl Config {
             zone,
             redis_prefix: get.string("redis_prefix")?,
             l1,
+            l2,
             http,
             changes,
             relay,

@@ -6,8 +6,9 @@
 //!   snapshot`); `If-None-Match` matching the ETag answers 304; a country without plans
 //!   is 404. The catalog never misses: a node does not serve without a snapshot.
 //! - `GET /v1/members/{id}/entitlement` and `POST /v1/playback/authorize`: the member is
-//!   looked up through [`Members`] — **hit** answers from L1; **miss** reads the store
-//!   once per member (concurrent misses wait for that one read); **stale** entries are
+//!   looked up through [`Members`] — **hit** answers from L1; **miss** loads once per
+//!   member (concurrent misses wait for that one load) from the L2 tier's local zone,
+//!   then its other zones, then the store; **stale** entries are
 //!   dropped by the change follower before they are read again; **failure** of the store
 //!   answers 503 problem JSON and caches nothing. The decision is computed from the
 //!   record and the same snapshot that supplies `x-catalog-version`.
@@ -50,6 +51,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 const FROM_SNAPSHOT: HeaderValue = HeaderValue::from_static("snapshot");
 const FROM_L1: HeaderValue = HeaderValue::from_static("l1");
+const FROM_L2: HeaderValue = HeaderValue::from_static("l2");
 const FROM_STORE: HeaderValue = HeaderValue::from_static("store");
 
 /// Which listener a request arrived on: the admin one also serves `/metrics`.
@@ -208,7 +210,7 @@ impl App {
             Err(resp) => return resp,
         };
         let snapshot = self.catalog.load();
-        let Some(member) = entry.as_ref() else {
+        let Some(member) = entry.member.as_ref() else {
             let mut resp = problem(
                 StatusCode::NOT_FOUND,
                 "unknown-member",
@@ -281,7 +283,7 @@ impl App {
         };
         let snapshot = self.catalog.load();
         let (reason, plan) = members::authorize(
-            entry.as_ref().as_ref(),
+            entry.member.as_ref(),
             &snapshot,
             &ask.device_class,
             ask.active_streams,
@@ -461,6 +463,7 @@ fn with_member_headers(resp: &mut Response<Body>, snapshot: &Snapshot, from: mem
         X_SERVED_FROM.clone(),
         match from {
             members::ServedFrom::L1 => FROM_L1,
+            members::ServedFrom::L2 => FROM_L2,
             members::ServedFrom::Store => FROM_STORE,
         },
     );

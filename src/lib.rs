@@ -8,6 +8,7 @@
 //! - [`http`]: listeners, routing, the request path's rules, problem answers;
 //! - [`catalog`]: the immutable, versioned, pre-rendered plan catalog snapshot;
 //! - [`members`]: member records, the entitlement decision, the L1 cache;
+//! - [`tier`]: the L2 Redis hash tier (zones, consistent hashing, versioned sets);
 //! - [`store`]: the source of truth (embedded SQLite), its schema, triggers and seeding;
 //! - [`changes`]: the follower that applies committed changes to L1 and the catalog;
 //! - [`node`]: one serving node assembled, started and drained through a shutdown handle;
@@ -24,3 +25,4 @@ pub mod members;
 pub mod node;
 pub mod store;
 pub mod telemetry;
+pub mod tier;

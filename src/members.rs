@@ -6,9 +6,10 @@
 //!
 //! L1 rules:
 //! - **hit**: the entry (a record, or "no such member") is answered from memory;
-//! - **miss**: one store read per member however many requests miss at once (the
-//!   others wait for it: coalescing); a found record is kept for `l1.ttl`, an unknown
-//!   id for `l1.negative_ttl`;
+//! - **miss**: one load per member however many requests miss at once (the others
+//!   wait for it: coalescing) — from the L2 tier if it holds the member, else from the
+//!   store (at most `l2.max_store_fills` store reads in flight), filling L2; a found
+//!   record is kept for `l1.ttl`, an unknown id for `l1.negative_ttl`;
 //! - **stale**: change events drop the entry ([`Members::invalidate`]); a fill that was
 //!   in flight while any invalidation happened is not kept, so a read that raced a
 //!   commit cannot pin the old value until the TTL;
@@ -22,8 +23,11 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use crate::catalog::{Plan, Snapshot};
+use tokio::sync::Semaphore;
+
 use crate::store::{Store, StoreError};
 use crate::telemetry::MemberMetrics;
+use crate::tier::{Tier, TierEntry};
 
 /// A member's standing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,6 +154,7 @@ pub fn authorize<'s>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServedFrom {
     L1,
+    L2,
     Store,
 }
 
@@ -157,13 +162,21 @@ impl ServedFrom {
     pub fn as_str(self) -> &'static str {
         match self {
             ServedFrom::L1 => "l1",
+            ServedFrom::L2 => "l2",
             ServedFrom::Store => "store",
         }
     }
 }
 
-/// An L1 entry: a record, or the knowledge that there is none.
-pub type Entry = Arc<Option<Member>>;
+/// An L1 entry: a record, or the knowledge that there is none, and where it was
+/// loaded from (what a coalesced miss reports).
+#[derive(Debug)]
+pub struct Cached {
+    pub member: Option<Member>,
+    pub origin: ServedFrom,
+}
+
+pub type Entry = Arc<Cached>;
 
 struct TtlPolicy {
     ttl: Duration,
@@ -172,7 +185,7 @@ struct TtlPolicy {
 
 impl Expiry<u64, Entry> for TtlPolicy {
     fn expire_after_create(&self, _key: &u64, value: &Entry, _now: Instant) -> Option<Duration> {
-        Some(if value.is_some() {
+        Some(if value.member.is_some() {
             self.ttl
         } else {
             self.negative_ttl
@@ -180,10 +193,25 @@ impl Expiry<u64, Entry> for TtlPolicy {
     }
 }
 
-/// Member lookups: L1, then the store.
+/// Why a member could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("too many store reads in flight ({0}); the tier may be down")]
+    Overloaded(usize),
+}
+
+/// Member lookups: L1, then the L2 hash tier (when configured), then the store.
 pub struct Members {
     l1: Cache<u64, Entry>,
     store: Store,
+    tier: Option<Arc<Tier>>,
+    /// Bounds concurrent store reads, so an outage of the tier cannot flatten the store.
+    fills: Semaphore,
+    max_fills: usize,
+    /// How long a miss may wait for a fill permit.
+    fill_wait: Duration,
     /// Raised by every invalidation; a fill that sees it move drops what it read.
     generation: AtomicU64,
     /// Store reads made by this instance (the metrics are per process).
@@ -193,6 +221,16 @@ pub struct Members {
 
 impl Members {
     pub fn new(store: Store, cfg: &crate::config::L1Config) -> Members {
+        Members::with_tier(store, None, cfg, 64, Duration::from_secs(5))
+    }
+
+    pub fn with_tier(
+        store: Store,
+        tier: Option<Arc<Tier>>,
+        cfg: &crate::config::L1Config,
+        max_fills: usize,
+        fill_wait: Duration,
+    ) -> Members {
         let l1 = Cache::builder()
             .max_capacity(cfg.capacity)
             .expire_after(TtlPolicy {
@@ -203,14 +241,18 @@ impl Members {
         Members {
             l1,
             store,
+            tier,
+            fills: Semaphore::new(max_fills),
+            max_fills,
+            fill_wait,
             generation: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
             metrics: MemberMetrics::register(),
         }
     }
 
-    /// Looks a member up through L1.
-    pub async fn get(&self, id: u64) -> Result<(Entry, ServedFrom), Arc<StoreError>> {
+    /// Looks a member up through L1, L2 and the store.
+    pub async fn get(&self, id: u64) -> Result<(Entry, ServedFrom), Arc<LookupError>> {
         if let Some(entry) = self.l1.get(&id).await {
             self.metrics.l1_hits.increment(1);
             return Ok((entry, ServedFrom::L1));
@@ -223,15 +265,7 @@ impl Members {
             .entry(id)
             .or_try_insert_with(async {
                 loaded_here = true;
-                self.store_reads.fetch_add(1, Ordering::Relaxed);
-                self.metrics.store_reads.increment(1);
-                match self.store.get_member(id).await {
-                    Ok(m) => Ok(Arc::new(m)),
-                    Err(e) => {
-                        self.metrics.store_errors.increment(1);
-                        Err(e)
-                    }
-                }
+                self.load(id).await
             })
             .await?;
         if !loaded_here {
@@ -242,7 +276,56 @@ impl Members {
             // the change, so answer it (it was current when read) but do not keep it.
             self.l1.invalidate(&id).await;
         }
-        Ok((entry.into_value(), ServedFrom::Store))
+        let entry = entry.into_value();
+        let origin = entry.origin;
+        Ok((entry, origin))
+    }
+
+    /// An L1 miss: the tier, then the store (filling the tier).
+    async fn load(&self, id: u64) -> Result<Entry, LookupError> {
+        if let Some(tier) = &self.tier {
+            if let Some(found) = tier.get(id).await {
+                let member = match found.entry {
+                    TierEntry::Member(m) => Some(m),
+                    TierEntry::Gone { .. } => None,
+                };
+                return Ok(Arc::new(Cached {
+                    member,
+                    origin: ServedFrom::L2,
+                }));
+            }
+        }
+        let _permit = match tokio::time::timeout(self.fill_wait, self.fills.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(LookupError::Overloaded(self.max_fills)),
+        };
+        self.store_reads.fetch_add(1, Ordering::Relaxed);
+        self.metrics.store_reads.increment(1);
+        let member = match self.store.get_member(id).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.store_errors.increment(1);
+                return Err(e.into());
+            }
+        };
+        if let Some(tier) = &self.tier {
+            // Fill every zone; versioned, so this never replaces a newer value. An
+            // unknown member is a tombstone at version 0: any insert outranks it.
+            let entry = match &member {
+                Some(m) => TierEntry::Member(m.clone()),
+                None => TierEntry::Gone { version: 0 },
+            };
+            let tier = tier.clone();
+            tokio::spawn(async move {
+                for (zone, e) in tier.set_all(id, &entry).await {
+                    tracing::debug!(zone, error = %e, "tier fill failed");
+                }
+            });
+        }
+        Ok(Arc::new(Cached {
+            member,
+            origin: ServedFrom::Store,
+        }))
     }
 
     /// Drops one member's entry (a change event for it arrived).
@@ -277,6 +360,10 @@ impl Members {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.as_ref()
     }
 }
 

@@ -26,6 +26,7 @@ use crate::members::Members;
 use crate::store::seed::MemberGenerator;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
+use crate::tier::{Tier, TierError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum NodeError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error(transparent)]
+    Tier(#[from] TierError),
     #[error("no catalog: the store failed ({store}) and there is no snapshot on disk ({disk})")]
     NoCatalog {
         store: Box<StoreError>,
@@ -188,7 +191,22 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let snapshot_path = cfg.data_dir.join("catalog-snapshot.json");
     let data = first_catalog(&store, &snapshot_path).await?;
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(&data)));
-    let members = Arc::new(Members::new(store.clone(), &cfg.l1));
+    let tier = match &cfg.redis {
+        Some(t) => Some(Arc::new(Tier::new(
+            t,
+            cfg.zone,
+            &cfg.redis_prefix,
+            &cfg.l2,
+        )?)),
+        None => None,
+    };
+    let members = Arc::new(Members::with_tier(
+        store.clone(),
+        tier,
+        &cfg.l1,
+        cfg.l2.max_store_fills,
+        cfg.http.request_timeout,
+    ));
     let app = Arc::new(App::new(
         catalog.clone(),
         members.clone(),

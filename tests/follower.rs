@@ -32,7 +32,7 @@ async fn concurrent_misses_for_one_member_make_one_store_read() {
     let mut from_store = 0;
     for t in tasks {
         let (entry, from) = t.await.unwrap();
-        assert_eq!(entry.as_ref().as_ref().unwrap().id, 7);
+        assert_eq!(entry.member.as_ref().unwrap().id, 7);
         from_store += (from == ServedFrom::Store) as u32;
     }
     assert_eq!(
@@ -44,8 +44,8 @@ async fn concurrent_misses_for_one_member_make_one_store_read() {
     let (_, from) = members.get(7).await.unwrap();
     assert_eq!(from, ServedFrom::L1);
     // Unknown ids are remembered too.
-    assert!(members.get(1_000_000).await.unwrap().0.is_none());
-    assert!(members.get(1_000_000).await.unwrap().0.is_none());
+    assert!(members.get(1_000_000).await.unwrap().0.member.is_none());
+    assert!(members.get(1_000_000).await.unwrap().0.member.is_none());
     assert_eq!(members.store_reads(), 2);
 }
 
@@ -73,7 +73,7 @@ async fn a_trimmed_gap_drops_the_whole_l1() {
     );
     follower.poll_once().await.unwrap();
     let (m, _) = members.get(9).await.unwrap();
-    assert_eq!(m.as_ref().as_ref().unwrap().status, Status::Active);
+    assert_eq!(m.member.as_ref().unwrap().status, Status::Active);
     assert_eq!(members.get(9).await.unwrap().1, ServedFrom::L1);
 
     // The change is committed, but the log is trimmed before this node reads it.
@@ -89,7 +89,7 @@ async fn a_trimmed_gap_drops_the_whole_l1() {
     follower.poll_once().await.unwrap();
     let (m, from) = members.get(9).await.unwrap();
     assert_eq!(from, ServedFrom::Store, "L1 was dropped");
-    assert_eq!(m.as_ref().as_ref().unwrap().status, Status::Paused);
+    assert_eq!(m.member.as_ref().unwrap().status, Status::Paused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +132,7 @@ async fn duplicate_and_replayed_events_are_harmless() {
             .await
             .unwrap()
             .0
-            .as_ref()
+            .member
             .as_ref()
             .unwrap()
             .status,

@@ -66,7 +66,12 @@ fn relay_task(
         cfg.changes.stream_maxlen,
     )
     .unwrap();
-    let relay = Relay::new(store, publisher, id.to_string(), &cfg).unwrap();
+    let tier = cfg.redis.as_ref().map(|t| {
+        std::sync::Arc::new(
+            readtier::tier::Tier::new(t, cfg.zone, &cfg.redis_prefix, &cfg.l2).unwrap(),
+        )
+    });
+    let relay = Relay::new(store, publisher, tier, id.to_string(), &cfg).unwrap();
     let token = CancellationToken::new();
     let handle = tokio::spawn(relay.run(token.clone()));
     (token, handle)

@@ -1,5 +1,7 @@
-//! The relay: reads the store's change log and publishes every change on the change
-//! stream (and, with the hash tier, applies it there first).
+//! The relay: reads the store's change log, applies every member change to each zone
+//! of the hash tier (the member's current row, or a tombstone, with a versioned set),
+//! and only then publishes the change on the change stream — so a node that drops its
+//! L1 entry on the event and reads the tier finds the new value there.
 //!
 //! Several relays may run; exactly one is active. The active one holds a lease row in
 //! the store (`relay_state.holder`, `lease_until`) and renews it every third of
@@ -18,9 +20,12 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashMap;
+
 use super::log::LogReader;
 use super::stream::StreamPublisher;
-use crate::store::{now_ms, PgStore, Store};
+use crate::store::{now_ms, ChangeEvent, ChangeKind, PgStore, Store};
+use crate::tier::{Tier, TierEntry};
 
 /// How often the active relay trims delivered change-log rows past the retention.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
@@ -29,6 +34,13 @@ pub struct Relay {
     store: Store,
     pg: Arc<PgStore>,
     publisher: StreamPublisher,
+    /// The hash tier every change is applied to before it is published.
+    tier: Option<Arc<Tier>>,
+    /// Members whose tier write failed in some zone, with when it first failed: they
+    /// are re-read and re-applied on every pass until written (or until the tier's TTL
+    /// has expired whatever the zone held).
+    repairs: HashMap<u64, Instant>,
+    tier_ttl: Duration,
     holder: String,
     lease_ttl: Duration,
     poll_interval: Duration,
@@ -46,6 +58,7 @@ impl Relay {
     pub fn new(
         store: Store,
         publisher: StreamPublisher,
+        tier: Option<Arc<Tier>>,
         holder: String,
         cfg: &crate::config::Config,
     ) -> Result<Relay, crate::store::StoreError> {
@@ -56,11 +69,78 @@ impl Relay {
             pg: pg.clone(),
             store,
             publisher,
+            tier,
+            repairs: HashMap::new(),
+            tier_ttl: cfg.l2.ttl,
             holder,
             lease_ttl: cfg.relay.lease_ttl,
             poll_interval: cfg.changes.poll_interval,
             retention: cfg.changes.retention,
         })
+    }
+
+    /// Applies a batch to every zone of the tier: the members' current rows (or
+    /// tombstones) with versioned sets. A zone that fails leaves the member in
+    /// `repairs`, retried on later passes.
+    async fn apply_to_tier(
+        &mut self,
+        events: &[ChangeEvent],
+    ) -> Result<(), crate::store::StoreError> {
+        let Some(tier) = self.tier.clone() else {
+            return Ok(());
+        };
+        if events.iter().any(|e| e.kind == ChangeKind::MembersReseeded) {
+            let (removed, errors) = tier.flush_members().await;
+            tracing::info!(
+                buckets = removed,
+                failed_nodes = errors.len(),
+                "members reseeded: flushed the tier"
+            );
+        }
+        let mut latest: HashMap<u64, i64> = HashMap::new();
+        for e in events {
+            if let ChangeKind::Member { id, version, .. } = e.kind {
+                let v = latest.entry(id).or_insert(version);
+                *v = (*v).max(version);
+            }
+        }
+        let now = Instant::now();
+        self.repairs
+            .retain(|_, since| now.duration_since(*since) < self.tier_ttl);
+        for id in self.repairs.keys() {
+            latest.entry(*id).or_insert(0);
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = latest.keys().map(|id| *id as i64).collect();
+        let rows: HashMap<u64, crate::members::Member> = self
+            .pg
+            .members_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
+        let tier_ref = &tier;
+        let writes = latest.iter().map(|(id, version)| {
+            let entry = match rows.get(id) {
+                Some(m) => TierEntry::Member(m.clone()),
+                None => TierEntry::Gone { version: *version },
+            };
+            async move { (*id, tier_ref.set_all(*id, &entry).await) }
+        });
+        for (id, failed) in futures_util::future::join_all(writes).await {
+            if failed.is_empty() {
+                self.repairs.remove(&id);
+            } else {
+                for (zone, e) in &failed {
+                    tracing::debug!(member = id, zone, error = %e, "tier write failed; will retry");
+                }
+                self.repairs.entry(id).or_insert(now);
+            }
+        }
+        metrics::gauge!("readtier_relay_tier_repairs_pending").set(self.repairs.len() as f64);
+        Ok(())
     }
 
     /// Runs until `shutdown`; gives the lease up on the way out.
@@ -126,6 +206,20 @@ impl Relay {
                 Ok(batch) => {
                     more = batch.more;
                     let n = batch.events.len();
+                    if let Err(e) = self.apply_to_tier(&batch.events).await {
+                        tracing::warn!(error = %e, "reading members for the tier failed; will read the batch again");
+                        reader = self
+                            .pg
+                            .relay_cursor()
+                            .await
+                            .ok()
+                            .map(|c| LogReader::from_cursor(&self.store, c));
+                        if reader.is_none() {
+                            role = Role::Standby;
+                        }
+                        tokio::time::sleep(self.poll_interval).await;
+                        continue;
+                    }
                     match self.publisher.publish(&batch.events).await {
                         Ok(()) => {
                             published.increment(n as u64);

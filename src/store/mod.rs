@@ -154,6 +154,14 @@ impl Store {
         }
     }
 
+    /// Up to `limit` members with ids at or above `from`, in id order.
+    pub async fn members_range(&self, from: u64, limit: i64) -> Result<Vec<Member>, StoreError> {
+        match self {
+            Store::Sqlite(s) => blocking(s, move |s| s.members_range(from, limit)).await,
+            Store::Postgres(p) => p.members_range(from, limit).await,
+        }
+    }
+
     /// Bulk-loads members (see each backend's `write_members`).
     pub async fn write_members<I>(&self, rows: I) -> Result<u64, StoreError>
     where

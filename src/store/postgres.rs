@@ -573,7 +573,32 @@ impl PgStore {
         Ok(n)
     }
 
-    /// Every member, in id order, streamed (for `reconcile`).
+    /// The current rows of these members (missing ids are absent from the answer).
+    pub async fn members_by_ids(&self, ids: &[i64]) -> Result<Vec<Member>, StoreError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached("SELECT member_id, status, plan_id, country, version FROM memberships WHERE member_id = ANY($1)")
+            .await
+            .map_err(self.err("prepare member batch read"))?;
+        let rows = c
+            .query(&st, &[&ids])
+            .await
+            .map_err(self.err("read member batch"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(Member {
+                    id: r.get::<_, i64>(0) as u64,
+                    status: Status::parse(r.get::<_, &str>(1))?,
+                    plan_id: r.get(2),
+                    country: r.get(3),
+                    version: r.get(4),
+                })
+            })
+            .collect())
+    }
+
+    /// Number of member rows.
     pub async fn member_count(&self) -> Result<u64, StoreError> {
         let c = self.client().await?;
         let n: i64 = c
@@ -584,7 +609,7 @@ impl PgStore {
         Ok(n as u64)
     }
 
-    /// Members with ids in `[from, to)`, for walks over the whole table.
+    /// Up to `limit` members with ids at or above `from`, in id order (for walks).
     pub async fn members_range(&self, from: u64, limit: i64) -> Result<Vec<Member>, StoreError> {
         let c = self.client().await?;
         let rows = c

@@ -507,6 +507,44 @@ impl SqliteStore {
         })
     }
 
+    /// Up to `limit` members with ids at or above `from`, in id order (for walks).
+    pub fn members_range(&self, from: u64, limit: i64) -> Result<Vec<Member>, StoreError> {
+        self.with_conn(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT member_id, status, plan_id, country, version FROM memberships
+                      WHERE member_id >= ?1 ORDER BY member_id LIMIT ?2",
+                )
+                .map_err(self.err("prepare member walk"))?;
+            let rows = st
+                .query_map(params![from as i64, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                    ))
+                })
+                .map_err(self.err("walk members"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, status, plan_id, country, version) =
+                    row.map_err(self.err("walk members"))?;
+                if let Some(status) = Status::parse(&status) {
+                    out.push(Member {
+                        id: id as u64,
+                        status,
+                        plan_id,
+                        country,
+                        version,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Number of member rows.
     pub fn member_count(&self) -> Result<u64, StoreError> {
         self.with_conn(|c| {

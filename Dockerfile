@@ -1,0 +1,27 @@
+# Multi-stage build: compile in the Rust image, run from a small Debian image as a
+# non-root user. The same image runs `serve` (default), `relay`, `migrate`, `seed`.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY benches benches
+COPY config config
+COPY data data
+RUN cargo build --release --locked --bin readtier \
+ && strip target/release/readtier
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/readtier --create-home readtier
+COPY --from=build /src/target/release/readtier /usr/local/bin/readtier
+USER readtier
+WORKDIR /var/lib/readtier
+ENV READTIER_DATA_DIR=/var/lib/readtier \
+    READTIER_LISTEN=0.0.0.0:8080 \
+    READTIER_ADMIN_LISTEN=0.0.0.0:9090
+EXPOSE 8080 9090
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/readtier"]
+CMD ["serve"]

@@ -1,0 +1,128 @@
+//! How member records are stored in Redis.
+//!
+//! Chosen encoding: members are grouped into buckets of `bucket_size` consecutive ids,
+//! one Redis hash per bucket (`{prefix}h:{id / bucket_size}`), one field per member
+//! (`{id % bucket_size}`), and a short text value:
+//!
+//! - a record: `version|status|country|plan`, e.g. `3|a|US|premium`
+//!   (status: `a` active, `g` grace, `h` on hold, `p` paused, `c` cancelled);
+//! - a tombstone (the member is deleted, or was never there): `version|x`.
+//!
+//! Small hashes are stored by Redis as listpacks (no per-key dictionary entry, object
+//! header, or expiry record per member), so a member costs a few tens of bytes instead
+//! of the ~90 of a key of its own; docs/PERFORMANCE.md and README give the measured
+//! figures (`cargo run --release --example l2_memory`). The version comes first so the
+//! versioned-set script can compare it without decoding the rest.
+
+use crate::members::{Member, Status};
+
+/// What the tier holds for a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TierEntry {
+    Member(Member),
+    /// Deleted (or never existed) as of `version`.
+    Gone {
+        version: i64,
+    },
+}
+
+impl TierEntry {
+    pub fn version(&self) -> i64 {
+        match self {
+            TierEntry::Member(m) => m.version,
+            TierEntry::Gone { version } => *version,
+        }
+    }
+}
+
+fn status_code(s: Status) -> char {
+    match s {
+        Status::Active => 'a',
+        Status::Grace => 'g',
+        Status::OnHold => 'h',
+        Status::Paused => 'p',
+        Status::Cancelled => 'c',
+    }
+}
+
+fn status_of(c: &str) -> Option<Status> {
+    Some(match c {
+        "a" => Status::Active,
+        "g" => Status::Grace,
+        "h" => Status::OnHold,
+        "p" => Status::Paused,
+        "c" => Status::Cancelled,
+        _ => return None,
+    })
+}
+
+/// The bucket key and field of a member.
+pub fn locate(prefix: &str, bucket_size: u64, id: u64) -> (String, String) {
+    (
+        format!("{prefix}h:{}", id / bucket_size),
+        (id % bucket_size).to_string(),
+    )
+}
+
+pub fn encode(e: &TierEntry) -> String {
+    match e {
+        TierEntry::Member(m) => format!(
+            "{}|{}|{}|{}",
+            m.version,
+            status_code(m.status),
+            m.country,
+            m.plan_id
+        ),
+        TierEntry::Gone { version } => format!("{version}|x"),
+    }
+}
+
+/// Decodes a value; `None` for anything malformed (treated as a miss).
+pub fn decode(id: u64, v: &[u8]) -> Option<TierEntry> {
+    let s = std::str::from_utf8(v).ok()?;
+    let mut parts = s.splitn(4, '|');
+    let version: i64 = parts.next()?.parse().ok()?;
+    let status = parts.next()?;
+    if status == "x" {
+        return Some(TierEntry::Gone { version });
+    }
+    let status = status_of(status)?;
+    let country = parts.next()?.to_string();
+    let plan_id = parts.next()?.to_string();
+    Some(TierEntry::Member(Member {
+        id,
+        status,
+        plan_id,
+        country,
+        version,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        for status in Status::ALL {
+            let e = TierEntry::Member(Member {
+                id: 4242,
+                status,
+                plan_id: "standard-with-ads".into(),
+                country: "US".into(),
+                version: 17,
+            });
+            assert_eq!(decode(4242, encode(&e).as_bytes()), Some(e));
+        }
+        let g = TierEntry::Gone { version: 9 };
+        assert_eq!(decode(1, encode(&g).as_bytes()), Some(g));
+        assert_eq!(encode(&TierEntry::Gone { version: 9 }), "9|x");
+        for bad in ["", "x|a|US|p", "1|q|US|p", "1|a|US", "1"] {
+            assert_eq!(decode(1, bad.as_bytes()), None, "{bad:?}");
+        }
+        assert_eq!(
+            locate("rt:", 100, 4242),
+            ("rt:h:42".to_string(), "42".to_string())
+        );
+    }
+}
