@@ -290,7 +290,7 @@ impl Tier {
                 name: z.name.clone(),
                 ring: Ring::new(&z.nodes),
                 nodes,
-                write_only: cfg.write_only_zones.iter().any(|w| *w == z.name),
+                write_only: cfg.write_only_zones.contains(&z.name),
             });
         }
         Ok(Tier {
