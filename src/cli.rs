@@ -1,4 +1,5 @@
-//! The `readtier` command line: `serve` (the default), `migrate`, `seed`, `relay`.
+//! The `readtier` command line: `serve` (the default), `migrate`, `seed`, `relay`,
+//! `reconcile`, `warm`.
 //!
 //! Exit statuses: 0 success, 64 invalid configuration or usage, 1 anything else.
 
@@ -41,6 +42,20 @@ enum Command {
     Serve,
     /// Create the store's tables, indexes and change-capture triggers (idempotent).
     Migrate,
+    /// Walk the store, compare every zone of the Redis tier, repair drift, print counts.
+    Reconcile {
+        /// Also write members the tier does not hold (reads fill them on demand anyway).
+        #[arg(long)]
+        fill_missing: bool,
+    },
+    /// Copy every member a live zone holds into another zone (a new zone, written
+    /// only while it warms: see l2.write_only_zones).
+    Warm {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
     /// Publish the store's change log on the change stream (one active relay, others standby).
     Relay {
         /// This relay's name in the lease (default: host name and process id).
@@ -99,6 +114,8 @@ pub fn main() -> ExitCode {
             Command::Migrate => migrate(&cfg).await,
             Command::Seed { members } => seed(&cfg, members).await,
             Command::Relay { id } => relay(&cfg, id).await,
+            Command::Reconcile { fill_missing } => reconcile(&cfg, fill_missing).await,
+            Command::Warm { from, to } => warm(&cfg, &from, &to).await,
         }
     });
     match result {
@@ -147,6 +164,38 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     running.wait().await;
+    Ok(())
+}
+
+fn tier_of(cfg: &Config) -> anyhow::Result<Tier> {
+    let Some(t) = &cfg.redis else {
+        anyhow::bail!("no Redis tier configured: set redis_urls (READTIER_REDIS_URLS)");
+    };
+    Ok(Tier::new(t, cfg.zone, &cfg.redis_prefix, &cfg.l2)?)
+}
+
+async fn reconcile(cfg: &Config, fill_missing: bool) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.store)?;
+    let tier = tier_of(cfg)?;
+    let started = std::time::Instant::now();
+    let report = crate::tier::reconcile::reconcile(&store, &tier, fill_missing).await?;
+    print!("{report}");
+    println!("took {:.2}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn warm(cfg: &Config, from: &str, to: &str) -> anyhow::Result<()> {
+    let tier = tier_of(cfg)?;
+    let (f, t) = (tier.zone_index(from)?, tier.zone_index(to)?);
+    if f == t {
+        anyhow::bail!("--from and --to name the same zone");
+    }
+    let started = std::time::Instant::now();
+    let (copied, skipped) = tier.warm(f, t).await?;
+    println!(
+        "warmed zone {to} from {from}: {copied} members copied, {skipped} already as new, in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -17,6 +17,7 @@
 //! client), rather than a connection per request.
 
 pub mod encoding;
+pub mod reconcile;
 pub mod ring;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -425,6 +426,48 @@ impl Tier {
                 .await
         })
         .await
+    }
+
+    /// Everything one zone holds in one bucket: member id → raw value.
+    pub async fn bucket_in(
+        &self,
+        zone: usize,
+        bucket: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, TierError> {
+        let key = format!("{}h:{bucket}", self.prefix);
+        let node = self.zones[zone].node_for(&key);
+        let fields: Vec<(String, Vec<u8>)> = node
+            .call("HGETALL", |mut c| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(fields
+            .into_iter()
+            .filter_map(|(f, v)| {
+                f.parse::<u64>()
+                    .ok()
+                    .map(|o| (bucket * self.bucket_size + o, v))
+            })
+            .collect())
+    }
+
+    /// Removes a member's field in one zone (reconcile: a record the store lacks).
+    pub async fn remove_in(&self, zone: usize, id: u64) -> Result<(), TierError> {
+        let (key, field) = encoding::locate(&self.prefix, self.bucket_size, id);
+        let node = self.zones[zone].node_for(&key);
+        node.call("HDEL", |mut c| async move {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&field)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub fn bucket_size(&self) -> u64 {
+        self.bucket_size
     }
 
     /// Every bucket key held by one node (SCAN), for warming and flushing.

@@ -1,0 +1,451 @@
+//! The Redis hash tier with two zones of two private redis-server processes each,
+//! PostgreSQL as the store, and a dedicated redis-server for the change stream.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::infra::*;
+use common::*;
+use readtier::catalog::CatalogData;
+use readtier::changes::relay::Relay;
+use readtier::changes::stream::{stream_key, StreamPublisher};
+use readtier::config::Config;
+use readtier::members::{Member, Status};
+use readtier::node::{prepare_store, seed_members_into};
+use readtier::store::Store;
+use readtier::tier::{Tier, TierEntry};
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+struct Cluster {
+    schema: PgSchema,
+    a: Vec<RedisServer>,
+    b: Vec<RedisServer>,
+    stream: RedisServer,
+    store: Store,
+}
+
+impl Cluster {
+    async fn new(members: u64) -> Cluster {
+        let schema = PgSchema::new().await;
+        let cfg =
+            Config::from_layers(None, &[("READTIER_STORE_URL".into(), schema.url())]).unwrap();
+        let store = Store::open(&cfg.store).unwrap();
+        prepare_store(&store, 0).await.unwrap();
+        seed_members_into(&store, &CatalogData::reference().unwrap(), members)
+            .await
+            .unwrap();
+        Cluster {
+            schema,
+            a: vec![RedisServer::start(), RedisServer::start()],
+            b: vec![RedisServer::start(), RedisServer::start()],
+            stream: RedisServer::start(),
+            store,
+        }
+    }
+
+    fn urls(&self) -> String {
+        let zone = |z: &[RedisServer]| z.iter().map(|r| r.url()).collect::<Vec<_>>().join(",");
+        format!("a={};b={}", zone(&self.a), zone(&self.b))
+    }
+
+    fn env(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("READTIER_STORE_URL", self.schema.url()),
+            ("READTIER_REDIS_URLS", self.urls()),
+            ("READTIER_ZONE", "a".to_string()),
+            ("READTIER_CHANGES_STREAM_URL", self.stream.url()),
+            ("READTIER_REDIS_PREFIX", format!("{}:", self.schema.name)),
+            ("READTIER_L1_TTL", "10m".to_string()),
+            ("READTIER_L2_BREAKER_COOLDOWN", "500ms".to_string()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            env.push((k, v.to_string()));
+        }
+        env
+    }
+
+    fn config(&self, extra: &[(&'static str, &str)]) -> Config {
+        let pairs: Vec<(String, String)> = self
+            .env(extra)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        Config::from_layers(None, &pairs).unwrap()
+    }
+
+    fn tier(&self) -> Tier {
+        let cfg = self.config(&[]);
+        Tier::new(
+            cfg.redis.as_ref().unwrap(),
+            cfg.zone,
+            &cfg.redis_prefix,
+            &cfg.l2,
+        )
+        .unwrap()
+    }
+
+    async fn node(&self, extra: &[(&'static str, &str)]) -> TestNode {
+        let env = self.env(extra);
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        TestNode::start(&pairs).await
+    }
+
+    fn relay(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cfg = self.config(&[]);
+        let store = Store::open(&cfg.store).unwrap();
+        let publisher =
+            StreamPublisher::new(&self.stream.url(), stream_key(&cfg.redis_prefix), 10_000)
+                .unwrap();
+        let tier = Arc::new(self.tier());
+        let relay = Relay::new(store, publisher, Some(tier), "relay".into(), &cfg).unwrap();
+        let token = CancellationToken::new();
+        (token.clone(), tokio::spawn(relay.run(token)))
+    }
+}
+
+/// Member fields held by one redis-server (all buckets).
+async fn fields_on(r: &RedisServer) -> u64 {
+    let mut c = r.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*:h:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut n = 0;
+    for k in keys {
+        let len: u64 = redis::cmd("HLEN")
+            .arg(&k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        n += len;
+    }
+    n
+}
+
+async fn read_all(node: &TestNode, ids: impl Iterator<Item = u64>) -> Vec<String> {
+    let mut from = Vec::new();
+    for id in ids {
+        let r = node.get(&format!("/v1/members/{id}/entitlement")).await;
+        assert_eq!(r.status, 200, "member {id}");
+        from.push(r.header("x-served-from").unwrap().to_string());
+    }
+    from
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_fill_every_zone_spread_over_its_nodes_and_fresh_nodes_read_l2() {
+    let c = Cluster::new(5000).await;
+    let n1 = c.node(&[]).await;
+    let from = read_all(&n1, 1..=3000).await;
+    assert!(
+        from.iter().all(|f| f == "store"),
+        "a cold tier sends reads to the store"
+    );
+    eventually(LIMIT, "fills of 3000 members in both zones", || async {
+        let (a0, a1) = (fields_on(&c.a[0]).await, fields_on(&c.a[1]).await);
+        let (b0, b1) = (fields_on(&c.b[0]).await, fields_on(&c.b[1]).await);
+        (a0 + a1 == 3000 && b0 + b1 == 3000).then_some(())
+    })
+    .await;
+    for z in [&c.a, &c.b] {
+        for node in z.iter() {
+            let held = fields_on(node).await;
+            assert!(
+                held > 750,
+                "each node of a zone holds more than a quarter: {held}"
+            );
+        }
+    }
+    // Second read on the same node: L1. First read on a fresh node: L2, not the store.
+    assert!(read_all(&n1, 1..=50).await.iter().all(|f| f == "l1"));
+    let n2 = c.node(&[]).await;
+    assert!(read_all(&n2, 1..=200).await.iter().all(|f| f == "l2"));
+    assert_eq!(n2.running.app.members.store_reads(), 0);
+    // A node of zone b reads its own zone.
+    let nb = c.node(&[("READTIER_ZONE", "b")]).await;
+    assert!(read_all(&nb, 201..=300).await.iter().all(|f| f == "l2"));
+    n1.stop().await;
+    n2.stop().await;
+    nb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_fails_no_request_and_a_restarted_one_rejoins() {
+    let mut c = Cluster::new(5000).await;
+    let (stop, relay) = c.relay();
+    let warmup = c.node(&[]).await;
+    read_all(&warmup, 1..=3000).await;
+    eventually(LIMIT, "fills in both zones", || async {
+        (fields_on(&c.b[0]).await + fields_on(&c.b[1]).await == 3000).then_some(())
+    })
+    .await;
+    c.a[1].kill9();
+
+    let n = Arc::new(c.node(&[]).await);
+    let mut clients = Vec::new();
+    for k in 0..16u64 {
+        let n = n.clone();
+        clients.push(tokio::spawn(async move {
+            let mut from = Vec::new();
+            for i in 0..188u64 {
+                let id = 1 + (k * 188 + i) % 3000;
+                let r = n.get(&format!("/v1/members/{id}/entitlement")).await;
+                assert_eq!(
+                    r.status,
+                    200,
+                    "member {id}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
+                from.push(r.header("x-served-from").unwrap().to_string());
+            }
+            from
+        }));
+    }
+    let mut all = Vec::new();
+    for t in clients {
+        all.extend(t.await.unwrap());
+    }
+    assert_eq!(all.len(), 3008);
+    let l2 = all.iter().filter(|f| *f == "l2").count();
+    assert!(
+        l2 * 2 > all.len(),
+        "most answers from l2 ({l2} of {})",
+        all.len()
+    );
+
+    // A raw SQL write made now still reaches the node (zone b carries it).
+    let victim = (1..=3000u64)
+        .find(|id| {
+            let t = c.tier();
+            let (key, _) = readtier::tier::encoding::locate(
+                &format!("{}:", c.schema.name),
+                t.bucket_size(),
+                *id,
+            );
+            readtier::tier::ring::Ring::new(&[c.a[0].url(), c.a[1].url()]).node_for(key.as_bytes())
+                == 1
+        })
+        .unwrap();
+    c.schema
+        .exec(&format!(
+            "UPDATE memberships SET status='paused' WHERE member_id={victim}"
+        ))
+        .await;
+    eventually(
+        LIMIT,
+        "the write is visible with a zone-a node down",
+        || async {
+            let v = n
+                .get(&format!("/v1/members/{victim}/entitlement"))
+                .await
+                .json();
+            (v["status"] == "paused").then_some(())
+        },
+    )
+    .await;
+
+    // The node comes back empty; reads of its keys find them in zone b and write them back.
+    c.a[1].restart();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let fresh = c.node(&[]).await;
+    eventually(LIMIT, "the restarted node is written back to", || async {
+        read_all(&fresh, 1..=3000).await;
+        (fields_on(&c.a[1]).await > 0).then_some(())
+    })
+    .await;
+    stop.cancel();
+    relay.await.unwrap();
+    warmup.stop().await;
+    fresh.stop().await;
+}
+
+fn member(id: u64, status: Status, version: i64) -> Member {
+    Member {
+        id,
+        status,
+        plan_id: "premium".into(),
+        country: "US".into(),
+        version,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_racing_a_newer_change_loses_and_deleted_members_stay_deleted() {
+    let c = Cluster::new(100).await;
+    let tier = c.tier();
+    let newer = TierEntry::Member(member(5, Status::Paused, 6));
+    let older = TierEntry::Member(member(5, Status::Active, 5));
+    for zone in 0..2 {
+        assert!(tier.set_in(zone, 5, &newer).await.unwrap());
+        assert!(
+            !tier.set_in(zone, 5, &older).await.unwrap(),
+            "an older fill loses"
+        );
+        assert!(
+            !tier.set_in(zone, 5, &newer).await.unwrap(),
+            "a duplicate is a no-op"
+        );
+        assert_eq!(tier.get_from(zone, 5).await.unwrap(), Some(newer.clone()));
+    }
+
+    // Deleting in SQL: the relay writes a tombstone everywhere; a slow fill of the old
+    // row cannot bring the member back.
+    let (stop, relay) = c.relay();
+    let n = c.node(&[]).await;
+    assert_eq!(n.get("/v1/members/7/entitlement").await.status, 200);
+    let row = c.store.get_member(7).await.unwrap().unwrap();
+    c.schema
+        .exec("DELETE FROM memberships WHERE member_id = 7")
+        .await;
+    eventually(LIMIT, "member 7 gone", || async {
+        (n.get("/v1/members/7/entitlement").await.status == 404).then_some(())
+    })
+    .await;
+    for zone in 0..2 {
+        assert!(matches!(
+            tier.get_from(zone, 7).await.unwrap(),
+            Some(TierEntry::Gone { .. })
+        ));
+        assert!(!tier
+            .set_in(zone, 7, &TierEntry::Member(row.clone()))
+            .await
+            .unwrap());
+    }
+    let fresh = c.node(&[]).await;
+    let r = fresh.get("/v1/members/7/entitlement").await;
+    r.assert_problem(404);
+    assert_eq!(
+        r.header("x-served-from"),
+        Some("l2"),
+        "the tombstone answers"
+    );
+    stop.cancel();
+    relay.await.unwrap();
+    n.stop().await;
+    fresh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_repairs_a_planted_stale_value() {
+    let c = Cluster::new(500).await;
+    let tier = c.tier();
+    let current = c.store.get_member(33).await.unwrap().unwrap();
+    for id in 1..=500 {
+        let m = c.store.get_member(id).await.unwrap().unwrap();
+        tier.set_all(id, &TierEntry::Member(m)).await;
+    }
+    // Plant drift: an old version in zone b, a wrong record at the same version in
+    // zone a, and a record for a member the store does not have.
+    let mut stale = current.clone();
+    stale.version -= 1;
+    stale.status = Status::Cancelled;
+    tier.force_in(1, 33, &TierEntry::Member(stale))
+        .await
+        .unwrap();
+    let mut wrong = c.store.get_member(34).await.unwrap().unwrap();
+    wrong.plan_id = "mobile".into();
+    tier.force_in(0, 34, &TierEntry::Member(wrong))
+        .await
+        .unwrap();
+    tier.force_in(
+        0,
+        499_999,
+        &TierEntry::Member(member(499_999, Status::Active, 1)),
+    )
+    .await
+    .unwrap();
+    c.schema.exec("INSERT INTO memberships (member_id, status, plan_id, country) VALUES (499901, 'active', 'basic', 'FR')").await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_readtier"))
+        .arg("reconcile")
+        .envs(c.env(&[]).into_iter().map(|(k, v)| (k.to_string(), v)))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("checked 501 members"), "{text}");
+    assert!(
+        text.contains("zone a: missing 1, stale 2, repaired 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("zone b: missing 1, stale 1, repaired 1"),
+        "{text}"
+    );
+    assert_eq!(
+        tier.get_from(1, 33).await.unwrap(),
+        Some(TierEntry::Member(current))
+    );
+    assert_eq!(
+        tier.get_from(0, 34).await.unwrap(),
+        Some(TierEntry::Member(
+            c.store.get_member(34).await.unwrap().unwrap()
+        ))
+    );
+    assert_eq!(tier.get_from(0, 499_999).await.unwrap(), None);
+    // A second pass finds nothing stale.
+    let again = readtier::tier::reconcile::reconcile(&c.store, &tier, false)
+        .await
+        .unwrap();
+    assert!(again.zones.iter().all(|z| z.stale == 0), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_copies_a_live_zone_into_a_write_only_one() {
+    let c = Cluster::new(1000).await;
+    let tier = c.tier();
+    for id in 1..=1000 {
+        let m = c.store.get_member(id).await.unwrap().unwrap();
+        tier.set_in(0, id, &TierEntry::Member(m)).await.unwrap();
+    }
+    // Zone b is new: write-only while it warms, so nodes never read its misses.
+    let n = c.node(&[("READTIER_L2_WRITE_ONLY_ZONES", "b")]).await;
+    let mut a0 = c.a[0].conn().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut a0).await.unwrap();
+    let mut a1 = c.a[1].conn().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut a1).await.unwrap();
+    let r = n.get("/v1/members/3/entitlement").await;
+    assert_eq!(
+        r.header("x-served-from"),
+        Some("store"),
+        "write-only zone b is not read"
+    );
+    n.stop().await;
+
+    for id in 1..=1000 {
+        let m = c.store.get_member(id).await.unwrap().unwrap();
+        tier.set_in(0, id, &TierEntry::Member(m)).await.unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_readtier"))
+        .args(["warm", "--from", "a", "--to", "b"])
+        .envs(c.env(&[]).into_iter().map(|(k, v)| (k.to_string(), v)))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Member 3 was already written to b by the node's fill (writes go to every zone).
+    assert!(
+        text.contains("999 members copied, 1 already as new"),
+        "{text}"
+    );
+    assert_eq!(fields_on(&c.b[0]).await + fields_on(&c.b[1]).await, 1000);
+    let nb = c.node(&[("READTIER_ZONE", "b")]).await;
+    assert!(read_all(&nb, 1..=100).await.iter().all(|f| f == "l2"));
+    nb.stop().await;
+}
