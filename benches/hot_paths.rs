@@ -77,7 +77,7 @@ fn l1(c: &mut Criterion) {
         }
     });
     let mut id = 0u64;
-    c.bench_function("members: L1 hit (moka future)", |b| {
+    c.bench_function("members: L1 hit (Members::get, block_on)", |b| {
         b.iter(|| {
             id = id % 1000 + 1;
             rt.block_on(async { black_box(members.get(id).await.unwrap()) })
@@ -85,5 +85,108 @@ fn l1(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, catalog, entitlement, l1);
+/// The L1 candidates on the hit path, same keys, values and capacity: moka's async
+/// cache (what `Members` uses), moka's sync cache, and quick_cache's sync cache.
+fn cache_candidates(c: &mut Criterion) {
+    let value = Arc::new(Member {
+        id: 1,
+        status: Status::Active,
+        plan_id: "premium".into(),
+        country: "US".into(),
+        version: 1,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let future: moka::future::Cache<u64, Arc<Member>> = moka::future::Cache::builder()
+        .max_capacity(1_000_000)
+        .time_to_live(std::time::Duration::from_secs(60))
+        .build();
+    let sync: moka::sync::Cache<u64, Arc<Member>> = moka::sync::Cache::builder()
+        .max_capacity(1_000_000)
+        .time_to_live(std::time::Duration::from_secs(60))
+        .build();
+    let quick: quick_cache::sync::Cache<u64, Arc<Member>> =
+        quick_cache::sync::Cache::new(1_000_000);
+    rt.block_on(async {
+        for id in 1..=1000u64 {
+            future.insert(id, value.clone()).await;
+        }
+    });
+    for id in 1..=1000u64 {
+        sync.insert(id, value.clone());
+        quick.insert(id, value.clone());
+    }
+    let mut id = 0u64;
+    c.bench_function("l1 candidates: moka::future get", |b| {
+        b.iter(|| {
+            id = id % 1000 + 1;
+            rt.block_on(async { black_box(future.get(&id).await) })
+        })
+    });
+    c.bench_function("l1 candidates: moka::sync get", |b| {
+        b.iter(|| {
+            id = id % 1000 + 1;
+            black_box(sync.get(&id))
+        })
+    });
+    c.bench_function("l1 candidates: quick_cache::sync get", |b| {
+        b.iter(|| {
+            id = id % 1000 + 1;
+            black_box(quick.get(&id))
+        })
+    });
+    c.bench_function(
+        "l1 candidates: block_on of a ready future (overhead)",
+        |b| b.iter(|| rt.block_on(async { black_box(id) })),
+    );
+}
+
+/// Picking the node of a member's bucket in a zone of 8 nodes.
+fn ring(c: &mut Criterion) {
+    let names: Vec<String> = (0..8).map(|i| format!("redis://10.0.0.{i}:6379")).collect();
+    let ring = readtier::tier::ring::Ring::new(&names);
+    let mut id = 0u64;
+    c.bench_function("tier: consistent-hash node pick (8 nodes)", |b| {
+        b.iter(|| {
+            id += 1;
+            let (key, _) = readtier::tier::encoding::locate("readtier:", 100, id);
+            black_box(ring.node_for(key.as_bytes()))
+        })
+    });
+}
+
+/// Applying one member change event on a node: dropping its L1 entry.
+fn change_apply(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![(
+        "READTIER_DATA_DIR".to_string(),
+        dir.path().display().to_string(),
+    )];
+    let cfg = Config::from_layers(None, &env).unwrap();
+    let store = Store::open(&cfg.store).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let members = Members::new(store, &cfg.l1);
+    let mut id = 0u64;
+    c.bench_function("changes: apply a member event (L1 invalidate)", |b| {
+        b.iter(|| {
+            id = id % 1000 + 1;
+            rt.block_on(members.invalidate(black_box(id)))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    catalog,
+    entitlement,
+    l1,
+    cache_candidates,
+    ring,
+    change_apply
+);
 criterion_main!(benches);

@@ -184,6 +184,7 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub idle_timeout: Duration,
     pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -333,6 +334,7 @@ impl Config {
             max_header_bytes: get.positive("http.max_header_bytes")? as usize,
             max_body_bytes: get.positive("http.max_body_bytes")? as usize,
             request_timeout: get.duration("http.request_timeout")?,
+            idle_timeout: get.duration("http.idle_timeout")?,
             drain_delay: get.duration("http.drain_delay")?,
             shutdown_timeout: get.duration("http.shutdown_timeout")?,
         };
@@ -344,6 +346,9 @@ impl Config {
         }
         if l1.ttl.is_zero() {
             return Err(get.invalid("l1.ttl", "must be longer than zero".into()));
+        }
+        if http.idle_timeout.is_zero() {
+            return Err(get.invalid("http.idle_timeout", "must be longer than zero".into()));
         }
         if http.request_timeout.is_zero() {
             return Err(get.invalid("http.request_timeout", "must be longer than zero".into()));

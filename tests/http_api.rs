@@ -314,7 +314,11 @@ async fn authorize_rejects_bad_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_on_header_size_and_time() {
-    let node = TestNode::start(&[("READTIER_HTTP_REQUEST_TIMEOUT", "300ms")]).await;
+    let node = TestNode::start(&[
+        ("READTIER_HTTP_REQUEST_TIMEOUT", "300ms"),
+        ("READTIER_HTTP_IDLE_TIMEOUT", "600ms"),
+    ])
+    .await;
     let a = node.addr();
     let huge = "x".repeat(20_000);
     let r = get(a, "/v1/plans?country=US", &[("X-Huge", &huge)]).await;
@@ -340,6 +344,35 @@ async fn limits_on_header_size_and_time() {
     .await
     .expect("the server closes a connection whose head stalls");
     assert!(n.is_ok());
+
+    // A keep-alive connection left idle is closed after the idle timeout; one in use is not.
+    let mut idle = tokio::net::TcpStream::connect(a).await.unwrap();
+    let mut busy = tokio::net::TcpStream::connect(a).await.unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        busy.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::io::AsyncReadExt::read(&mut busy, &mut buf)
+            .await
+            .unwrap();
+        assert!(
+            n > 0 && buf.starts_with(b"HTTP/1.1 200"),
+            "a busy connection stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut buf),
+    )
+    .await;
+    assert!(
+        closed.is_ok() && buf.is_empty(),
+        "the idle connection was closed without an answer"
+    );
     node.stop().await;
 }
 
