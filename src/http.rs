@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -61,6 +62,15 @@ pub enum Listener {
     Admin,
 }
 
+/// Work [`App::route_now`] hands to [`App::route_later`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Later {
+    /// A member not in L1.
+    Entitlement(u64),
+    Authorize,
+    Metrics,
+}
+
 /// What every request handler shares.
 pub struct App {
     pub catalog: Arc<CatalogHandle>,
@@ -92,46 +102,64 @@ impl App {
     /// Answers one request; never fails (errors are problem answers).
     pub async fn handle(&self, req: Request<Incoming>, listener: Listener) -> Response<Body> {
         let started = Instant::now();
-        let (route, resp) = self.route(req, listener).await;
+        let (route, resp) = match self.route_now(&req, listener) {
+            Ok(done) => done,
+            Err(later) => self.route_later(req, later).await,
+        };
+        self.finish(route, resp, started)
+    }
+
+    /// Counts and times an answer, and asks the client to close once draining.
+    fn finish(&self, route: Route, mut resp: Response<Body>, started: Instant) -> Response<Body> {
         self.metrics
             .record(route, resp.status().as_u16(), started.elapsed());
+        if self.draining.load(Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>, listener: Listener) -> (Route, Response<Body>) {
+    /// Answers at once whatever needs no waiting: plans, health, readiness, L1 hits and
+    /// every rejection. Answering here lets the connection drop the request before its
+    /// answer is written, which hyper rewards (its read buffer is reused in place).
+    pub fn route_now(
+        &self,
+        req: &Request<Incoming>,
+        listener: Listener,
+    ) -> Result<(Route, Response<Body>), Later> {
         let path = req.uri().path();
         if listener == Listener::Public {
             if path == "/v1/plans" {
-                return (Route::Plans, self.plans(&req));
+                return Ok((Route::Plans, self.plans(req)));
             }
             if path == "/v1/playback/authorize" {
-                return (Route::Authorize, self.authorize(req).await);
+                return Err(Later::Authorize);
             }
             if let Some(rest) = path.strip_prefix("/v1/members/") {
                 if let Some(id) = rest.strip_suffix("/entitlement") {
                     if !id.contains('/') {
-                        return (Route::Entitlement, self.entitlement(&req, id).await);
+                        return self
+                            .entitlement_now(req, id)
+                            .map(|r| (Route::Entitlement, r));
                     }
                 }
             }
         }
-        match path {
+        Ok(match path {
             "/healthz" => (
                 Route::Healthz,
-                only_get(&req)
+                only_get(req)
                     .unwrap_or_else(|| json_ok(Bytes::from_static(b"{\"status\":\"ok\"}"))),
             ),
             "/readyz" => (
                 Route::Readyz,
-                only_get(&req).unwrap_or_else(|| self.readyz()),
+                only_get(req).unwrap_or_else(|| self.readyz()),
             ),
-            "/metrics" if listener == Listener::Admin => (
-                Route::Metrics,
-                match only_get(&req) {
-                    Some(resp) => resp,
-                    None => self.metrics_text().await,
-                },
-            ),
+            "/metrics" if listener == Listener::Admin => match only_get(req) {
+                Some(resp) => (Route::Metrics, resp),
+                None => return Err(Later::Metrics),
+            },
             _ => (
                 Route::Other,
                 problem(
@@ -141,6 +169,20 @@ impl App {
                     &format!("no resource at {path}"),
                 ),
             ),
+        })
+    }
+
+    /// Answers what [`App::route_now`] could not: member misses, authorize (which reads
+    /// a body), metrics.
+    pub async fn route_later(
+        &self,
+        req: Request<Incoming>,
+        later: Later,
+    ) -> (Route, Response<Body>) {
+        match later {
+            Later::Entitlement(id) => (Route::Entitlement, self.entitlement_miss(id).await),
+            Later::Authorize => (Route::Authorize, self.authorize(req).await),
+            Later::Metrics => (Route::Metrics, self.metrics_text().await),
         }
     }
 
@@ -189,25 +231,42 @@ impl App {
         resp
     }
 
-    async fn entitlement(&self, req: &Request<Incoming>, id: &str) -> Response<Body> {
+    /// The entitlement answer if it needs no waiting (a rejection or an L1 hit);
+    /// otherwise the member id to look up.
+    fn entitlement_now(&self, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, Later> {
         if let Some(resp) = only_get(req) {
-            return resp;
+            return Ok(resp);
         }
         let id = match parse_member_id(id) {
             Ok(id) => id,
             Err(detail) => {
-                return problem(
+                return Ok(problem(
                     StatusCode::BAD_REQUEST,
                     "malformed-member-id",
                     "Malformed member id",
                     &detail,
-                )
+                ))
             }
         };
-        let (entry, from) = match self.lookup(id).await {
-            Ok(found) => found,
-            Err(resp) => return resp,
-        };
+        match self.members.get_l1(id) {
+            Some(entry) => Ok(self.entitlement_answer(id, &entry, members::ServedFrom::L1)),
+            None => Err(Later::Entitlement(id)),
+        }
+    }
+
+    async fn entitlement_miss(&self, id: u64) -> Response<Body> {
+        match self.lookup(id).await {
+            Ok((entry, from)) => self.entitlement_answer(id, &entry, from),
+            Err(resp) => resp,
+        }
+    }
+
+    fn entitlement_answer(
+        &self,
+        id: u64,
+        entry: &members::Entry,
+        from: members::ServedFrom,
+    ) -> Response<Body> {
         let snapshot = self.catalog.load();
         let Some(member) = entry.member.as_ref() else {
             let mut resp = problem(
@@ -628,17 +687,25 @@ pub async fn serve(
         let builder = builder.clone();
         tracker.spawn(async move {
             let svc_state = state.clone();
-            let svc = service_fn(move |req| {
-                let app = app.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
                 let in_flight = InFlight::start(svc_state.clone());
-                async move {
-                    let mut resp = app.handle(req, kind).await;
-                    if app.draining.load(Ordering::Relaxed) {
-                        resp.headers_mut()
-                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                let started = Instant::now();
+                match app.route_now(&req, kind) {
+                    Ok((route, resp)) => {
+                        drop(req);
+                        let resp = app.finish(route, resp, started);
+                        drop(in_flight);
+                        Either::Left(std::future::ready(Ok::<_, Infallible>(resp)))
                     }
-                    drop(in_flight);
-                    Ok::<_, Infallible>(resp)
+                    Err(later) => {
+                        let app = app.clone();
+                        Either::Right(async move {
+                            let (route, resp) = app.route_later(req, later).await;
+                            let resp = app.finish(route, resp, started);
+                            drop(in_flight);
+                            Ok::<_, Infallible>(resp)
+                        })
+                    }
                 }
             });
             let io = TokioIo::new(CountingIo {

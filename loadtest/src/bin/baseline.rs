@@ -25,6 +25,10 @@ struct Args {
     /// Run on a current-thread runtime instead of the multi-thread one.
     #[arg(long)]
     current_thread: bool,
+    /// Keep each request alive until its answer is built (as a real handler does),
+    /// instead of dropping it unread.
+    #[arg(long)]
+    hold_request: bool,
 }
 
 async fn fetch(url: &str) -> anyhow::Result<http::Response<Bytes>> {
@@ -74,19 +78,24 @@ fn main() -> anyhow::Result<()> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let body = template.into_body();
+        let hold = args.hold_request;
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             let headers = headers.clone();
             let body = body.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |_req| {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let mut resp = http::Response::new(Full::new(body.clone()));
                     *resp.status_mut() = status;
                     for (k, v) in &headers {
                         resp.headers_mut().insert(k.clone(), v.clone());
                     }
-                    async move { Ok::<_, Infallible>(resp) }
+                    let held = if hold { Some(req) } else { None };
+                    async move {
+                        drop(held);
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
