@@ -430,7 +430,9 @@ impl App {
 
     async fn metrics_text(&self) -> Response<Body> {
         metrics::gauge!("readtier_l1_entries").set(self.members.len() as f64);
-        let mut resp = Response::new(Full::new(Bytes::from(self.prometheus.render())));
+        let mut text = self.prometheus.render();
+        self.metrics.render_latency(&mut text);
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -455,6 +457,15 @@ fn valid_device_class(s: &str) -> bool {
 
 /// The `country` query parameter, upper-cased; an error says what was wrong.
 pub fn country_param(query: Option<&str>) -> Result<[u8; 2], String> {
+    let q = query.unwrap_or("").as_bytes();
+    // The common case, `country=XX` alone, without walking the pairs.
+    if q.len() == 10
+        && q.starts_with(b"country=")
+        && q[8].is_ascii_alphabetic()
+        && q[9].is_ascii_alphabetic()
+    {
+        return Ok([q[8].to_ascii_uppercase(), q[9].to_ascii_uppercase()]);
+    }
     let value = query
         .unwrap_or("")
         .split('&')

@@ -1,10 +1,11 @@
 //! Metrics: one Prometheus recorder per process, and the per-request handles
 //! registered once at start so that the request path never hashes a label set.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -71,11 +72,48 @@ const ROUTES: [&str; 7] = [
 /// The statuses this service answers with; anything else is counted as "other".
 const STATUSES: [u16; 12] = [200, 304, 400, 404, 405, 408, 413, 415, 431, 500, 503, 0];
 
-/// Request counters and latency histograms, one handle per (route, status).
+/// Upper bounds (seconds) of the request latency buckets.
+const LATENCY_BOUNDS: [f64; 17] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A fixed-bucket latency histogram of atomic counters: recording is a comparison
+/// walk and two relaxed additions (~40 instructions), where the exporter's own
+/// histogram cost ~500 a request under callgrind. Rendered into /metrics as a
+/// Prometheus histogram.
+struct LatencyHistogram {
+    /// One count per bound, then the overflow bucket.
+    buckets: [AtomicU64; 18],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn new() -> LatencyHistogram {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn record(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Request counters, one handle per (route, status), and a latency histogram per route.
 #[derive(Clone)]
 pub struct HttpMetrics {
     requests: Vec<Counter>,
-    latency: Vec<Histogram>,
+    latency: Arc<Vec<LatencyHistogram>>,
 }
 
 impl HttpMetrics {
@@ -91,10 +129,7 @@ impl HttpMetrics {
                 requests.push(metrics::counter!("readtier_http_requests_total", "route" => route, "status" => status));
             }
         }
-        let latency = ROUTES
-            .iter()
-            .map(|r| metrics::histogram!("readtier_http_request_duration_seconds", "route" => *r))
-            .collect();
+        let latency = Arc::new(ROUTES.iter().map(|_| LatencyHistogram::new()).collect());
         HttpMetrics { requests, latency }
     }
 
@@ -105,7 +140,32 @@ impl HttpMetrics {
             .position(|s| *s == status)
             .unwrap_or(STATUSES.len() - 1);
         self.requests[route as usize * STATUSES.len() + si].increment(1);
-        self.latency[route as usize].record(elapsed.as_secs_f64());
+        self.latency[route as usize].record(elapsed);
+    }
+
+    /// Appends `readtier_http_request_duration_seconds` in Prometheus text format.
+    pub fn render_latency(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "readtier_http_request_duration_seconds";
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (route, h) in ROUTES.iter().zip(self.latency.iter()) {
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += h.buckets[LATENCY_BOUNDS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{route=\"{route}\"}} {cumulative}");
+        }
     }
 }
 
