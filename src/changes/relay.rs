@@ -151,6 +151,7 @@ impl Relay {
         let mut last_renew = Instant::now() - renew_every;
         let mut last_trim = Instant::now();
         let published = metrics::counter!("readtier_relay_published_total");
+        let mut listener: Option<crate::store::postgres::ChangeListener> = None;
         let active_gauge = metrics::gauge!("readtier_relay_active");
         loop {
             if shutdown.is_cancelled() {
@@ -266,8 +267,28 @@ impl Relay {
                 }
             }
             if !more {
+                // Wait for a commit (LISTEN/NOTIFY), or the poll interval at most.
+                if !listener
+                    .as_ref()
+                    .is_some_and(|l| l.alive.load(std::sync::atomic::Ordering::Relaxed))
+                {
+                    listener = match self.pg.listen().await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "LISTEN failed; polling");
+                            None
+                        }
+                    };
+                }
+                let wake = async {
+                    match &listener {
+                        Some(l) => l.notify.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(self.poll_interval) => {}
+                    _ = wake => {}
                     _ = shutdown.cancelled() => break,
                 }
             }

@@ -7,6 +7,7 @@
 //! transaction commits after a later-numbered change was read. That column and the
 //! snapshot horizon it is compared to are PostgreSQL-only (README lists what is).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -85,6 +86,7 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         INSERT INTO change_log (table_name, op, member_id, version)
         VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1);
+        PERFORM pg_notify('readtier_changes', '');
         RETURN OLD;
     END IF;
     IF TG_OP = 'UPDATE' AND OLD.member_id <> NEW.member_id THEN
@@ -93,6 +95,7 @@ BEGIN
     END IF;
     INSERT INTO change_log (table_name, op, member_id, version)
     VALUES ('memberships', lower(TG_OP), NEW.member_id, NEW.version);
+    PERFORM pg_notify('readtier_changes', '');
     RETURN NEW;
 END $$;
 CREATE OR REPLACE FUNCTION readtier_catalog_log() RETURNS trigger LANGUAGE plpgsql
@@ -101,6 +104,7 @@ DECLARE v BIGINT;
 BEGIN
     UPDATE catalog_meta SET version = version + 1 WHERE id = 1 RETURNING version INTO v;
     INSERT INTO change_log (table_name, op, version) VALUES (TG_TABLE_NAME, lower(TG_OP), v);
+    PERFORM pg_notify('readtier_changes', '');
     RETURN NULL;
 END $$;
 CREATE OR REPLACE TRIGGER memberships_version BEFORE UPDATE ON memberships
@@ -116,9 +120,19 @@ CREATE OR REPLACE TRIGGER plan_prices_log AFTER INSERT OR UPDATE OR DELETE ON pl
 /// Advisory lock key serializing migrations ("readtier" in ASCII, truncated).
 const MIGRATE_LOCK: i64 = 0x7265_6164_7469_6572;
 
+/// Wake-ups for each commit that wrote the change log (see [`PgStore::listen`]).
+pub struct ChangeListener {
+    pub notify: Arc<tokio::sync::Notify>,
+    /// False once the listening connection is gone (poll, and listen again).
+    pub alive: Arc<std::sync::atomic::AtomicBool>,
+    _client: tokio_postgres::Client,
+}
+
 /// A PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
+    /// For connections outside the pool (LISTEN).
+    config: tokio_postgres::Config,
     /// The URL without credentials, for messages.
     shown: String,
 }
@@ -147,7 +161,7 @@ impl PgStore {
             cfg.connect_timeout(Duration::from_secs(5));
         }
         let mgr = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -160,7 +174,11 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(PgStore { pool, shown })
+        Ok(PgStore {
+            pool,
+            config: cfg,
+            shown,
+        })
     }
 
     pub fn describe(&self) -> &str {
@@ -488,6 +506,40 @@ impl PgStore {
             })
             .collect();
         Ok((events, trimmed))
+    }
+
+    /// Listens for the change triggers' `pg_notify` on a connection of its own, so
+    /// the relay reads as soon as a change commits instead of at its next poll.
+    pub async fn listen(&self) -> Result<ChangeListener, StoreError> {
+        let (client, mut conn) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(self.err("connect for LISTEN"))?;
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (n, a) = (notify.clone(), alive.clone());
+        // This task drives the connection (so the LISTEN below completes) and turns
+        // notifications into wake-ups.
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(m)) = futures_util::StreamExt::next(&mut messages).await {
+                if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                    n.notify_one();
+                }
+            }
+            a.store(false, std::sync::atomic::Ordering::Relaxed);
+            n.notify_one();
+        });
+        client
+            .batch_execute("LISTEN readtier_changes")
+            .await
+            .map_err(self.err("LISTEN"))?;
+        Ok(ChangeListener {
+            notify,
+            alive,
+            _client: client,
+        })
     }
 
     /// Takes or renews the relay lease for `holder`; returns whether `holder` holds it.
