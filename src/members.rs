@@ -357,6 +357,19 @@ impl Members {
         Ok(Arc::new(Cached::new(member, ServedFrom::Store)))
     }
 
+    /// Puts a record into L1 as if it had just been read from the store (warm starts,
+    /// benchmarks). Versioned like a read: nothing checks it against the store.
+    pub fn preload(&self, member: Member) {
+        let id = member.id;
+        self.l1.insert(
+            id,
+            Slot {
+                entry: Arc::new(Cached::new(Some(member), ServedFrom::Store)),
+                expires: Instant::now() + self.ttl,
+            },
+        );
+    }
+
     /// Drops one member's entry (a change event for it arrived).
     pub async fn invalidate(&self, id: u64) {
         self.generation.fetch_add(1, Ordering::AcqRel);

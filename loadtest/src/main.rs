@@ -195,7 +195,16 @@ async fn connection(plan: Arc<Plan>, t: Target, index: usize, connections: usize
                 if at >= plan.end {
                     break;
                 }
-                tokio::time::sleep_until(at.into()).await;
+                // tokio's timer has a 1 ms grain: sleep to just short of the send time,
+                // then yield until it, so the generator's own lateness is not booked
+                // as server latency.
+                let early = at.checked_sub(Duration::from_millis(1)).unwrap_or(at);
+                if early > Instant::now() {
+                    tokio::time::sleep_until(early.into()).await;
+                }
+                while Instant::now() < at {
+                    tokio::task::yield_now().await;
+                }
                 at
             }
             None => {

@@ -1,0 +1,79 @@
+//! Measures L1 memory per cached member and the cost of an L1 hit as the number of
+//! members held grows (1M, then 10M), with a counting allocator.
+//!
+//! `cargo run --release --example l1_memory`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use readtier::catalog::CatalogData;
+use readtier::config::Config;
+use readtier::members::{Member, Members};
+use readtier::store::seed::MemberGenerator;
+use readtier::store::Store;
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        System.dealloc(p, l)
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("readtier-l1mem-{}", std::process::id()));
+    let env = vec![
+        ("READTIER_DATA_DIR".to_string(), dir.display().to_string()),
+        ("READTIER_L1_CAPACITY".to_string(), "20000000".to_string()),
+    ];
+    let cfg = Config::from_layers(None, &env).unwrap();
+    let store = Store::open(&cfg.store).unwrap();
+    let gen = MemberGenerator::new(&CatalogData::reference().unwrap()).unwrap();
+    println!(
+        "{:>12} {:>16} {:>22} {:>22}",
+        "members", "L1 bytes/member", "hit ns (1,000 hot)", "hit ns (uniform)"
+    );
+    for n in [1_000_000u64, 10_000_000] {
+        let members = Members::new(store.clone(), &cfg.l1);
+        let before = LIVE.load(Ordering::Relaxed);
+        for id in 1..=n {
+            let (id, status, plan_id, country) = gen.member(id);
+            members.preload(Member {
+                id,
+                status,
+                plan_id,
+                country,
+                version: 1,
+            });
+        }
+        let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        let rounds = 5_000_000u64;
+        let started = Instant::now();
+        for i in 0..rounds {
+            black_box(members.get_l1(i % 1000 + 1));
+        }
+        let hot = started.elapsed().as_nanos() as f64 / rounds as f64;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            black_box(members.get_l1(x % n + 1));
+        }
+        let uniform = started.elapsed().as_nanos() as f64 / rounds as f64;
+        println!("{n:>12} {bytes:>16.1} {hot:>22.1} {uniform:>22.1}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
