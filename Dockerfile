@@ -5,6 +5,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY benches benches
+COPY examples examples
+COPY loadtest loadtest
 COPY config config
 COPY data data
 RUN cargo build --release --locked --bin readtier \
