@@ -535,3 +535,28 @@ async fn draining_node_turns_unready_and_finishes_in_flight_requests() {
         "listener closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_its_disk_snapshot_when_the_store_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = readtier::catalog::CatalogData::reference().unwrap();
+    data.version = 77;
+    data.save(&dir.path().join("catalog-snapshot.json"))
+        .unwrap();
+    let d = dir.path().display().to_string();
+    // Nothing listens on port 9: every store call fails at once.
+    let node = TestNode::start(&[
+        ("READTIER_DATA_DIR", d.as_str()),
+        ("READTIER_STORE_URL", "postgres://postgres@127.0.0.1:9/none"),
+    ])
+    .await;
+    let us = node.get("/v1/plans?country=US").await;
+    assert_eq!(us.status, 200);
+    assert_eq!(us.header("x-catalog-version"), Some("77"));
+    assert_eq!(us.json()["plans"][0]["price"]["amount"], "8.99");
+    node.get("/v1/members/42/entitlement")
+        .await
+        .assert_problem(503);
+    assert_eq!(node.get("/readyz").await.status, 200);
+    node.stop().await;
+}
