@@ -168,10 +168,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn tier_of(cfg: &Config) -> anyhow::Result<Tier> {
-    let Some(t) = &cfg.redis else {
-        anyhow::bail!("no Redis tier configured: set redis_urls (READTIER_REDIS_URLS)");
-    };
-    Ok(Tier::new(t, cfg.zone, &cfg.redis_prefix, &cfg.l2)?)
+    Tier::from_config(cfg)?.ok_or_else(|| {
+        anyhow::anyhow!("no Redis tier configured: set redis_urls (READTIER_REDIS_URLS)")
+    })
 }
 
 async fn reconcile(cfg: &Config, fill_missing: bool) -> anyhow::Result<()> {
@@ -216,15 +215,7 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
         stream_key(&cfg.redis_prefix),
         cfg.changes.stream_maxlen,
     )?;
-    let tier = match &cfg.redis {
-        Some(t) => Some(Arc::new(Tier::new(
-            t,
-            cfg.zone,
-            &cfg.redis_prefix,
-            &cfg.l2,
-        )?)),
-        None => None,
-    };
+    let tier = Tier::from_config(cfg)?.map(Arc::new);
     let relay = Relay::new(store, publisher, tier, holder.clone(), cfg)?;
     println!("readtier relay {holder} started (standby until it holds the lease)");
     let shutdown = CancellationToken::new();

@@ -191,15 +191,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let snapshot_path = cfg.data_dir.join("catalog-snapshot.json");
     let data = first_catalog(&store, &snapshot_path).await?;
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(&data)));
-    let tier = match &cfg.redis {
-        Some(t) => Some(Arc::new(Tier::new(
-            t,
-            cfg.zone,
-            &cfg.redis_prefix,
-            &cfg.l2,
-        )?)),
-        None => None,
-    };
+    let tier = Tier::from_config(&cfg)?.map(Arc::new);
     let members = Arc::new(Members::with_tier(
         store.clone(),
         tier,

@@ -81,6 +81,30 @@ pub enum ChangeKind {
     MembersReseeded,
 }
 
+impl ChangeKind {
+    /// The kind of one change-log row, as both stores' triggers write them. A row this
+    /// build does not understand is treated as "forget every member": safe, if costly.
+    pub fn from_log_row(
+        table: &str,
+        op: &str,
+        member: Option<i64>,
+        version: Option<i64>,
+    ) -> ChangeKind {
+        match (table, op, member) {
+            ("memberships", "reseed", _) => ChangeKind::MembersReseeded,
+            ("memberships", op, Some(id)) => ChangeKind::Member {
+                id: id as u64,
+                version: version.unwrap_or(0),
+                deleted: op == "delete",
+            },
+            ("plans" | "plan_prices", _, _) => ChangeKind::Catalog {
+                version: version.unwrap_or(0) as u64,
+            },
+            _ => ChangeKind::MembersReseeded,
+        }
+    }
+}
+
 /// What the follower needs to know about the log besides the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogState {

@@ -483,18 +483,7 @@ impl PgStore {
                 let op: String = r.get(3);
                 let member: Option<i64> = r.get(4);
                 let version: Option<i64> = r.get(5);
-                let kind = match (table.as_str(), op.as_str(), member) {
-                    ("memberships", "reseed", _) => ChangeKind::MembersReseeded,
-                    ("memberships", op, Some(id)) => ChangeKind::Member {
-                        id: id as u64,
-                        version: version.unwrap_or(0),
-                        deleted: op == "delete",
-                    },
-                    ("plans" | "plan_prices", _, _) => ChangeKind::Catalog {
-                        version: version.unwrap_or(0) as u64,
-                    },
-                    _ => ChangeKind::MembersReseeded,
-                };
+                let kind = ChangeKind::from_log_row(&table, &op, member, version);
                 (
                     r.get::<_, i64>(0),
                     ChangeEvent {

@@ -456,19 +456,7 @@ impl SqliteStore {
                     let member: Option<i64> = r.get(3).map_err(self.err("read change"))?;
                     let version: Option<i64> = r.get(4).map_err(self.err("read change"))?;
                     let at: i64 = r.get(5).map_err(self.err("read change"))?;
-                    let kind = match (table.as_str(), op.as_str(), member) {
-                        ("memberships", "reseed", _) => ChangeKind::MembersReseeded,
-                        ("memberships", op, Some(id)) => ChangeKind::Member {
-                            id: id as u64,
-                            version: version.unwrap_or(0),
-                            deleted: op == "delete",
-                        },
-                        ("plans" | "plan_prices", _, _) => ChangeKind::Catalog {
-                            version: version.unwrap_or(0) as u64,
-                        },
-                        // An event this version does not know: be safe and forget members.
-                        _ => ChangeKind::MembersReseeded,
-                    };
+                    let kind = ChangeKind::from_log_row(&table, &op, member, version);
                     out.push(ChangeEvent {
                         seq: seq as u64,
                         kind,

@@ -304,6 +304,14 @@ impl Tier {
         })
     }
 
+    /// The tier a configuration describes, or `None` without `redis_urls`.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Tier>, TierError> {
+        match &cfg.redis {
+            Some(t) => Ok(Some(Tier::new(t, cfg.zone, &cfg.redis_prefix, &cfg.l2)?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn zone_index(&self, name: &str) -> Result<usize, TierError> {
         self.zones
             .iter()
