@@ -449,3 +449,73 @@ async fn warming_copies_a_live_zone_into_a_write_only_one() {
     assert!(read_all(&nb, 1..=100).await.iter().all(|f| f == "l2"));
     nb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_zone_is_read_filled_warmed_and_flushed() {
+    let c = Cluster::new(2000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start_cluster_node(dir.path()))
+        .collect();
+    create_cluster(&cluster);
+    // Zone a is the two plain nodes; zone c is the cluster, named by two of its seeds.
+    let zones = format!(
+        "a={},{};c=redis+cluster://127.0.0.1:{},redis+cluster://127.0.0.1:{}",
+        c.a[0].url(),
+        c.a[1].url(),
+        cluster[0].port,
+        cluster[1].port
+    );
+    let env = [("READTIER_REDIS_URLS", zones.as_str())];
+    let n = c.node(&env).await;
+    read_all(&n, 1..=500).await;
+    // The fills reach the cluster, spread over its masters by slot.
+    eventually(LIMIT, "fills in the cluster zone", || async {
+        let mut total = 0;
+        for node in &cluster {
+            total += fields_on(node).await;
+        }
+        (total == 500).then_some(())
+    })
+    .await;
+    let mut holding = 0;
+    for node in &cluster {
+        holding += (fields_on(node).await > 0) as u32;
+    }
+    assert!(holding >= 2, "buckets spread over the cluster's masters");
+    // A node whose own zone is the cluster reads it.
+    let mut zc = env.to_vec();
+    zc.push(("READTIER_ZONE", "c"));
+    let nc = c.node(&zc).await;
+    assert!(read_all(&nc, 1..=100).await.iter().all(|f| f == "l2"));
+    assert_eq!(nc.running.app.members.store_reads(), 0);
+
+    // Warm the cluster zone from zone a after emptying it, then flush (a reseed's path).
+    let mut cfg_env: Vec<(String, String)> = c
+        .env(&env)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    cfg_env.push(("READTIER_ZONE".into(), "a".into()));
+    let cfg = Config::from_layers(None, &cfg_env).unwrap();
+    let tier = Tier::from_config(&cfg).unwrap().unwrap();
+    let (removed, errors) = tier.flush_members().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(removed >= 5, "buckets removed from both zones: {removed}");
+    for node in &cluster {
+        assert_eq!(fields_on(node).await, 0);
+    }
+    for id in 1..=300 {
+        let m = c.store.get_member(id).await.unwrap().unwrap();
+        tier.set_in(0, id, &TierEntry::Member(m)).await.unwrap();
+    }
+    let (copied, _) = tier.warm(0, 1).await.unwrap();
+    assert_eq!(copied, 300);
+    let mut total = 0;
+    for node in &cluster {
+        total += fields_on(node).await;
+    }
+    assert_eq!(total, 300);
+    n.stop().await;
+    nc.stop().await;
+}

@@ -14,7 +14,9 @@
 //!   costs nothing per request and no request fails because a node or zone is down.
 //!
 //! One multiplexed connection per node carries every request to it (pipelined by the
-//! client), rather than a connection per request.
+//! client), rather than a connection per request. A zone may instead be a Redis
+//! Cluster (`redis+cluster://` seeds): it is one "node" here, whose client routes each
+//! bucket key to its slot's master.
 
 pub mod encoding;
 pub mod reconcile;
@@ -51,8 +53,6 @@ pub enum TierError {
     },
     #[error("redis node {node}: circuit open")]
     CircuitOpen { node: String },
-    #[error("redis zone {zone}: cluster zones are not supported by this build")]
-    ClusterUnsupported { zone: String },
     #[error("no zone named {0:?}")]
     NoSuchZone(String),
 }
@@ -121,11 +121,55 @@ struct NodeMetrics {
     latency: Histogram,
 }
 
-/// One Redis node.
+/// A connection to a node: a plain Redis, or a Redis Cluster (which routes each key
+/// to its slot's master itself).
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum NodeClient {
+    Single(Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// One Redis node (or one Redis Cluster standing for a whole zone).
 pub struct Node {
     pub url: String,
-    client: Client,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    client: NodeClient,
+    conn: Mutex<Option<Conn>>,
     breaker: Breaker,
     timeout: Duration,
     metrics: NodeMetrics,
@@ -138,6 +182,34 @@ impl Node {
             op: "parse URL",
             source,
         })?;
+        Node::with_client(zone, url, NodeClient::Single(client), cfg)
+    }
+
+    /// A Redis Cluster zone: one "node" whose client routes by slot.
+    fn cluster(zone: &str, seeds: &[String], cfg: &TierConfig) -> Result<Node, TierError> {
+        let urls: Vec<String> = seeds
+            .iter()
+            .map(|s| s.replacen("redis+cluster://", "redis://", 1))
+            .collect();
+        let shown = seeds.join(",");
+        let client = redis::cluster::ClusterClient::builder(urls)
+            .connection_timeout(cfg.timeout.max(Duration::from_millis(200)))
+            .response_timeout(cfg.timeout)
+            .build()
+            .map_err(|source| TierError::Redis {
+                node: shown.clone(),
+                op: "parse cluster seeds",
+                source,
+            })?;
+        Node::with_client(zone, &shown, NodeClient::Cluster(Box::new(client)), cfg)
+    }
+
+    fn with_client(
+        zone: &str,
+        url: &str,
+        client: NodeClient,
+        cfg: &TierConfig,
+    ) -> Result<Node, TierError> {
         let labels = [("zone", zone.to_string()), ("node", url.to_string())];
         Ok(Node {
             url: url.to_string(),
@@ -161,22 +233,31 @@ impl Node {
         })
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, TierError> {
+    async fn connection(&self) -> Result<Conn, TierError> {
         if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(c.clone());
         }
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(self.timeout));
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|source| TierError::Redis {
-                node: self.url.clone(),
-                op: "connect",
-                source,
-            })?;
+        let err = |source| TierError::Redis {
+            node: self.url.clone(),
+            op: "connect",
+            source,
+        };
+        let c = match &self.client {
+            NodeClient::Single(client) => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+                    .set_response_timeout(Some(self.timeout));
+                Conn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await
+                        .map_err(err)?,
+                )
+            }
+            NodeClient::Cluster(client) => {
+                Conn::Cluster(client.get_async_connection().await.map_err(err)?)
+            }
+        };
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         Ok(c)
     }
@@ -184,7 +265,7 @@ impl Node {
     /// Runs one call with the node's timeout and circuit breaker.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, TierError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if !self.breaker.allow() {
@@ -277,19 +358,22 @@ impl Tier {
     ) -> Result<Tier, TierError> {
         let mut zones = Vec::new();
         for z in &topology.zones {
-            if z.cluster {
-                return Err(TierError::ClusterUnsupported {
-                    zone: z.name.clone(),
-                });
-            }
-            let nodes = z
-                .nodes
-                .iter()
-                .map(|u| Node::new(&z.name, u, cfg))
-                .collect::<Result<Vec<_>, _>>()?;
+            let (nodes, ring) = if z.cluster {
+                (
+                    vec![Node::cluster(&z.name, &z.nodes, cfg)?],
+                    Ring::new(&["cluster"]),
+                )
+            } else {
+                let nodes = z
+                    .nodes
+                    .iter()
+                    .map(|u| Node::new(&z.name, u, cfg))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (nodes, Ring::new(&z.nodes))
+            };
             zones.push(ZoneTier {
                 name: z.name.clone(),
-                ring: Ring::new(&z.nodes),
+                ring,
                 nodes,
                 write_only: cfg.write_only_zones.contains(&z.name),
             });
@@ -481,6 +565,9 @@ impl Tier {
     /// Every bucket key held by one node (SCAN), for warming and flushing.
     async fn bucket_keys(&self, zone: usize, node: usize) -> Result<Vec<String>, TierError> {
         let n = &self.zones[zone].nodes[node];
+        if let NodeClient::Cluster(_) = n.client {
+            return self.cluster_bucket_keys(n).await;
+        }
         let pattern = format!("{}h:*", self.prefix);
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
@@ -504,6 +591,69 @@ impl Tier {
             }
             cursor = next;
         }
+    }
+
+    /// A cluster's bucket keys: SCAN on each master (learned from `CLUSTER SLOTS`),
+    /// over a plain connection of its own.
+    async fn cluster_bucket_keys(&self, n: &Node) -> Result<Vec<String>, TierError> {
+        let slots: redis::Value = n
+            .call("CLUSTER SLOTS", |mut c| async move {
+                redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await
+            })
+            .await?;
+        let mut masters = std::collections::BTreeSet::new();
+        if let redis::Value::Array(ranges) = slots {
+            for r in ranges {
+                if let redis::Value::Array(parts) = r {
+                    if let Some(redis::Value::Array(master)) = parts.get(2) {
+                        let host = match master.first() {
+                            Some(redis::Value::BulkString(h)) => {
+                                String::from_utf8_lossy(h).into_owned()
+                            }
+                            Some(redis::Value::SimpleString(h)) => h.clone(),
+                            _ => continue,
+                        };
+                        if let Some(redis::Value::Int(port)) = master.get(1) {
+                            masters.insert(format!("redis://{host}:{port}"));
+                        }
+                    }
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        for url in masters {
+            let err = |op| {
+                let url = url.clone();
+                move |source| TierError::Redis {
+                    node: url,
+                    op,
+                    source,
+                }
+            };
+            let client = Client::open(url.as_str()).map_err(err("parse master URL"))?;
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(err("connect to master"))?;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}h:*", self.prefix))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(err("SCAN"))?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
     }
 
     /// Copies every member held in zone `from` into zone `to` (versioned, so newer
@@ -558,10 +708,22 @@ impl Tier {
                             let n = chunk.len() as u64;
                             match self.zones[zone].nodes[node]
                                 .call("UNLINK", |mut c| async move {
-                                    redis::cmd("UNLINK")
-                                        .arg(&chunk)
-                                        .query_async::<i64>(&mut c)
-                                        .await
+                                    // One key per command, and no pipeline on a cluster:
+                                    // it refuses keys of several slots in either.
+                                    if let Conn::Cluster(_) = c {
+                                        for k in &chunk {
+                                            redis::cmd("UNLINK")
+                                                .arg(k)
+                                                .query_async::<i64>(&mut c)
+                                                .await?;
+                                        }
+                                        return Ok(());
+                                    }
+                                    let mut p = redis::pipe();
+                                    for k in &chunk {
+                                        p.cmd("UNLINK").arg(k).ignore();
+                                    }
+                                    p.query_async::<()>(&mut c).await
                                 })
                                 .await
                             {

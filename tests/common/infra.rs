@@ -108,6 +108,8 @@ fn free_port() -> u16 {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Extra arguments (cluster mode).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -115,6 +117,25 @@ impl RedisServer {
         let mut s = RedisServer {
             port: free_port(),
             child: None,
+            extra: Vec::new(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// A node of a Redis Cluster (its cluster state file in `dir`); see [`create_cluster`].
+    pub fn start_cluster_node(dir: &std::path::Path) -> RedisServer {
+        let port = free_port();
+        let conf = dir.join(format!("nodes-{port}.conf")).display().to_string();
+        let mut s = RedisServer {
+            port,
+            child: None,
+            extra: vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                conf,
+            ],
         };
         s.spawn();
         s
@@ -132,6 +153,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -181,6 +203,40 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Joins these servers into one Redis Cluster (masters only) and waits until it
+/// answers `cluster_state:ok` everywhere.
+pub fn create_cluster(nodes: &[RedisServer]) {
+    let mut c = Command::new("redis-cli");
+    c.arg("--cluster").arg("create");
+    for n in nodes {
+        c.arg(format!("127.0.0.1:{}", n.port));
+    }
+    let out = c
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli is installed");
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = nodes.iter().all(|n| {
+            Command::new("redis-cli")
+                .args(["-p", &n.port.to_string(), "cluster", "info"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                .unwrap_or(false)
+        });
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cluster did not become ok");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
