@@ -57,7 +57,9 @@ fn entitlement(c: &mut Criterion) {
     });
 }
 
-fn l1(c: &mut Criterion) {
+/// Members over an embedded store of `seeded` members in a temporary directory, and a
+/// current-thread runtime to drive them.
+fn members_over_temp_store(seeded: u64) -> (tempfile::TempDir, tokio::runtime::Runtime, Members) {
     let dir = tempfile::tempdir().unwrap();
     let env = vec![(
         "READTIER_DATA_DIR".to_string(),
@@ -69,8 +71,14 @@ fn l1(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(prepare_store(&store, 1000)).unwrap();
-    let members = Arc::new(Members::new(store, &cfg.l1));
+    rt.block_on(prepare_store(&store, seeded)).unwrap();
+    let members = Members::new(store, &cfg.l1);
+    (dir, rt, members)
+}
+
+fn l1(c: &mut Criterion) {
+    let (_dir, rt, members) = members_over_temp_store(1000);
+    let members = Arc::new(members);
     rt.block_on(async {
         for id in 1..=1000 {
             members.get(id).await.unwrap();
@@ -159,18 +167,7 @@ fn ring(c: &mut Criterion) {
 
 /// Applying one member change event on a node: dropping its L1 entry.
 fn change_apply(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let env = vec![(
-        "READTIER_DATA_DIR".to_string(),
-        dir.path().display().to_string(),
-    )];
-    let cfg = Config::from_layers(None, &env).unwrap();
-    let store = Store::open(&cfg.store).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let members = Members::new(store, &cfg.l1);
+    let (_dir, rt, members) = members_over_temp_store(0);
     let mut id = 0u64;
     c.bench_function("changes: apply a member event (L1 invalidate)", |b| {
         b.iter(|| {
