@@ -547,3 +547,46 @@ async fn seeding_postgres_copies_members_with_plans_their_country_offers() {
         .unwrap();
     assert_eq!(prices.get::<_, String>(0), "26.99");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_stream_redis_makes_nodes_drop_l1_and_changes_keep_flowing() {
+    let (schema, _store) = seeded(100).await;
+    let mut redis = RedisServer::start();
+    let env = env(&schema, &redis);
+    let (stop_relay, relay) = relay_task(&env, "r1");
+    let n = node(&env).await;
+    schema
+        .exec("UPDATE memberships SET status='active' WHERE member_id IN (51, 52)")
+        .await;
+    await_status(&n, 51, "active", "initial").await;
+    await_status(&n, 52, "active", "initial").await;
+    settle(&schema, &redis, &[&n]).await;
+    warm(&n, 51).await;
+
+    // Redis keeps nothing on disk: a restart loses stream entries a node may not have
+    // read yet, so the node must forget what it holds.
+    redis.restart();
+    eventually(
+        LIMIT,
+        "L1 dropped after the stream's Redis restarted",
+        || async {
+            let r = n.get("/v1/members/51/entitlement").await;
+            (r.status == 200 && r.header("x-served-from") != Some("l1")).then_some(())
+        },
+    )
+    .await;
+    warm(&n, 52).await;
+    schema
+        .exec("UPDATE memberships SET status='paused' WHERE member_id=52")
+        .await;
+    await_status(
+        &n,
+        52,
+        "paused",
+        "a change after the restart reaches the node",
+    )
+    .await;
+    stop_relay.cancel();
+    relay.await.unwrap();
+    n.stop().await;
+}

@@ -10,7 +10,10 @@
 //! - the stream was trimmed past its position: the first entry still held is newer
 //!   than the last one it read, and entries were removed (`entries-added > length`);
 //! - it could not reach Redis for longer than its L1 TTL allows;
-//! - it could not learn a starting position before it began serving.
+//! - it could not learn a starting position before it began serving;
+//! - the stream's Redis restarted (its `run_id` changed), or the stream vanished:
+//!   entries published before and not yet read may be gone. It then reads the new
+//!   stream from its start.
 
 use std::time::{Duration, Instant};
 
@@ -191,6 +194,9 @@ pub struct StreamReader {
     last_id: Option<String>,
     /// When Redis was last found unreachable (cleared on reconnect).
     lost_since: Option<Instant>,
+    /// The `run_id` of the Redis server the position belongs to: a different one
+    /// (a restart) may have lost entries this node never read.
+    server: Option<String>,
     /// An outage longer than this is reported as a gap.
     max_outage: Duration,
 }
@@ -209,6 +215,7 @@ impl StreamReader {
             key,
             last_id: None,
             lost_since: None,
+            server: None,
             max_outage,
         })
     }
@@ -233,6 +240,8 @@ impl StreamReader {
         let conn = self.connect().await?;
         let info = xinfo(conn, &key).await;
         let info = info.map_err(|e| self.err("XINFO STREAM")(e))?;
+        let conn = self.conn.as_mut().expect("connected above");
+        self.server = run_id(conn).await.ok();
         self.last_id = Some(
             info.map(|i| i.last_generated)
                 .unwrap_or_else(|| "0-0".to_string()),
@@ -286,6 +295,26 @@ impl StreamReader {
                     gap = true;
                 }
             }
+            let server = match run_id(self.conn.as_mut().expect("connected above")).await {
+                Ok(id) => id,
+                Err(e) => {
+                    let e = self.err("INFO server")(e);
+                    return Err(self.lost(e));
+                }
+            };
+            if self.server.as_ref().is_some_and(|known| *known != server) && self.last_id.is_some()
+            {
+                // A restarted server: entries published before the restart and not yet
+                // read are gone, and the new stream's ids owe nothing to the old ones.
+                tracing::warn!("the change stream's Redis restarted");
+                gap = true;
+                self.last_id = Some("0-0".into());
+            } else if info.is_none() && self.last_id.as_deref().is_some_and(|l| l != "0-0") {
+                // The stream vanished under a known position.
+                gap = true;
+                self.last_id = Some("0-0".into());
+            }
+            self.server = Some(server);
             match &self.last_id {
                 None => {
                     // Serving began without a known position: anything may have been missed.
@@ -347,6 +376,17 @@ impl StreamReader {
             events,
         })
     }
+}
+
+/// The server's `run_id` (changes when it restarts).
+async fn run_id(conn: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 /// What a node needs from `XINFO STREAM`.
