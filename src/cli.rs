@@ -153,6 +153,7 @@ async fn seed(cfg: &Config, members: u64) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let signals = Signals::install();
     let shutdown = CancellationToken::new();
     let running = node::start(cfg, shutdown.clone()).await?;
     println!(
@@ -160,7 +161,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         running.addr, running.admin_addr
     );
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         shutdown.cancel();
     });
     running.wait().await;
@@ -217,36 +218,67 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
     )?;
     let tier = Tier::from_config(cfg)?.map(Arc::new);
     let relay = Relay::new(store, publisher, tier, holder.clone(), cfg)?;
+    let signals = Signals::install();
     println!("readtier relay {holder} started (standby until it holds the lease)");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         stop.cancel();
     });
     relay.run(shutdown).await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, watched from the moment this is built: a signal that arrives
+/// before the server is up still drains it instead of killing the process.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let watch = |kind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, signal = name, "cannot watch signal");
+                    None
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; watching SIGINT only");
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            Signals {
+                term: watch(SignalKind::terminate(), "SIGTERM"),
+                int: watch(SignalKind::interrupt(), "SIGINT"),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => tracing::info!("SIGTERM: shutting down"),
+                _ = next(&mut self.int) => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
