@@ -323,7 +323,7 @@ impl Config {
         let get = Getter(values);
         let data_dir = PathBuf::from(get.string("data_dir")?);
         let store_text = get.string("store_url")?;
-        let store = parse_store_url("store_url", &store_text, &data_dir)
+        let store = parse_store_url(&store_text, &data_dir)
             .map_err(|reason| get.invalid("store_url", reason))?;
         let l1 = L1Config {
             capacity: get.positive("l1.capacity")?,
@@ -486,8 +486,7 @@ fn flatten(prefix: &str, table: &toml::Table, source: &str, out: &mut BTreeMap<S
     }
 }
 
-fn parse_store_url(key: &str, text: &str, data_dir: &Path) -> Result<StoreUrl, String> {
-    let _ = key;
+fn parse_store_url(text: &str, data_dir: &Path) -> Result<StoreUrl, String> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(StoreUrl::Sqlite(data_dir.join("readtier.db")));

@@ -99,16 +99,6 @@ impl App {
         }
     }
 
-    /// Answers one request; never fails (errors are problem answers).
-    pub async fn handle(&self, req: Request<Incoming>, listener: Listener) -> Response<Body> {
-        let started = Instant::now();
-        let (route, resp) = match self.route_now(&req, listener) {
-            Ok(done) => done,
-            Err(later) => self.route_later(req, later).await,
-        };
-        self.finish(route, resp, started)
-    }
-
     /// Counts and times an answer, and asks the client to close once draining.
     fn finish(&self, route: Route, mut resp: Response<Body>, started: Instant) -> Response<Body> {
         self.metrics

@@ -319,8 +319,8 @@ impl Members {
     /// An L1 miss: the tier, then the store (filling the tier).
     async fn load(&self, id: u64) -> Result<Entry, LookupError> {
         if let Some(tier) = &self.tier {
-            if let Some(found) = tier.get(id).await {
-                let member = match found.entry {
+            if let Some(entry) = tier.get(id).await {
+                let member = match entry {
                     TierEntry::Member(m) => Some(m),
                     TierEntry::Gone { .. } => None,
                 };
@@ -396,10 +396,6 @@ impl Members {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn tier(&self) -> Option<&Arc<Tier>> {
-        self.tier.as_ref()
     }
 }
 

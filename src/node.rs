@@ -59,8 +59,6 @@ pub struct Running {
     /// The change position applied so far (change-log cursor, or stream id folded by
     /// [`crate::changes::stream::id_to_u64`]).
     pub change_position: Arc<AtomicU64>,
-    /// How many changes this node has applied.
-    pub changes_applied: Arc<AtomicU64>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -221,7 +219,6 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     telemetry::spawn_upkeep(prometheus, background.clone());
     let follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
     let change_position = follower.position();
-    let changes_applied = follower.applied_counter();
     let follower = tokio::spawn(follower.run(background.clone()));
     let listeners = [
         tokio::spawn(http::serve(
@@ -268,7 +265,6 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         admin_addr,
         app,
         change_position,
-        changes_applied,
         done,
     })
 }

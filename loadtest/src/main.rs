@@ -106,7 +106,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Clone)]
 struct Target {
     base: String,
-    addr: String,
+    /// `host:port`: where to connect, and the Host header.
     host: String,
 }
 
@@ -117,7 +117,6 @@ fn target(base: &str) -> anyhow::Result<Target> {
     let host = rest.split('/').next().unwrap_or(rest).to_string();
     Ok(Target {
         base: base.trim_end_matches('/').to_string(),
-        addr: host.clone(),
         host,
     })
 }
@@ -170,7 +169,7 @@ fn request(plan: &Plan, t: &Target, rng: &mut Rng) -> http::Request<Full<Bytes>>
 }
 
 async fn connect(t: &Target) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(&t.addr).await?;
+    let stream = tokio::net::TcpStream::connect(&t.host).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {

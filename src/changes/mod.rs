@@ -98,8 +98,6 @@ pub struct Follower {
     snapshot_path: PathBuf,
     poll_interval: Duration,
     retention: Duration,
-    /// Changes applied so far (for readiness and tests: "has this node seen N changes").
-    applied: Arc<AtomicU64>,
     /// The log position reached (log sources only), published after applying.
     position: Arc<AtomicU64>,
     metrics: ChangeMetrics,
@@ -122,7 +120,6 @@ impl Follower {
             poll_interval: cfg.poll_interval,
             retention: cfg.retention,
             position: Arc::new(AtomicU64::new(0)),
-            applied: Arc::new(AtomicU64::new(0)),
             metrics: ChangeMetrics::register(),
             source,
         }
@@ -131,11 +128,6 @@ impl Follower {
     /// A shared view of the position applied so far (see [`Source::position`]).
     pub fn position(&self) -> Arc<AtomicU64> {
         self.position.clone()
-    }
-
-    /// A shared count of the changes this follower has applied.
-    pub fn applied_counter(&self) -> Arc<AtomicU64> {
-        self.applied.clone()
     }
 
     /// Reads and applies changes until `shutdown` is cancelled.
@@ -211,10 +203,6 @@ impl Follower {
         if reload {
             self.reload_catalog().await?;
         }
-        // Counted after the batch is applied, so a reader of the counter knows every
-        // counted change is visible.
-        self.applied
-            .fetch_add(batch.events.len() as u64, Ordering::Release);
         if let Some(p) = self.source.position() {
             self.position.store(p.max(0) as u64, Ordering::Release);
             self.metrics.position.set(p as f64);

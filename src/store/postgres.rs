@@ -639,17 +639,6 @@ impl PgStore {
             .collect())
     }
 
-    /// Number of member rows.
-    pub async fn member_count(&self) -> Result<u64, StoreError> {
-        let c = self.client().await?;
-        let n: i64 = c
-            .query_one("SELECT count(*) FROM memberships", &[])
-            .await
-            .map_err(self.err("count members"))?
-            .get(0);
-        Ok(n as u64)
-    }
-
     /// Up to `limit` members with ids at or above `from`, in id order (for walks).
     pub async fn members_range(&self, from: u64, limit: i64) -> Result<Vec<Member>, StoreError> {
         let c = self.client().await?;

@@ -532,17 +532,6 @@ impl SqliteStore {
             Ok(out)
         })
     }
-
-    /// Number of member rows.
-    pub fn member_count(&self) -> Result<u64, StoreError> {
-        self.with_conn(|c| {
-            c.query_row("SELECT count(*) FROM memberships", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)
-            .map_err(self.err("count members"))
-        })
-    }
 }
 
 /// Text of a column that should be text; numbers written by raw SQL into a text column

@@ -107,10 +107,6 @@ impl Breaker {
         }
         false
     }
-
-    fn is_open(&self) -> bool {
-        !self.allow()
-    }
 }
 
 struct NodeMetrics {
@@ -309,10 +305,6 @@ impl Node {
         }
         result
     }
-
-    pub fn circuit_open(&self) -> bool {
-        self.breaker.is_open()
-    }
 }
 
 /// One zone: a ring of nodes.
@@ -328,14 +320,6 @@ impl ZoneTier {
     fn node_for(&self, key: &str) -> &Node {
         &self.nodes[self.ring.node_for(key.as_bytes())]
     }
-}
-
-/// Where a tier read found its answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub entry: TierEntry,
-    /// Index of the zone that answered.
-    pub zone: usize,
 }
 
 /// The hash tier of a node.
@@ -435,7 +419,7 @@ impl Tier {
     /// Reads a member: local zone, then the others. `Ok(None)` means no readable zone
     /// holds it (some may have failed: that is not an error for the caller, who goes
     /// to the store).
-    pub async fn get(self: &Arc<Self>, id: u64) -> Option<Found> {
+    pub async fn get(self: &Arc<Self>, id: u64) -> Option<TierEntry> {
         for zone in self.read_order() {
             match self.get_from(zone, id).await {
                 Ok(Some(entry)) => {
@@ -448,7 +432,7 @@ impl Tier {
                             let _ = tier.set_in(local, id, &e).await;
                         });
                     }
-                    return Some(Found { entry, zone });
+                    return Some(entry);
                 }
                 Ok(None) => continue,
                 Err(e) => {
@@ -737,18 +721,6 @@ impl Tier {
             }
         }
         (removed, errors)
-    }
-
-    /// Breaker state of every node: (zone, node URL, open).
-    pub fn breakers(&self) -> Vec<(String, String, bool)> {
-        self.zones
-            .iter()
-            .flat_map(|z| {
-                z.nodes
-                    .iter()
-                    .map(move |n| (z.name.clone(), n.url.clone(), n.circuit_open()))
-            })
-            .collect()
     }
 }
 

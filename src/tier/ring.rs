@@ -57,14 +57,6 @@ impl Ring {
         let i = self.points.partition_point(|(p, _)| *p < h);
         self.points[if i == self.points.len() { 0 } else { i }].1
     }
-
-    pub fn len(&self) -> usize {
-        self.nodes
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes == 0
-    }
 }
 
 #[cfg(test)]
