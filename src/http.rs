@@ -269,11 +269,14 @@ impl App {
             return resp;
         };
         // Rendered once per entry and catalog version, then served as shared bytes.
-        let body = match entry.rendered.get() {
+        let cached = entry.rendered.load();
+        let body = match cached.as_deref() {
             Some((version, body)) if *version == snapshot.version() => body.clone(),
             _ => {
                 let body = render_entitlement(member, &snapshot);
-                let _ = entry.rendered.set((snapshot.version(), body.clone()));
+                entry
+                    .rendered
+                    .store(Some(Arc::new((snapshot.version(), body.clone()))));
                 body
             }
         };

@@ -179,9 +179,9 @@ impl ServedFrom {
 pub struct Cached {
     pub member: Option<Member>,
     pub origin: ServedFrom,
-    /// The entitlement answer for this record under one catalog version, rendered by
-    /// the first request that needed it (see `http`).
-    pub rendered: std::sync::OnceLock<(u64, bytes::Bytes)>,
+    /// The entitlement answer for this record and the catalog version it was rendered
+    /// under; replaced when a request finds the catalog has moved on (see `http`).
+    pub rendered: arc_swap::ArcSwapOption<(u64, bytes::Bytes)>,
 }
 
 impl Cached {
@@ -189,7 +189,7 @@ impl Cached {
         Cached {
             member,
             origin,
-            rendered: std::sync::OnceLock::new(),
+            rendered: arc_swap::ArcSwapOption::empty(),
         }
     }
 }

@@ -560,3 +560,34 @@ async fn a_node_serves_its_disk_snapshot_when_the_store_is_down() {
     assert_eq!(node.get("/readyz").await.status, 200);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_change_reaches_members_held_in_l1_without_dropping_them() {
+    let node = TestNode::start(&[]).await;
+    sql(&node.db(), "UPDATE memberships SET status='active', plan_id='premium', country='US' WHERE member_id=42");
+    node.caught_up().await;
+    node.get("/v1/members/42/entitlement").await;
+    let held = node.get("/v1/members/42/entitlement").await;
+    assert_eq!(held.header("x-served-from"), Some("l1"));
+    assert_eq!(held.json()["max_streams"], 4);
+    sql(
+        &node.db(),
+        "UPDATE plans SET max_streams = 5 WHERE plan_id = 'premium'",
+    );
+    let after = eventually(LIMIT, "premium allows 5 streams", || async {
+        let r = node.get("/v1/members/42/entitlement").await;
+        (r.json()["max_streams"] == 5).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        after.header("x-served-from"),
+        Some("l1"),
+        "the member entry was kept"
+    );
+    // The new answer is the one served from then on, not the one rendered first.
+    assert_eq!(
+        node.get("/v1/members/42/entitlement").await.json()["max_streams"],
+        5
+    );
+    node.stop().await;
+}
