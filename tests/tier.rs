@@ -95,6 +95,24 @@ impl Cluster {
         TestNode::start(&pairs).await
     }
 
+    /// Runs the `readtier` binary with this cluster's settings; returns its stdout,
+    /// failing the test if it fails.
+    fn readtier(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_readtier"))
+            .args(args)
+            .envs(self.env(&[]).into_iter().map(|(k, v)| (k.to_string(), v)))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
     fn relay(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let cfg = self.config(&[]);
         let store = Store::open(&cfg.store).unwrap();
@@ -362,18 +380,7 @@ async fn reconcile_repairs_a_planted_stale_value() {
     .unwrap();
     c.schema.exec("INSERT INTO memberships (member_id, status, plan_id, country) VALUES (499901, 'active', 'basic', 'FR')").await;
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_readtier"))
-        .arg("reconcile")
-        .envs(c.env(&[]).into_iter().map(|(k, v)| (k.to_string(), v)))
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = c.readtier(&["reconcile"]);
     assert!(text.contains("checked 501 members"), "{text}");
     assert!(
         text.contains("zone a: missing 1, stale 2, repaired 2"),
@@ -427,18 +434,7 @@ async fn warming_copies_a_live_zone_into_a_write_only_one() {
         let m = c.store.get_member(id).await.unwrap().unwrap();
         tier.set_in(0, id, &TierEntry::Member(m)).await.unwrap();
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_readtier"))
-        .args(["warm", "--from", "a", "--to", "b"])
-        .envs(c.env(&[]).into_iter().map(|(k, v)| (k.to_string(), v)))
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = c.readtier(&["warm", "--from", "a", "--to", "b"]);
     // Member 3 was already written to b by the node's fill (writes go to every zone).
     assert!(
         text.contains("999 members copied, 1 already as new"),
@@ -518,4 +514,26 @@ async fn a_redis_cluster_zone_is_read_filled_warmed_and_flushed() {
     assert_eq!(total, 300);
     n.stop().await;
     nc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_zone_down_fails_no_request() {
+    let mut c = Cluster::new(1000).await;
+    let warmup = c.node(&[]).await;
+    read_all(&warmup, 1..=500).await;
+    eventually(LIMIT, "fills in zone b", || async {
+        (fields_on(&c.b[0]).await + fields_on(&c.b[1]).await == 500).then_some(())
+    })
+    .await;
+    c.a[0].kill9();
+    c.a[1].kill9();
+    let n = c.node(&[]).await;
+    let from = read_all(&n, 1..=500).await;
+    assert!(
+        from.iter().all(|f| f == "l2"),
+        "every read answered by zone b"
+    );
+    assert_eq!(n.running.app.members.store_reads(), 0);
+    warmup.stop().await;
+    n.stop().await;
 }
