@@ -485,13 +485,20 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle}");
     }
-    let hits: f64 = text
-        .lines()
-        .find(|l| l.starts_with("readtier_l1_hits_total "))
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(hits >= 1.0);
+    // Counters are per process (tests share it); the latency histograms are per node,
+    // so they count exactly this node's requests.
+    let count = |route: &str| -> f64 {
+        let prefix = format!("readtier_http_request_duration_seconds_count{{route=\"{route}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no latency count for {route}"))
+    };
+    assert_eq!(count("plans"), 1.0);
+    assert_eq!(count("entitlement"), 2.0);
+    let bucket =
+        "readtier_http_request_duration_seconds_bucket{route=\"entitlement\",le=\"+Inf\"} 2";
+    assert!(text.contains(bucket), "cumulative buckets end at the count");
     assert_eq!(
         get(node.running.admin_addr, "/readyz", &[]).await.status,
         200
