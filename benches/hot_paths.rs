@@ -10,7 +10,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use readtier::catalog::{CatalogData, CatalogHandle, Snapshot};
 use readtier::config::Config;
 use readtier::http::{country_param, render_entitlement, AuthorizeRequest};
-use readtier::members::{authorize, Member, Members, Status};
+use readtier::lookup::{FillLimits, Members};
+use readtier::member::{authorize, Member, Status};
 use readtier::node::prepare_store;
 use readtier::store::Store;
 
@@ -38,14 +39,11 @@ fn entitlement(c: &mut Criterion) {
         country: "US".into(),
         version: 3,
     };
-    c.bench_function("entitlement: decision", |b| {
+    c.bench_function("entitlement: decision (plan lookup included)", |b| {
         b.iter(|| {
-            black_box(authorize(
-                Some(black_box(&m)),
-                &snap,
-                black_box("tv"),
-                black_box(1),
-            ))
+            let m = black_box(&m);
+            let plan = snap.plan(&m.plan_id).map(|e| &e.plan);
+            black_box(authorize(Some(m), plan, black_box("tv"), black_box(1)))
         })
     });
     c.bench_function("entitlement: render body", |b| {
@@ -72,7 +70,7 @@ fn members_over_temp_store(seeded: u64) -> (tempfile::TempDir, tokio::runtime::R
         .build()
         .unwrap();
     rt.block_on(prepare_store(&store, seeded)).unwrap();
-    let members = Members::new(store, &cfg.l1);
+    let members = Members::new(store, None, &cfg.l1, FillLimits::of(&cfg));
     (dir, rt, members)
 }
 
@@ -94,7 +92,7 @@ fn l1(c: &mut Criterion) {
 }
 
 /// The L1 candidates on the hit path, same keys, values and capacity: moka's async
-/// cache (what `Members` uses), moka's sync cache, and quick_cache's sync cache.
+/// cache, moka's sync cache, and quick_cache's sync cache (what `Members` uses).
 fn cache_candidates(c: &mut Criterion) {
     let value = Arc::new(Member {
         id: 1,
@@ -167,12 +165,12 @@ fn ring(c: &mut Criterion) {
 
 /// Applying one member change event on a node: dropping its L1 entry.
 fn change_apply(c: &mut Criterion) {
-    let (_dir, rt, members) = members_over_temp_store(0);
+    let (_dir, _rt, members) = members_over_temp_store(0);
     let mut id = 0u64;
     c.bench_function("changes: apply a member event (L1 invalidate)", |b| {
         b.iter(|| {
             id = id % 1000 + 1;
-            rt.block_on(members.invalidate(black_box(id)))
+            members.invalidate(black_box(id))
         })
     });
 }

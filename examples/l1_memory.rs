@@ -8,9 +8,10 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
-use readtier::catalog::CatalogData;
 use readtier::config::Config;
-use readtier::members::{Member, Members};
+use readtier::lookup::{FillLimits, Members};
+use readtier::member::Member;
+use readtier::plan::CatalogData;
 use readtier::store::seed::MemberGenerator;
 use readtier::store::Store;
 
@@ -45,7 +46,7 @@ fn main() {
         "members", "L1 bytes/member", "hit ns (1,000 hot)", "hit ns (uniform)"
     );
     for n in [1_000_000u64, 10_000_000] {
-        let members = Members::new(store.clone(), &cfg.l1);
+        let members = Members::new(store.clone(), None, &cfg.l1, FillLimits::of(&cfg));
         let before = LIVE.load(Ordering::Relaxed);
         for id in 1..=n {
             let (id, status, plan_id, country) = gen.member(id);

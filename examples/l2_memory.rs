@@ -14,8 +14,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use readtier::catalog::CatalogData;
-use readtier::members::Member;
+use readtier::member::Member;
+use readtier::plan::CatalogData;
 use readtier::store::seed::MemberGenerator;
 use readtier::tier::encoding::{encode, locate, TierEntry};
 

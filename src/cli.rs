@@ -9,13 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use std::sync::Arc;
-
-use crate::catalog::CatalogData;
-use crate::changes::relay::Relay;
-use crate::changes::stream::{stream_key, StreamPublisher};
 use crate::config::Config;
 use crate::node;
+use crate::plan::CatalogData;
+use crate::relay::Relay;
 use crate::store::Store;
 use crate::tier::Tier;
 
@@ -200,24 +197,14 @@ async fn warm(cfg: &Config, from: &str, to: &str) -> anyhow::Result<()> {
 }
 
 async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
-    let store = Store::open(&cfg.store)?;
-    let Some(url) = &cfg.changes.stream_url else {
-        anyhow::bail!("the relay needs Redis: set redis_urls (READTIER_REDIS_URLS)");
-    };
-    store.migrate().await?;
     let holder = id.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "relay".into());
         format!("{host}-{}", std::process::id())
     });
-    let publisher = StreamPublisher::new(
-        url,
-        stream_key(&cfg.redis_prefix),
-        cfg.changes.stream_maxlen,
-    )?;
-    let tier = Tier::from_config(cfg)?.map(Arc::new);
-    let relay = Relay::new(store, publisher, tier, holder.clone(), cfg)?;
+    let relay = Relay::from_config(cfg, holder.clone())?;
+    relay.store().migrate().await?;
     let signals = Signals::install();
     println!("readtier relay {holder} started (standby until it holds the lease)");
     let shutdown = CancellationToken::new();

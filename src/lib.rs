@@ -2,27 +2,35 @@
 //!
 //! It answers "which plans, at what price, does this country offer?" and "may this
 //! member play, on this device, now?" from memory, kept fresh by the store's own
-//! change log. See `DESIGN.md` in the shared folder and README.md for the picture.
+//! change log. README.md has the picture, the API and the production topology.
 //!
-//! Map of the modules, in the order a request meets them:
+//! Map of the modules, from the process down; imports only point down the map:
+//! - [`cli`]: the `readtier` command line; [`node`]: one serving node assembled,
+//!   started and drained through a shutdown handle; [`relay`]: the process that
+//!   publishes the store's change log to the Redis tier and the change stream;
 //! - [`http`]: listeners, routing, the request path's rules, problem answers;
-//! - [`catalog`]: the immutable, versioned, pre-rendered plan catalog snapshot;
-//! - [`members`]: member records, the entitlement decision, the L1 cache;
+//!   [`follower`]: applies committed changes to a node's L1 and catalog;
+//! - [`lookup`]: member lookups through L1 → L2 → store, with coalescing;
+//!   [`catalog`]: the immutable, versioned, pre-rendered catalog snapshot;
 //! - [`tier`]: the L2 Redis hash tier (zones, consistent hashing, versioned sets);
-//! - [`store`]: the source of truth (embedded SQLite), its schema, triggers and seeding;
-//! - [`changes`]: the follower that applies committed changes to L1 and the catalog;
-//! - [`node`]: one serving node assembled, started and drained through a shutdown handle;
-//! - [`config`]: layered configuration (default file, file, `READTIER_*`);
-//! - [`telemetry`]: Prometheus metrics with handles registered once;
-//! - [`cli`]: the `readtier` command line.
+//!   [`stream`]: the change stream in Redis; [`store`]: the source of truth
+//!   (embedded SQLite or PostgreSQL), its change log and seeding;
+//! - [`member`] and [`plan`]: the domain records and the playback decision;
+//!   [`config`]: layered configuration; [`telemetry`]: Prometheus metrics;
+//!   [`redis_conn`]: the one Redis connection type.
 
 pub mod catalog;
-pub mod changes;
 pub mod cli;
 pub mod config;
+pub mod follower;
 pub mod http;
-pub mod members;
+pub mod lookup;
+pub mod member;
 pub mod node;
+pub mod plan;
+pub mod redis_conn;
+pub mod relay;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 pub mod tier;

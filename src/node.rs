@@ -16,15 +16,15 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::{CatalogData, CatalogError, CatalogHandle, Snapshot};
-use crate::changes::log::LogReader;
-use crate::changes::stream::{stream_key, StreamError, StreamReader};
-use crate::changes::{Follower, Source};
+use crate::catalog::{disk, CatalogHandle, Snapshot};
 use crate::config::Config;
+use crate::follower::{Follower, Source};
 use crate::http::{self, App, Listener};
-use crate::members::Members;
+use crate::lookup::{FillLimits, Members};
+use crate::plan::{CatalogData, PlanError};
 use crate::store::seed::MemberGenerator;
 use crate::store::{Store, StoreError};
+use crate::stream::{stream_key, StreamError, StreamReader};
 use crate::telemetry;
 use crate::tier::{Tier, TierError};
 
@@ -34,7 +34,7 @@ pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Catalog(#[from] CatalogError),
+    Catalog(#[from] PlanError),
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error(transparent)]
@@ -42,7 +42,7 @@ pub enum NodeError {
     #[error("no catalog: the store failed ({store}) and there is no snapshot on disk ({disk})")]
     NoCatalog {
         store: Box<StoreError>,
-        disk: Box<CatalogError>,
+        disk: Box<disk::DiskError>,
     },
     #[error("{0}")]
     Bind(std::io::Error),
@@ -56,8 +56,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
-    /// The change position applied so far (change-log cursor, or stream id folded by
-    /// [`crate::changes::stream::id_to_u64`]).
+    /// The change position applied so far, as one rising number
+    /// ([`crate::follower::Source::progress`]).
     pub change_position: Arc<AtomicU64>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -82,7 +82,7 @@ pub async fn prepare_store(store: &Store, seed_members: u64) -> Result<(), NodeE
             prices = catalog.prices.len(),
             "seeded the reference catalog"
         );
-        if seed_members > 0 && matches!(store, Store::Sqlite(_)) {
+        if seed_members > 0 && store.is_embedded() {
             seed_members_into(store, &catalog, seed_members).await?;
         }
     }
@@ -123,11 +123,11 @@ async fn change_source(cfg: &Config, store: &Store) -> Result<Source, NodeError>
             }
             Ok(Source::Stream(Box::new(reader)))
         }
-        None => match LogReader::at_head(store).await {
+        None => match store.change_reader_at_head().await {
             Ok(r) => Ok(Source::Log(r)),
             Err(e) => {
                 tracing::warn!(error = %e, "change log unreachable at start; L1 is dropped once it is reached");
-                Ok(Source::Log(LogReader::unknown_position(store)))
+                Ok(Source::Log(store.change_reader(None)))
             }
         },
     }
@@ -140,20 +140,10 @@ async fn first_catalog(
 ) -> Result<CatalogData, NodeError> {
     match store.load_catalog().await {
         Ok(data) => {
-            let (d, p) = (data.clone(), snapshot_path.to_path_buf());
-            let saved = tokio::task::spawn_blocking(move || {
-                if let Some(dir) = p.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                d.save(&p)
-            })
-            .await;
-            if let Ok(Err(e)) = saved {
-                tracing::warn!(error = %e, "could not save the catalog snapshot to disk");
-            }
+            disk::save_in_background(data.clone(), snapshot_path.to_path_buf()).await;
             Ok(data)
         }
-        Err(store_err) => match CatalogData::load(snapshot_path) {
+        Err(store_err) => match disk::load(snapshot_path) {
             Ok(data) => {
                 tracing::warn!(error = %store_err, version = data.version, "store unavailable: serving the last good catalog snapshot from disk");
                 Ok(data)
@@ -176,26 +166,23 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             .map_err(|e| NodeError::Other(e.to_string()))??
     };
     if let Err(e) = prepare_store(&store, cfg.seed_members).await {
-        match &store {
-            // The embedded store is a local file: failing to prepare it is fatal.
-            Store::Sqlite(_) => return Err(e),
-            Store::Postgres(_) => {
-                tracing::warn!(error = %e, "store not ready at start; serving what can be served")
-            }
+        // The embedded store is a local file: failing to prepare it is fatal.
+        if store.is_embedded() {
+            return Err(e);
         }
+        tracing::warn!(error = %e, "store not ready at start; serving what can be served");
     }
 
     let source = change_source(&cfg, &store).await?;
-    let snapshot_path = cfg.data_dir.join("catalog-snapshot.json");
+    let snapshot_path = disk::snapshot_path(&cfg.data_dir);
     let data = first_catalog(&store, &snapshot_path).await?;
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(&data)));
     let tier = Tier::from_config(&cfg)?.map(Arc::new);
-    let members = Arc::new(Members::with_tier(
+    let members = Arc::new(Members::new(
         store.clone(),
         tier,
         &cfg.l1,
-        cfg.l2.max_store_fills,
-        cfg.http.request_timeout,
+        FillLimits::of(&cfg),
     ));
     let app = Arc::new(App::new(
         catalog.clone(),

@@ -220,3 +220,43 @@ impl ChangeMetrics {
         }
     }
 }
+
+/// One Redis node's figures, labelled by zone and `host:port` (never the URL, which
+/// may carry a password).
+pub struct TierNodeMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub errors: Counter,
+    pub breaker_open: Gauge,
+    pub latency: metrics::Histogram,
+}
+
+impl TierNodeMetrics {
+    pub fn register(zone: &str, node: &str) -> TierNodeMetrics {
+        let labels = [("zone", zone.to_string()), ("node", node.to_string())];
+        TierNodeMetrics {
+            hits: metrics::counter!("readtier_l2_hits_total", &labels),
+            misses: metrics::counter!("readtier_l2_misses_total", &labels),
+            errors: metrics::counter!("readtier_l2_errors_total", &labels),
+            breaker_open: metrics::gauge!("readtier_l2_breaker_open", &labels),
+            latency: metrics::histogram!("readtier_l2_request_duration_seconds", &labels),
+        }
+    }
+}
+
+/// The relay's figures.
+pub struct RelayMetrics {
+    pub published: Counter,
+    pub active: Gauge,
+    pub repairs_pending: Gauge,
+}
+
+impl RelayMetrics {
+    pub fn register() -> RelayMetrics {
+        RelayMetrics {
+            published: metrics::counter!("readtier_relay_published_total"),
+            active: metrics::gauge!("readtier_relay_active"),
+            repairs_pending: metrics::gauge!("readtier_relay_tier_repairs_pending"),
+        }
+    }
+}

@@ -5,11 +5,11 @@ mod common;
 use std::sync::Arc;
 
 use readtier::catalog::{CatalogHandle, Snapshot};
-use readtier::changes::log::LogReader;
-use readtier::changes::{Follower, Source};
-use readtier::members::{Members, ServedFrom, Status};
+use readtier::follower::{Follower, Source};
+use readtier::lookup::{FillLimits, Members, ServedFrom};
+use readtier::member::Status;
 use readtier::node::prepare_store;
-use readtier::store::{now_ms, Store};
+use readtier::store::{now_ms, Position, SqlitePosition, Store};
 
 async fn store_in(dir: &std::path::Path, members: u64) -> Store {
     let cfg = common::test_config(dir, &[]);
@@ -18,12 +18,17 @@ async fn store_in(dir: &std::path::Path, members: u64) -> Store {
     store
 }
 
+/// A reader of the whole retained log, from its first row.
+fn from_start(store: &Store) -> readtier::store::ChangeReader {
+    store.change_reader(Some(Position::Sqlite(SqlitePosition { seq: 0 })))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_one_member_make_one_store_read() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(dir.path(), 100).await;
     let cfg = common::test_config(dir.path(), &[]);
-    let members = Arc::new(Members::new(store, &cfg.l1));
+    let members = Arc::new(Members::new(store, None, &cfg.l1, FillLimits::of(&cfg)));
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let m = members.clone();
@@ -54,11 +59,16 @@ async fn a_trimmed_gap_drops_the_whole_l1() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(dir.path(), 100).await;
     let cfg = common::test_config(dir.path(), &[]);
-    let members = Arc::new(Members::new(store.clone(), &cfg.l1));
+    let members = Arc::new(Members::new(
+        store.clone(),
+        None,
+        &cfg.l1,
+        FillLimits::of(&cfg),
+    ));
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(
         &store.load_catalog().await.unwrap(),
     )));
-    let source = Source::Log(LogReader::at_head(&store).await.unwrap());
+    let source = Source::Log(store.change_reader_at_head().await.unwrap());
     let mut follower = Follower::new(
         source,
         store.clone(),
@@ -81,10 +91,7 @@ async fn a_trimmed_gap_drops_the_whole_l1() {
         &dir.path().join("readtier.db"),
         "UPDATE memberships SET status='paused' WHERE member_id=9",
     );
-    let Store::Sqlite(s) = &store else {
-        unreachable!()
-    };
-    let trimmed = s.trim_changes(now_ms() + 60_000).unwrap();
+    let trimmed = store.trim_changes(now_ms() + 60_000).await.unwrap();
     assert!(trimmed >= 1);
     follower.poll_once().await.unwrap();
     let (m, from) = members.get(9).await.unwrap();
@@ -97,7 +104,12 @@ async fn duplicate_and_replayed_events_are_harmless() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_in(dir.path(), 100).await;
     let cfg = common::test_config(dir.path(), &[]);
-    let members = Arc::new(Members::new(store.clone(), &cfg.l1));
+    let members = Arc::new(Members::new(
+        store.clone(),
+        None,
+        &cfg.l1,
+        FillLimits::of(&cfg),
+    ));
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(
         &store.load_catalog().await.unwrap(),
     )));
@@ -113,7 +125,7 @@ async fn duplicate_and_replayed_events_are_harmless() {
     // Replay the whole log from the start twice: the node ends in the same state.
     for _ in 0..2 {
         let mut f = Follower::new(
-            Source::Log(LogReader::from_cursor(&store, 0)),
+            Source::Log(from_start(&store)),
             store.clone(),
             members.clone(),
             catalog.clone(),
@@ -141,7 +153,7 @@ async fn duplicate_and_replayed_events_are_harmless() {
     let version = snap.version();
     drop(snap);
     let mut f = Follower::new(
-        Source::Log(LogReader::from_cursor(&store, 0)),
+        Source::Log(from_start(&store)),
         store.clone(),
         members.clone(),
         catalog.clone(),

@@ -548,7 +548,7 @@ async fn a_node_serves_its_disk_snapshot_when_the_store_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut data = readtier::catalog::CatalogData::reference().unwrap();
     data.version = 77;
-    data.save(&dir.path().join("catalog-snapshot.json"))
+    readtier::catalog::disk::save(&data, &readtier::catalog::disk::snapshot_path(dir.path()))
         .unwrap();
     let d = dir.path().display().to_string();
     // Nothing listens on port 9: every store call fails at once.

@@ -7,27 +7,18 @@ use std::time::Duration;
 
 use common::infra::*;
 use common::*;
-use readtier::catalog::CatalogData;
-use readtier::changes::log::LogReader;
-use readtier::changes::relay::Relay;
-use readtier::changes::stream::{stream_key, StreamPublisher};
 use readtier::config::Config;
-use readtier::node::{prepare_store, seed_members_into};
-use readtier::store::{ChangeEvent, ChangeKind, Store};
+use readtier::node::seed_members_into;
+use readtier::plan::CatalogData;
+use readtier::store::{ChangeBatch, ChangeEvent, ChangeKind, Store};
+use readtier::stream::{stream_key, StreamId, StreamPublisher};
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// A migrated schema with the reference catalog and `members` members.
 async fn seeded(members: u64) -> (PgSchema, Store) {
-    let schema = PgSchema::new().await;
-    let cfg = Config::from_layers(None, &[("READTIER_STORE_URL".into(), schema.url())]).unwrap();
-    let store = Store::open(&cfg.store).unwrap();
-    prepare_store(&store, 0).await.unwrap();
-    seed_members_into(&store, &CatalogData::reference().unwrap(), members)
-        .await
-        .unwrap();
-    (schema, store)
+    seeded_pg(members).await
 }
 
 fn env(schema: &PgSchema, redis: &RedisServer) -> Vec<(&'static str, String)> {
@@ -57,24 +48,7 @@ fn relay_task(
     env: &[(&'static str, String)],
     id: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let cfg = config(env);
-    let store = Store::open(&cfg.store).unwrap();
-    let url = cfg.changes.stream_url.clone().unwrap();
-    let publisher = StreamPublisher::new(
-        &url,
-        stream_key(&cfg.redis_prefix),
-        cfg.changes.stream_maxlen,
-    )
-    .unwrap();
-    let tier = cfg.redis.as_ref().map(|t| {
-        std::sync::Arc::new(
-            readtier::tier::Tier::new(t, cfg.zone, &cfg.redis_prefix, &cfg.l2).unwrap(),
-        )
-    });
-    let relay = Relay::new(store, publisher, tier, id.to_string(), &cfg).unwrap();
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(relay.run(token.clone()));
-    (token, handle)
+    common::infra::relay_task(&config(env), id)
 }
 
 async fn status_of(node: &TestNode, id: u64) -> String {
@@ -124,7 +98,7 @@ async fn settle(schema: &PgSchema, redis: &RedisServer, nodes: &[&TestNode]) {
     let Some(redis::Value::BulkString(id)) = entry.first() else {
         return;
     };
-    let want = readtier::changes::stream::id_to_u64(std::str::from_utf8(id).unwrap());
+    let want = StreamId::parse(std::str::from_utf8(id).unwrap()).progress();
     for n in nodes {
         let pos = n.running.change_position.clone();
         eventually(LIMIT, "the node to apply the stream", || async {
@@ -210,7 +184,7 @@ async fn raw_sql_writes_reach_both_nodes_and_prices_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_reader_never_skips_a_late_commit() {
     let (schema, store) = seeded(100).await;
-    let mut reader = LogReader::at_head(&store).await.unwrap();
+    let mut reader = store.change_reader_at_head().await.unwrap();
     let late = schema.client().await;
     late.batch_execute("BEGIN; UPDATE memberships SET status='paused' WHERE member_id=8")
         .await
@@ -218,7 +192,7 @@ async fn the_log_reader_never_skips_a_late_commit() {
     schema
         .exec("UPDATE memberships SET status='paused' WHERE member_id=9")
         .await;
-    let ids = |b: &readtier::changes::Batch| -> Vec<u64> {
+    let ids = |b: &ChangeBatch| -> Vec<u64> {
         b.events
             .iter()
             .filter_map(|e| match e.kind {

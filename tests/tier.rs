@@ -8,12 +8,8 @@ use std::time::Duration;
 
 use common::infra::*;
 use common::*;
-use readtier::catalog::CatalogData;
-use readtier::changes::relay::Relay;
-use readtier::changes::stream::{stream_key, StreamPublisher};
 use readtier::config::Config;
-use readtier::members::{Member, Status};
-use readtier::node::{prepare_store, seed_members_into};
+use readtier::member::{Member, Status};
 use readtier::store::Store;
 use readtier::tier::{Tier, TierEntry};
 use tokio_util::sync::CancellationToken;
@@ -30,14 +26,7 @@ struct Cluster {
 
 impl Cluster {
     async fn new(members: u64) -> Cluster {
-        let schema = PgSchema::new().await;
-        let cfg =
-            Config::from_layers(None, &[("READTIER_STORE_URL".into(), schema.url())]).unwrap();
-        let store = Store::open(&cfg.store).unwrap();
-        prepare_store(&store, 0).await.unwrap();
-        seed_members_into(&store, &CatalogData::reference().unwrap(), members)
-            .await
-            .unwrap();
+        let (schema, store) = seeded_pg(members).await;
         Cluster {
             schema,
             a: vec![RedisServer::start(), RedisServer::start()],
@@ -114,15 +103,7 @@ impl Cluster {
     }
 
     fn relay(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-        let cfg = self.config(&[]);
-        let store = Store::open(&cfg.store).unwrap();
-        let publisher =
-            StreamPublisher::new(&self.stream.url(), stream_key(&cfg.redis_prefix), 10_000)
-                .unwrap();
-        let tier = Arc::new(self.tier());
-        let relay = Relay::new(store, publisher, Some(tier), "relay".into(), &cfg).unwrap();
-        let token = CancellationToken::new();
-        (token.clone(), tokio::spawn(relay.run(token)))
+        relay_task(&self.config(&[]), "relay")
     }
 }
 

@@ -6,20 +6,31 @@
 //! business columns only; the triggers raise `memberships.version`, bump the catalog
 //! version and record every insert, update and delete in `change_log`.
 //!
-//! [`Store`] is the async face the node uses; each backend does blocking work on
-//! tokio's blocking pool so the request path never blocks a runtime thread.
+//! [`Store`] is the one face the rest of the program sees; the backends behind it
+//! (embedded SQLite, PostgreSQL) are sealed in their modules. Blocking SQLite work runs
+//! on tokio's blocking pool so the request path never blocks a runtime thread. The
+//! store also owns its change log: [`Store::change_reader`] reads it from a typed
+//! [`Position`], [`Store::trim_changes`] trims it, and [`Store::relay_store`] gives
+//! the relay the PostgreSQL-only parts it needs (lease, fenced position, LISTEN).
 
-pub mod postgres;
+pub mod changes;
+mod postgres;
 pub mod seed;
-pub mod sqlite;
+mod sqlite;
 
 use std::sync::Arc;
 
-use crate::catalog::CatalogData;
-use crate::members::Member;
+pub use changes::{
+    ChangeBatch, ChangeEvent, ChangeKind, ChangeReader, LogState, PgPosition, Position,
+    SqlitePosition,
+};
+pub use postgres::{ChangeListener, RelayStore};
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+use crate::config::StoreUrl;
+use crate::member::{Member, Status};
+use crate::plan::CatalogData;
+use postgres::PgStore;
+use sqlite::SqliteStore;
 
 /// Store failures, with the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +42,10 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(transparent)]
+    BadRow(#[from] BadRow),
     #[error("store row {what}: {reason}")]
-    BadRow { what: String, reason: String },
+    BadCatalogRow { what: String, reason: String },
     #[error("could not create data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -56,67 +69,42 @@ pub enum StoreError {
     Unsupported(&'static str, &'static str),
 }
 
-/// One committed change, in commit order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeEvent {
-    /// Position in the change log; strictly rising in commit order.
-    pub seq: u64,
-    pub kind: ChangeKind,
-    /// Commit time in milliseconds since the Unix epoch (store clock).
-    pub changed_at_ms: i64,
+/// A `memberships` row that cannot be read as a [`Member`] (written in raw SQL with a
+/// value this build does not know). Never silently dropped: counted, logged, and
+/// reported to the caller, who must not mistake it for a missing member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("memberships row member_id={id} cannot be read: {reason}")]
+pub struct BadRow {
+    pub id: u64,
+    pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// A member row was inserted, updated or deleted; `version` is its new version
-    /// (for a deletion, the version of the tombstone).
-    Member {
-        id: u64,
-        version: i64,
-        deleted: bool,
-    },
-    /// `plans` or `plan_prices` changed: the catalog version rose.
-    Catalog { version: u64 },
-    /// Members were bulk-loaded without per-row events (`seed`): forget all of them.
-    MembersReseeded,
-}
+/// A member row as read: the record, or why it cannot be read.
+pub type MemberRow = Result<Member, BadRow>;
 
-impl ChangeKind {
-    /// The kind of one change-log row, as both stores' triggers write them. A row this
-    /// build does not understand is treated as "forget every member": safe, if costly.
-    pub fn from_log_row(
-        table: &str,
-        op: &str,
-        member: Option<i64>,
-        version: Option<i64>,
-    ) -> ChangeKind {
-        match (table, op, member) {
-            ("memberships", "reseed", _) => ChangeKind::MembersReseeded,
-            ("memberships", op, Some(id)) => ChangeKind::Member {
-                id: id as u64,
-                version: version.unwrap_or(0),
-                deleted: op == "delete",
-            },
-            ("plans" | "plan_prices", _, _) => ChangeKind::Catalog {
-                version: version.unwrap_or(0) as u64,
-            },
-            _ => ChangeKind::MembersReseeded,
+/// Counts and logs unreadable rows among `rows`, returning them unchanged.
+fn noted(rows: Vec<MemberRow>) -> Vec<MemberRow> {
+    for r in &rows {
+        if let Err(bad) = r {
+            note_bad_row(bad);
         }
     }
+    rows
 }
 
-/// What the follower needs to know about the log besides the rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LogState {
-    /// Highest position written so far.
-    pub head: u64,
-    /// Every position at or below this one has been trimmed away.
-    pub trimmed_through: u64,
+fn note_bad_row(bad: &BadRow) {
+    metrics::counter!("readtier_store_bad_rows_total").increment(1);
+    tracing::warn!(member = bad.id, reason = %bad.reason, "unreadable member row");
 }
 
 /// The store a node reads from.
 #[derive(Clone)]
-pub enum Store {
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
     Sqlite(Arc<SqliteStore>),
     Postgres(Arc<PgStore>),
 }
@@ -124,82 +112,159 @@ pub enum Store {
 impl Store {
     /// Opens the store named by the configuration (creating an SQLite file if needed;
     /// a PostgreSQL pool connects on first use).
-    pub fn open(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {
-        match url {
-            crate::config::StoreUrl::Sqlite(path) => {
-                Ok(Store::Sqlite(Arc::new(SqliteStore::open(path)?)))
-            }
-            crate::config::StoreUrl::Postgres(url) => {
-                Ok(Store::Postgres(Arc::new(PgStore::open(url)?)))
-            }
-        }
+    pub fn open(url: &StoreUrl) -> Result<Store, StoreError> {
+        let backend = match url {
+            StoreUrl::Sqlite(path) => Backend::Sqlite(Arc::new(SqliteStore::open(path)?)),
+            StoreUrl::Postgres(url) => Backend::Postgres(Arc::new(PgStore::open(url)?)),
+        };
+        Ok(Store { backend })
     }
 
+    /// The embedded store: a local file, so failing to prepare it is fatal at start.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite(_))
+    }
+
+    /// What the store is, without credentials (for messages).
     pub fn describe(&self) -> String {
-        match self {
-            Store::Sqlite(s) => format!("sqlite:{}", s.path().display()),
-            Store::Postgres(p) => p.describe().to_string(),
+        match &self.backend {
+            Backend::Sqlite(s) => format!("sqlite:{}", s.path().display()),
+            Backend::Postgres(p) => p.describe().to_string(),
         }
     }
 
+    /// One member, or `None` if the store has no such id; an unreadable row is an
+    /// error naming it.
     pub async fn get_member(&self, id: u64) -> Result<Option<Member>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking(s, move |s| s.get_member(id)).await,
-            Store::Postgres(p) => p.get_member(id).await,
+        let got = match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.get_member(id)).await,
+            Backend::Postgres(p) => p.get_member(id).await,
+        };
+        if let Err(StoreError::BadRow(bad)) = &got {
+            note_bad_row(bad);
         }
+        got
+    }
+
+    /// The current rows of these members (ids the store lacks are absent).
+    pub async fn members_by_ids(&self, ids: Vec<u64>) -> Result<Vec<MemberRow>, StoreError> {
+        let rows = match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.members_by_ids(&ids)).await?,
+            Backend::Postgres(p) => p.members_by_ids(&ids).await?,
+        };
+        Ok(noted(rows))
+    }
+
+    /// Up to `limit` members with ids at or above `from`, in id order.
+    pub async fn members_range(&self, from: u64, limit: i64) -> Result<Vec<MemberRow>, StoreError> {
+        let rows = match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.members_range(from, limit)).await?,
+            Backend::Postgres(p) => p.members_range(from, limit).await?,
+        };
+        Ok(noted(rows))
     }
 
     pub async fn load_catalog(&self) -> Result<CatalogData, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking(s, |s| s.load_catalog()).await,
-            Store::Postgres(p) => p.load_catalog().await,
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.load_catalog()).await,
+            Backend::Postgres(p) => p.load_catalog().await,
         }
     }
 
     /// Creates the schema (idempotent).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking(s, |s| s.migrate()).await,
-            Store::Postgres(p) => p.migrate().await,
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.migrate()).await,
+            Backend::Postgres(p) => p.migrate().await,
         }
     }
 
     pub async fn catalog_is_empty(&self) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking(s, |s| s.catalog_is_empty()).await,
-            Store::Postgres(p) => p.catalog_is_empty().await,
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.catalog_is_empty()).await,
+            Backend::Postgres(p) => p.catalog_is_empty().await,
         }
     }
 
     pub async fn write_catalog(&self, data: CatalogData) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking(s, move |s| s.write_catalog(&data)).await,
-            Store::Postgres(p) => p.write_catalog(&data).await,
-        }
-    }
-
-    /// Up to `limit` members with ids at or above `from`, in id order.
-    pub async fn members_range(&self, from: u64, limit: i64) -> Result<Vec<Member>, StoreError> {
-        match self {
-            Store::Sqlite(s) => blocking(s, move |s| s.members_range(from, limit)).await,
-            Store::Postgres(p) => p.members_range(from, limit).await,
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.write_catalog(&data)).await,
+            Backend::Postgres(p) => p.write_catalog(&data).await,
         }
     }
 
     /// Bulk-loads members (see each backend's `write_members`).
     pub async fn write_members<I>(&self, rows: I) -> Result<u64, StoreError>
     where
-        I: IntoIterator<Item = (u64, crate::members::Status, String, String)> + Send + 'static,
+        I: IntoIterator<Item = (u64, Status, String, String)> + Send + 'static,
     {
-        match self {
-            Store::Sqlite(s) => blocking(s, move |s| s.write_members(rows)).await,
-            Store::Postgres(p) => p.write_members(rows).await,
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.write_members(rows)).await,
+            Backend::Postgres(p) => p.write_members(rows).await,
+        }
+    }
+
+    /// A reader of every change committed from now on.
+    pub async fn change_reader_at_head(&self) -> Result<ChangeReader, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let head = blocking(s, |s| s.log_state()).await?.head;
+                Ok(ChangeReader::sqlite(
+                    s.clone(),
+                    Some(SqlitePosition { seq: head }),
+                ))
+            }
+            Backend::Postgres(p) => {
+                let horizon = p.horizon().await?;
+                Ok(ChangeReader::postgres(
+                    p.clone(),
+                    Some(PgPosition { horizon }),
+                ))
+            }
+        }
+    }
+
+    /// A reader resuming from `from`; with `None` (the position could not be learned)
+    /// its first read reports a gap. A position of the other backend counts as `None`.
+    pub fn change_reader(&self, from: Option<Position>) -> ChangeReader {
+        match &self.backend {
+            Backend::Sqlite(s) => ChangeReader::sqlite(
+                s.clone(),
+                match from {
+                    Some(Position::Sqlite(p)) => Some(p),
+                    _ => None,
+                },
+            ),
+            Backend::Postgres(p) => ChangeReader::postgres(
+                p.clone(),
+                match from {
+                    Some(Position::Postgres(pos)) => Some(pos),
+                    _ => None,
+                },
+            ),
+        }
+    }
+
+    /// Deletes delivered change-log rows written before `older_than_ms`, recording the
+    /// trim point so a reader behind it knows it missed changes. Returns rows deleted.
+    pub async fn trim_changes(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.trim_changes(older_than_ms)).await,
+            Backend::Postgres(p) => p.trim_changes(older_than_ms).await,
+        }
+    }
+
+    /// What the relay needs of a PostgreSQL store; other stores have no relay.
+    pub fn relay_store(&self) -> Result<RelayStore, StoreError> {
+        match &self.backend {
+            Backend::Postgres(p) => Ok(RelayStore { pg: p.clone() }),
+            Backend::Sqlite(_) => Err(StoreError::Unsupported("the relay", "sqlite")),
         }
     }
 }
 
 /// Runs SQLite work on the blocking pool so it never stalls a runtime thread.
-pub async fn blocking<T, F>(s: &Arc<SqliteStore>, f: F) -> Result<T, StoreError>
+async fn blocking<T, F>(s: &Arc<SqliteStore>, f: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,

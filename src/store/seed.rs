@@ -3,8 +3,8 @@
 //! actually offers. Deterministic in the id, so a member looks the same in every store
 //! seeded with the same catalog.
 
-use crate::catalog::CatalogData;
-use crate::members::Status;
+use crate::member::Status;
+use crate::plan::CatalogData;
 
 /// Relative weights of the larger markets; every other country weighs 1.
 const MARKET_WEIGHTS: &[(&str, u32)] = &[

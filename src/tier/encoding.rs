@@ -14,7 +14,7 @@
 //! figures (`cargo run --release --example l2_memory`). The version comes first so the
 //! versioned-set script can compare it without decoding the rest.
 
-use crate::members::{Member, Status};
+use crate::member::{Member, Status};
 
 /// What the tier holds for a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,12 +56,33 @@ fn status_of(c: &str) -> Option<Status> {
     })
 }
 
+/// The key of bucket `bucket`.
+pub fn bucket_key(prefix: &str, bucket: u64) -> String {
+    format!("{prefix}h:{bucket}")
+}
+
+/// The `SCAN MATCH` pattern of every bucket key under `prefix`.
+pub fn bucket_pattern(prefix: &str) -> String {
+    format!("{prefix}h:*")
+}
+
+/// The bucket a key names, if it is a bucket key under `prefix`.
+pub fn bucket_of(prefix: &str, key: &str) -> Option<u64> {
+    key.strip_prefix(prefix)?.strip_prefix("h:")?.parse().ok()
+}
+
 /// The bucket key and field of a member.
 pub fn locate(prefix: &str, bucket_size: u64, id: u64) -> (String, String) {
     (
-        format!("{prefix}h:{}", id / bucket_size),
+        bucket_key(prefix, id / bucket_size),
         (id % bucket_size).to_string(),
     )
+}
+
+/// The member a field of a bucket stands for.
+pub fn member_of(bucket_size: u64, bucket: u64, field: &str) -> Option<u64> {
+    let offset: u64 = field.parse().ok()?;
+    (offset < bucket_size).then(|| bucket * bucket_size + offset)
 }
 
 pub fn encode(e: &TierEntry) -> String {
@@ -124,5 +145,9 @@ mod tests {
             locate("rt:", 100, 4242),
             ("rt:h:42".to_string(), "42".to_string())
         );
+        assert_eq!(bucket_of("rt:", "rt:h:42"), Some(42));
+        assert_eq!(bucket_of("rt:", "other:h:42"), None);
+        assert_eq!(member_of(100, 42, "42"), Some(4242));
+        assert_eq!(member_of(100, 42, "100"), None);
     }
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use super::encoding::{decode, TierEntry};
 use super::{Tier, TierError};
-use crate::members::Member;
+use crate::member::Member;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +41,21 @@ pub struct ZoneCounts {
 pub struct Report {
     /// Members read from the store.
     pub checked: u64,
+    /// Store rows that could not be read (left as the tier holds them).
+    pub unreadable: u64,
     pub zones: Vec<ZoneCounts>,
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "checked {} members", self.checked)?;
+        if self.unreadable > 0 {
+            writeln!(
+                f,
+                "unreadable store rows: {} (see the log)",
+                self.unreadable
+            )?;
+        }
         for z in &self.zones {
             writeln!(
                 f,
@@ -67,6 +76,7 @@ pub async fn reconcile(
     const PAGE: i64 = 10_000;
     let mut report = Report {
         checked: 0,
+        unreadable: 0,
         zones: tier
             .zones
             .iter()
@@ -81,11 +91,22 @@ pub async fn reconcile(
     loop {
         let page = store.members_range(from, PAGE).await?;
         let Some(last) = page.last() else { break };
-        from = last.id + 1;
+        from = match last {
+            Ok(m) => m.id,
+            Err(bad) => bad.id,
+        } + 1;
         report.checked += page.len() as u64;
         let mut buckets: BTreeMap<u64, Vec<Member>> = BTreeMap::new();
-        for m in page {
-            buckets.entry(m.id / size).or_default().push(m);
+        let mut unreadable = std::collections::BTreeSet::new();
+        for row in page {
+            match row {
+                Ok(m) => buckets.entry(m.id / size).or_default().push(m),
+                // Left as the tier has it: the store logged it, and it is not absent.
+                Err(bad) => {
+                    report.unreadable += 1;
+                    unreadable.insert(bad.id);
+                }
+            }
         }
         for (bucket, members) in &buckets {
             for zone in 0..tier.zones.len() {
@@ -117,7 +138,7 @@ pub async fn reconcile(
                 }
                 // Records for ids the store does not have in this bucket.
                 for (id, value) in &held {
-                    if members.iter().any(|m| m.id == *id) {
+                    if members.iter().any(|m| m.id == *id) || unreadable.contains(id) {
                         continue;
                     }
                     if let Some(TierEntry::Gone { .. }) = decode(*id, value) {

@@ -273,3 +273,40 @@ pub fn relay_process(id: &str, env: &[(&str, String)]) -> Proc {
     }
     Proc(c.spawn().expect("start relay"))
 }
+
+/// A migrated schema of its own with the reference catalog and members `1..=members`,
+/// and the store over it: the one way tests seed PostgreSQL.
+pub async fn seeded_pg(members: u64) -> (PgSchema, readtier::store::Store) {
+    use readtier::node::{prepare_store, seed_members_into};
+    let schema = PgSchema::new().await;
+    let cfg =
+        readtier::config::Config::from_layers(None, &[("READTIER_STORE_URL".into(), schema.url())])
+            .unwrap();
+    let store = readtier::store::Store::open(&cfg.store).unwrap();
+    prepare_store(&store, 0).await.unwrap();
+    if members > 0 {
+        seed_members_into(
+            &store,
+            &readtier::plan::CatalogData::reference().unwrap(),
+            members,
+        )
+        .await
+        .unwrap();
+    }
+    (schema, store)
+}
+
+/// A relay in this process, built as the CLI builds it; cancel the token to stop it
+/// (releasing its lease).
+pub fn relay_task(
+    cfg: &readtier::config::Config,
+    id: &str,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let relay = readtier::relay::Relay::from_config(cfg, id.to_string()).unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(relay.run(token.clone()));
+    (token, handle)
+}

@@ -1,10 +1,7 @@
-//! Member records, the entitlement decision, and the L1 cache in front of the store.
+//! The member lookup service: L1 in-process cache → L2 hash tier (local zone, then the
+//! others) → store, with one load per member however many requests miss at once.
 //!
-//! A member record is small (status, plan, country, version). Entitlement is computed
-//! per request from the record and the current catalog snapshot, so a catalog change
-//! never needs a mass invalidation of member entries.
-//!
-//! L1 rules:
+//! Rules:
 //! - **hit**: the entry (a record, or "no such member") is answered from memory;
 //! - **miss**: one load per member however many requests miss at once (the others
 //!   wait for it: coalescing) — from the L2 tier if it holds the member, else from the
@@ -13,147 +10,27 @@
 //! - **stale**: change events drop the entry ([`Members::invalidate`]); a fill that was
 //!   in flight while any invalidation happened is not kept, so a read that raced a
 //!   commit cannot pin the old value until the TTL;
-//! - **expiry**: each entry carries its deadline, checked on read.
+//! - **expiry**: each entry carries its deadline, checked on read;
+//! - **failure**: a store error is answered as an error and nothing is cached.
 //!
 //! L1 is a `quick_cache` sync cache (bounded, CLOCK-Pro eviction, placeholder guards
-//! for coalescing): on the hit path it measured 31 ns against 159 ns for moka's sync
-//! cache and ~190 ns for moka's async one (`cargo bench --bench hot_paths`, "l1
-//! candidates"); TTLs are kept in the entry, which quick_cache lacks.
-//! - **failure**: a store error is answered as an error and nothing is cached.
+//! for coalescing): on the hit path it measured 31 ns against 154 ns for moka's sync
+//! cache and 396 ns for moka's async one driven from a future (`cargo bench --bench
+//! hot_paths`, "l1 candidates"; docs/PERFORMANCE.md); TTLs are kept in the entry,
+//! which quick_cache lacks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
-
-use crate::catalog::{Plan, Snapshot};
 use tokio::sync::Semaphore;
 
+use crate::config::L1Config;
+use crate::member::Member;
 use crate::store::{Store, StoreError};
 use crate::telemetry::MemberMetrics;
 use crate::tier::{Tier, TierEntry};
-
-/// A member's standing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    Active,
-    /// Payment failed, still within grace: may stream.
-    Grace,
-    OnHold,
-    Paused,
-    Cancelled,
-}
-
-impl Status {
-    pub fn parse(s: &str) -> Option<Status> {
-        Some(match s {
-            "active" => Status::Active,
-            "grace" => Status::Grace,
-            "on_hold" => Status::OnHold,
-            "paused" => Status::Paused,
-            "cancelled" => Status::Cancelled,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "active",
-            Status::Grace => "grace",
-            Status::OnHold => "on_hold",
-            Status::Paused => "paused",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    pub const ALL: [Status; 5] = [
-        Status::Active,
-        Status::Grace,
-        Status::OnHold,
-        Status::Paused,
-        Status::Cancelled,
-    ];
-}
-
-/// One row of `memberships`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: u64,
-    pub status: Status,
-    pub plan_id: String,
-    pub country: String,
-    pub version: i64,
-}
-
-/// Why playback is allowed or not (the `reason` of an authorize answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    Ok,
-    NotAMember,
-    AccountOnHold,
-    AccountPaused,
-    MembershipCancelled,
-    DeviceNotAllowed,
-    StreamLimitReached,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Ok => "ok",
-            Reason::NotAMember => "not_a_member",
-            Reason::AccountOnHold => "account_on_hold",
-            Reason::AccountPaused => "account_paused",
-            Reason::MembershipCancelled => "membership_cancelled",
-            Reason::DeviceNotAllowed => "device_not_allowed",
-            Reason::StreamLimitReached => "stream_limit_reached",
-        }
-    }
-}
-
-/// Whether the member's standing alone lets them stream: `Ok` or the status's reason.
-/// A member whose plan is missing from the catalog is treated as not a member: there
-/// is nothing to entitle them to.
-pub fn standing(member: &Member, plan: Option<&Plan>) -> Reason {
-    match member.status {
-        Status::OnHold => Reason::AccountOnHold,
-        Status::Paused => Reason::AccountPaused,
-        Status::Cancelled => Reason::MembershipCancelled,
-        Status::Active | Status::Grace if plan.is_none() => Reason::NotAMember,
-        Status::Active | Status::Grace => Reason::Ok,
-    }
-}
-
-/// The playback decision for a member (or an unknown id), a device class and the
-/// number of streams the member already has running. Checked in order: membership,
-/// standing, device, stream count.
-pub fn authorize<'s>(
-    member: Option<&Member>,
-    snapshot: &'s Snapshot,
-    device_class: &str,
-    active_streams: u64,
-) -> (Reason, Option<&'s Plan>) {
-    let Some(member) = member else {
-        return (Reason::NotAMember, None);
-    };
-    let plan = snapshot.plan(&member.plan_id).map(|e| &e.plan);
-    let reason = match standing(member, plan) {
-        Reason::Ok => {
-            // `standing` is Ok only with a plan.
-            let plan = plan.expect("standing Ok implies a plan");
-            if !plan.allows_device(device_class) {
-                Reason::DeviceNotAllowed
-            } else if active_streams >= plan.max_streams as u64 {
-                Reason::StreamLimitReached
-            } else {
-                Reason::Ok
-            }
-        }
-        other => other,
-    };
-    (reason, plan)
-}
 
 /// Where a member answer came from (`x-served-from`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +57,8 @@ pub struct Cached {
     pub member: Option<Member>,
     pub origin: ServedFrom,
     /// The entitlement answer for this record and the catalog version it was rendered
-    /// under; replaced when a request finds the catalog has moved on (see `http`).
+    /// under, kept with the entry so a hit copies bytes instead of rendering; replaced
+    /// when a request finds the catalog has moved on (see `http::render`).
     pub rendered: arc_swap::ArcSwapOption<(u64, bytes::Bytes)>,
 }
 
@@ -212,18 +90,41 @@ pub enum LookupError {
     Overloaded(usize),
 }
 
+/// How many store reads may be in flight, and how long a miss waits for one.
+#[derive(Debug, Clone, Copy)]
+pub struct FillLimits {
+    /// Most store reads in flight (`l2.max_store_fills`): a tier outage cannot
+    /// flatten the store.
+    pub max_in_flight: usize,
+    /// Longest wait for a permit (`http.request_timeout`).
+    pub wait: Duration,
+}
+
+impl FillLimits {
+    /// The limits a configuration sets.
+    pub fn of(cfg: &crate::config::Config) -> FillLimits {
+        FillLimits {
+            max_in_flight: cfg.l2.max_store_fills,
+            wait: cfg.http.request_timeout,
+        }
+    }
+}
+
 /// Member lookups: L1, then the L2 hash tier (when configured), then the store.
 pub struct Members {
+    /// The in-process cache.
     l1: Cache<u64, Slot>,
+    /// How long a record is served from L1.
     ttl: Duration,
+    /// How long "no such member" is served from L1.
     negative_ttl: Duration,
+    /// The source of truth, read on a miss in every tier.
     store: Store,
+    /// The L2 hash tier, if Redis is configured.
     tier: Option<Arc<Tier>>,
     /// Bounds concurrent store reads, so an outage of the tier cannot flatten the store.
     fills: Semaphore,
-    max_fills: usize,
-    /// How long a miss may wait for a fill permit.
-    fill_wait: Duration,
+    limits: FillLimits,
     /// Raised by every invalidation; a fill that sees it move drops what it read.
     generation: AtomicU64,
     /// Store reads made by this instance (the metrics are per process).
@@ -232,16 +133,11 @@ pub struct Members {
 }
 
 impl Members {
-    pub fn new(store: Store, cfg: &crate::config::L1Config) -> Members {
-        Members::with_tier(store, None, cfg, 64, Duration::from_secs(5))
-    }
-
-    pub fn with_tier(
+    pub fn new(
         store: Store,
         tier: Option<Arc<Tier>>,
-        cfg: &crate::config::L1Config,
-        max_fills: usize,
-        fill_wait: Duration,
+        cfg: &L1Config,
+        limits: FillLimits,
     ) -> Members {
         Members {
             l1: Cache::new(cfg.capacity.min(usize::MAX as u64) as usize),
@@ -249,9 +145,8 @@ impl Members {
             negative_ttl: cfg.negative_ttl,
             store,
             tier,
-            fills: Semaphore::new(max_fills),
-            max_fills,
-            fill_wait,
+            fills: Semaphore::new(limits.max_in_flight),
+            limits,
             generation: AtomicU64::new(0),
             store_reads: AtomicU64::new(0),
             metrics: MemberMetrics::register(),
@@ -272,7 +167,7 @@ impl Members {
     }
 
     /// Looks a member up through L1, L2 and the store.
-    pub async fn get(&self, id: u64) -> Result<(Entry, ServedFrom), Arc<LookupError>> {
+    pub async fn get(&self, id: u64) -> Result<(Entry, ServedFrom), LookupError> {
         let now = Instant::now();
         match self.l1.get(&id) {
             Some(slot) if slot.expires > now => {
@@ -295,7 +190,7 @@ impl Members {
                 Ok((slot.entry, origin))
             }
             Err(guard) => {
-                let entry = self.load(id).await.map_err(Arc::new)?;
+                let entry = self.load(id).await?;
                 // An invalidation that ran while this load was reading may be for a
                 // change the load predates: answer what was read (it was current when
                 // read) but do not keep it. Waiters then load again themselves.
@@ -327,9 +222,9 @@ impl Members {
                 return Ok(Arc::new(Cached::new(member, ServedFrom::L2)));
             }
         }
-        let _permit = match tokio::time::timeout(self.fill_wait, self.fills.acquire()).await {
+        let _permit = match tokio::time::timeout(self.limits.wait, self.fills.acquire()).await {
             Ok(Ok(p)) => p,
-            _ => return Err(LookupError::Overloaded(self.max_fills)),
+            _ => return Err(LookupError::Overloaded(self.limits.max_in_flight)),
         };
         self.store_reads.fetch_add(1, Ordering::Relaxed);
         self.metrics.store_reads.increment(1);
@@ -371,7 +266,7 @@ impl Members {
     }
 
     /// Drops one member's entry (a change event for it arrived).
-    pub async fn invalidate(&self, id: u64) {
+    pub fn invalidate(&self, id: u64) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.l1.remove(&id);
         self.metrics.l1_invalidations.increment(1);
@@ -396,95 +291,5 @@ impl Members {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::catalog::{CatalogData, Snapshot};
-
-    fn member(status: Status, plan: &str) -> Member {
-        Member {
-            id: 1,
-            status,
-            plan_id: plan.into(),
-            country: "US".into(),
-            version: 1,
-        }
-    }
-
-    /// Every status × device class × active streams × plan of the reference catalog.
-    #[test]
-    fn entitlement_decision_table() {
-        let snap = Snapshot::build(&CatalogData::reference().unwrap());
-        let plans = [
-            "mobile",
-            "basic",
-            "standard-with-ads",
-            "standard",
-            "premium",
-        ];
-        let max = |p: &str| match p {
-            "mobile" | "basic" => 1,
-            "standard-with-ads" | "standard" => 2,
-            "premium" => 4,
-            _ => unreachable!(),
-        };
-        let devices = ["tv", "computer", "mobile", "tablet", "toaster"];
-        let mut seen = std::collections::HashSet::new();
-        for status in Status::ALL {
-            for plan in plans {
-                for device in devices {
-                    for active in 0..6u64 {
-                        let m = member(status, plan);
-                        let (reason, p) = authorize(Some(&m), &snap, device, active);
-                        assert_eq!(p.unwrap().id, plan);
-                        let device_ok = match plan {
-                            "mobile" => matches!(device, "mobile" | "tablet"),
-                            _ => device != "toaster",
-                        };
-                        let expected = match status {
-                            Status::OnHold => Reason::AccountOnHold,
-                            Status::Paused => Reason::AccountPaused,
-                            Status::Cancelled => Reason::MembershipCancelled,
-                            Status::Active | Status::Grace if !device_ok => {
-                                Reason::DeviceNotAllowed
-                            }
-                            Status::Active | Status::Grace if active >= max(plan) => {
-                                Reason::StreamLimitReached
-                            }
-                            Status::Active | Status::Grace => Reason::Ok,
-                        };
-                        assert_eq!(reason, expected, "{status:?} {plan} {device} {active}");
-                        seen.insert(reason);
-                    }
-                }
-            }
-        }
-        assert_eq!(authorize(None, &snap, "tv", 0).0, Reason::NotAMember);
-        assert_eq!(
-            authorize(
-                Some(&member(Status::Active, "no-such-plan")),
-                &snap,
-                "tv",
-                0
-            )
-            .0,
-            Reason::NotAMember
-        );
-        assert_eq!(
-            seen.len(),
-            6,
-            "every reason but not_a_member reached by the table"
-        );
-    }
-
-    #[test]
-    fn statuses_round_trip() {
-        for s in Status::ALL {
-            assert_eq!(Status::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(Status::parse("Active"), None);
     }
 }

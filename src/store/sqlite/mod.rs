@@ -11,121 +11,15 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ChangeEvent, ChangeKind, LogState, StoreError};
-use crate::catalog::{CatalogData, Plan, PlanPrice, Price};
-use crate::members::{Member, Status};
+mod changes;
+mod schema;
+use schema::{
+    catalog_triggers_sql, member_triggers_sql, schema_sql, MEMBER_TRIGGERS, NOW_ISO, NOW_MS,
+};
 
-/// Milliseconds since the epoch, as SQLite computes it inside a trigger.
-const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-const NOW_ISO: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
-
-/// Tables and indexes. `IF NOT EXISTS` everywhere: `migrate` is idempotent.
-fn schema_sql() -> String {
-    format!(
-        r#"
-CREATE TABLE IF NOT EXISTS plans (
-    plan_id          TEXT PRIMARY KEY,
-    name             TEXT NOT NULL,
-    max_streams      INTEGER NOT NULL CHECK (max_streams >= 0),
-    max_resolution   TEXT NOT NULL,
-    download_devices INTEGER NOT NULL CHECK (download_devices >= 0),
-    ads              INTEGER NOT NULL DEFAULT 0 CHECK (ads IN (0, 1)),
-    device_classes   TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS plan_prices (
-    country  TEXT NOT NULL CHECK (length(country) = 2 AND country = upper(country)),
-    plan_id  TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    amount   TEXT NOT NULL CHECK (amount GLOB '[0-9]*' AND amount NOT GLOB '*[^0-9.]*'),
-    PRIMARY KEY (country, plan_id)
-);
-CREATE TABLE IF NOT EXISTS memberships (
-    member_id  INTEGER PRIMARY KEY CHECK (member_id > 0),
-    status     TEXT NOT NULL CHECK (status IN ('active', 'grace', 'on_hold', 'paused', 'cancelled')),
-    plan_id    TEXT NOT NULL,
-    country    TEXT NOT NULL,
-    version    INTEGER NOT NULL DEFAULT 1,
-    updated_at TEXT NOT NULL DEFAULT ({NOW_ISO})
-);
-CREATE TABLE IF NOT EXISTS change_log (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    table_name   TEXT NOT NULL,
-    op           TEXT NOT NULL,
-    member_id    INTEGER,
-    version      INTEGER,
-    changed_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS catalog_meta (
-    id      INTEGER PRIMARY KEY CHECK (id = 1),
-    version INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO catalog_meta (id, version) VALUES (1, 1);
-CREATE TABLE IF NOT EXISTS change_log_meta (
-    id              INTEGER PRIMARY KEY CHECK (id = 1),
-    trimmed_through INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO change_log_meta (id, trimmed_through) VALUES (1, 0);
-CREATE INDEX IF NOT EXISTS change_log_changed_at ON change_log (changed_at_ms);
-"#
-    )
-}
-
-/// The member triggers, kept apart because a bulk seed drops and recreates them in
-/// its own transaction (so no other writer ever sees the table without them).
-fn member_triggers_sql() -> String {
-    format!(
-        r#"
-CREATE TRIGGER IF NOT EXISTS memberships_ai AFTER INSERT ON memberships BEGIN
-    INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
-    VALUES ('memberships', 'insert', NEW.member_id, NEW.version, {NOW_MS});
-END;
--- Raises the version of every updated row. SQLite does not fire a trigger from its own
--- body (recursive_triggers is off by default), so the inner UPDATE does not loop.
-CREATE TRIGGER IF NOT EXISTS memberships_au AFTER UPDATE ON memberships BEGIN
-    UPDATE memberships
-       SET version = max(OLD.version, NEW.version) + 1, updated_at = {NOW_ISO}
-     WHERE member_id = NEW.member_id;
-    INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
-    VALUES ('memberships', 'update', NEW.member_id, max(OLD.version, NEW.version) + 1, {NOW_MS});
-END;
-CREATE TRIGGER IF NOT EXISTS memberships_au_key AFTER UPDATE OF member_id ON memberships
-WHEN OLD.member_id <> NEW.member_id BEGIN
-    INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
-    VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1, {NOW_MS});
-END;
-CREATE TRIGGER IF NOT EXISTS memberships_ad AFTER DELETE ON memberships BEGIN
-    INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
-    VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1, {NOW_MS});
-END;
-"#
-    )
-}
-
-const MEMBER_TRIGGERS: [&str; 4] = [
-    "memberships_ai",
-    "memberships_au",
-    "memberships_au_key",
-    "memberships_ad",
-];
-
-fn catalog_triggers_sql() -> String {
-    let mut sql = String::new();
-    for table in ["plans", "plan_prices"] {
-        for (suffix, op) in [("ai", "INSERT"), ("au", "UPDATE"), ("ad", "DELETE")] {
-            sql.push_str(&format!(
-                r#"
-CREATE TRIGGER IF NOT EXISTS {table}_{suffix} AFTER {op} ON {table} BEGIN
-    UPDATE catalog_meta SET version = version + 1 WHERE id = 1;
-    INSERT INTO change_log (table_name, op, version, changed_at_ms)
-    VALUES ('{table}', '{op_lower}', (SELECT version FROM catalog_meta WHERE id = 1), {NOW_MS});
-END;
-"#,
-                op_lower = op.to_ascii_lowercase()
-            ));
-        }
-    }
-    sql
-}
+use super::{BadRow, MemberRow, StoreError};
+use crate::member::{Member, Status};
+use crate::plan::{CatalogData, Plan, PlanPrice, Price};
 
 /// Most idle connections kept for reuse.
 const POOL_IDLE: usize = 16;
@@ -159,7 +53,7 @@ impl SqliteStore {
         &self.path
     }
 
-    fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    pub(super) fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Sqlite {
             path: self.path.display().to_string(),
             op,
@@ -187,7 +81,7 @@ impl SqliteStore {
 
     /// Runs `f` on a pooled connection. A connection whose work failed is dropped
     /// rather than reused, in case it was left inside a transaction.
-    fn with_conn<T>(
+    pub(super) fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -331,7 +225,7 @@ impl SqliteStore {
                     let get = |i| text_of(r.get_ref(i).map_err(self.err("read plan column"))?);
                     let num = |i| -> Result<u32, StoreError> {
                         let v: i64 = r.get(i).map_err(self.err("read plan column"))?;
-                        u32::try_from(v).map_err(|_| StoreError::BadRow {
+                        u32::try_from(v).map_err(|_| StoreError::BadCatalogRow {
                             what: "plans".into(),
                             reason: format!("column {i} out of range: {v}"),
                         })
@@ -382,156 +276,91 @@ impl SqliteStore {
         };
         self.with_conn(|c| {
             let mut st = c
-                .prepare_cached("SELECT status, plan_id, country, version FROM memberships WHERE member_id = ?1")
+                .prepare_cached(&format!(
+                    "SELECT {MEMBER_COLUMNS} FROM memberships WHERE member_id = ?1"
+                ))
                 .map_err(self.err("prepare member read"))?;
             let row = st
-                .query_row([id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
+                .query_row([id], member_of_row)
                 .optional()
                 .map_err(self.err("read member"))?;
-            let Some((status, plan_id, country, version)) = row else { return Ok(None) };
-            let status = Status::parse(&status).ok_or_else(|| StoreError::BadRow {
-                what: format!("memberships.member_id={id}"),
-                reason: format!("unknown status {status:?}"),
-            })?;
-            Ok(Some(Member {
-                id: id as u64,
-                status,
-                plan_id,
-                country,
-                version,
-            }))
+            row.map(|r| r.map_err(StoreError::from)).transpose()
         })
     }
 
-    fn log_state_in(&self, c: &Connection) -> Result<LogState, StoreError> {
-        c.query_row(
-            "SELECT (SELECT coalesce(max(seq), 0) FROM change_log),
-                    (SELECT trimmed_through FROM change_log_meta WHERE id = 1)",
-            [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        )
-        .map(|(head, trimmed)| LogState {
-            head: (head.max(trimmed)) as u64,
-            trimmed_through: trimmed as u64,
-        })
-        .map_err(self.err("read change log state"))
-    }
-
-    pub fn log_state(&self) -> Result<LogState, StoreError> {
-        self.with_conn(|c| self.log_state_in(c))
-    }
-
-    /// Up to `limit` changes after position `seq`, in commit order, and the log state
-    /// read in the same transaction.
-    pub fn changes_after(
-        &self,
-        seq: u64,
-        limit: usize,
-    ) -> Result<(Vec<ChangeEvent>, LogState), StoreError> {
-        self.with_conn(|c| {
-            let tx = c.transaction().map_err(self.err("read changes"))?;
-            let state = self.log_state_in(&tx)?;
-            let mut out = Vec::new();
-            {
-                let mut st = tx
-                    .prepare_cached(
-                        "SELECT seq, table_name, op, member_id, version, changed_at_ms
-                           FROM change_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                    )
-                    .map_err(self.err("prepare changes"))?;
-                let mut rows = st
-                    .query(params![seq as i64, limit as i64])
-                    .map_err(self.err("read changes"))?;
-                while let Some(r) = rows.next().map_err(self.err("read changes"))? {
-                    let seq: i64 = r.get(0).map_err(self.err("read change"))?;
-                    let table: String = r.get(1).map_err(self.err("read change"))?;
-                    let op: String = r.get(2).map_err(self.err("read change"))?;
-                    let member: Option<i64> = r.get(3).map_err(self.err("read change"))?;
-                    let version: Option<i64> = r.get(4).map_err(self.err("read change"))?;
-                    let at: i64 = r.get(5).map_err(self.err("read change"))?;
-                    let kind = ChangeKind::from_log_row(&table, &op, member, version);
-                    out.push(ChangeEvent {
-                        seq: seq as u64,
-                        kind,
-                        changed_at_ms: at,
-                    });
-                }
-            }
-            tx.commit().map_err(self.err("read changes"))?;
-            Ok((out, state))
-        })
-    }
-
-    /// Deletes change-log rows written before `older_than_ms`, recording how far the
-    /// log has been trimmed so a follower behind that point knows it missed changes.
-    pub fn trim_changes(&self, older_than_ms: i64) -> Result<u64, StoreError> {
-        self.with_conn(|c| {
-            let tx = c.transaction().map_err(self.err("trim changes"))?;
-            let upto: Option<i64> = tx
-                .query_row(
-                    "SELECT max(seq) FROM change_log WHERE changed_at_ms < ?1",
-                    [older_than_ms],
-                    |r| r.get(0),
-                )
-                .map_err(self.err("find trim point"))?;
-            let Some(upto) = upto else { return Ok(0) };
-            let n = tx
-                .execute("DELETE FROM change_log WHERE seq <= ?1", [upto])
-                .map_err(self.err("trim changes"))?;
-            tx.execute(
-                "UPDATE change_log_meta SET trimmed_through = max(trimmed_through, ?1) WHERE id = 1",
-                [upto],
-            )
-            .map_err(self.err("record trim"))?;
-            tx.commit().map_err(self.err("trim commit"))?;
-            Ok(n as u64)
-        })
-    }
-
-    /// Up to `limit` members with ids at or above `from`, in id order (for walks).
-    pub fn members_range(&self, from: u64, limit: i64) -> Result<Vec<Member>, StoreError> {
+    /// The current rows of these members (ids the store lacks are absent).
+    pub fn members_by_ids(&self, ids: &[u64]) -> Result<Vec<MemberRow>, StoreError> {
         self.with_conn(|c| {
             let mut st = c
-                .prepare_cached(
-                    "SELECT member_id, status, plan_id, country, version FROM memberships
-                      WHERE member_id >= ?1 ORDER BY member_id LIMIT ?2",
-                )
-                .map_err(self.err("prepare member walk"))?;
-            let rows = st
-                .query_map(params![from as i64, limit], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                    ))
-                })
-                .map_err(self.err("walk members"))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, status, plan_id, country, version) =
-                    row.map_err(self.err("walk members"))?;
-                if let Some(status) = Status::parse(&status) {
-                    out.push(Member {
-                        id: id as u64,
-                        status,
-                        plan_id,
-                        country,
-                        version,
-                    });
+                .prepare_cached(&format!(
+                    "SELECT {MEMBER_COLUMNS} FROM memberships WHERE member_id = ?1"
+                ))
+                .map_err(self.err("prepare member read"))?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Ok(id) = i64::try_from(*id) else { continue };
+                if let Some(row) = st
+                    .query_row([id], member_of_row)
+                    .optional()
+                    .map_err(self.err("read member"))?
+                {
+                    out.push(row);
                 }
             }
             Ok(out)
         })
     }
+
+    /// Up to `limit` members with ids at or above `from`, in id order (for walks).
+    pub fn members_range(&self, from: u64, limit: i64) -> Result<Vec<MemberRow>, StoreError> {
+        self.with_conn(|c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {MEMBER_COLUMNS} FROM memberships
+                      WHERE member_id >= ?1 ORDER BY member_id LIMIT ?2"
+                ))
+                .map_err(self.err("prepare member walk"))?;
+            let rows = st
+                .query_map(
+                    params![from.min(i64::MAX as u64) as i64, limit],
+                    member_of_row,
+                )
+                .map_err(self.err("walk members"))?;
+            rows.map(|r| r.map_err(self.err("walk members"))).collect()
+        })
+    }
+}
+
+/// The columns [`member_of_row`] reads, in order.
+const MEMBER_COLUMNS: &str = "member_id, status, plan_id, country, version";
+
+/// The one way a `memberships` row becomes a [`Member`]: a value this build cannot
+/// read makes the row unreadable, named by its id (SQLite columns have no enforced
+/// type, so a raw writer can put anything in them).
+fn member_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MemberRow> {
+    let id = r.get::<_, i64>(0)? as u64;
+    let bad = |reason: String| Ok(Err(BadRow { id, reason }));
+    let status = match r.get_ref(1)? {
+        rusqlite::types::ValueRef::Text(t) => Status::parse(&String::from_utf8_lossy(t)),
+        _ => None,
+    };
+    let Some(status) = status else {
+        return bad(format!("unreadable status {:?}", r.get_ref(1)?));
+    };
+    let (Ok(plan_id), Ok(country), Ok(version)) = (
+        text_of(r.get_ref(2)?),
+        text_of(r.get_ref(3)?),
+        r.get::<_, i64>(4),
+    ) else {
+        return bad("plan_id, country or version is not readable".into());
+    };
+    Ok(Ok(Member {
+        id,
+        status,
+        plan_id,
+        country,
+        version,
+    }))
 }
 
 /// Text of a column that should be text; numbers written by raw SQL into a text column
@@ -542,7 +371,7 @@ fn text_of(v: rusqlite::types::ValueRef<'_>) -> Result<String, StoreError> {
         ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
         ValueRef::Integer(i) => Ok(i.to_string()),
         ValueRef::Real(f) => Ok(f.to_string()),
-        ValueRef::Null | ValueRef::Blob(_) => Err(StoreError::BadRow {
+        ValueRef::Null | ValueRef::Blob(_) => Err(StoreError::BadCatalogRow {
             what: "catalog".into(),
             reason: "expected text".into(),
         }),

@@ -1,11 +1,11 @@
 //! Following committed changes, so that every one reaches this node.
 //!
 //! Changes come from one of two sources:
-//! - the store's change log, read directly ([`log::LogReader`]): the embedded default,
+//! - the store's change log, read directly ([`ChangeReader`]): the embedded default,
 //!   or a PostgreSQL store without Redis;
-//! - the change stream in Redis ([`stream::StreamReader`]), which the relay
-//!   ([`relay::Relay`]) fills from the change log: the production topology, so that N
-//!   nodes do not each poll the store.
+//! - the change stream in Redis ([`StreamReader`]), which the relay process fills
+//!   from the change log: the production topology, so that N nodes do not each poll
+//!   the store.
 //!
 //! Whatever the source, the follower applies each change the same way:
 //! - a member change drops that member's L1 entry (the next read fetches the new row);
@@ -21,20 +21,19 @@
 //! installing a snapshot no newer than the current one), so duplicates, replays and
 //! out-of-order delivery are harmless.
 
-pub mod log;
-pub mod relay;
-pub mod stream;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{CatalogHandle, Snapshot};
-use crate::members::Members;
-use crate::store::{now_ms, ChangeEvent, ChangeKind, Store, StoreError};
+use crate::catalog::{disk, CatalogHandle, Snapshot};
+use crate::config::ChangesConfig;
+use crate::lookup::Members;
+use crate::store::changes::TrimSchedule;
+use crate::store::{now_ms, ChangeBatch, ChangeKind, ChangeReader, Store, StoreError};
+use crate::stream::{StreamError, StreamReader};
 use crate::telemetry::ChangeMetrics;
 
 /// Failures reading changes.
@@ -43,41 +42,29 @@ pub enum ChangeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Stream(#[from] stream::StreamError),
-}
-
-/// One read from a change source.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub events: Vec<ChangeEvent>,
-    /// The source cannot prove that nothing was missed before these events.
-    pub gap: bool,
-    /// Another read would return more at once.
-    pub more: bool,
-    /// How many changes are known to be waiting beyond this batch, if the source knows.
-    pub behind: Option<u64>,
+    Stream(#[from] StreamError),
 }
 
 /// Where a follower reads changes from.
 pub enum Source {
-    Log(log::LogReader),
-    Stream(Box<stream::StreamReader>),
+    Log(ChangeReader),
+    Stream(Box<StreamReader>),
 }
 
 impl Source {
-    async fn next_batch(&mut self) -> Result<Batch, ChangeError> {
+    async fn next_batch(&mut self) -> Result<ChangeBatch, ChangeError> {
         match self {
             Source::Log(r) => Ok(r.next_batch().await?),
             Source::Stream(r) => Ok(r.next_batch().await?),
         }
     }
 
-    /// The position reached: the change-log cursor, or the stream id of the last
-    /// entry read folded into one number ([`stream::id_to_u64`]).
-    pub fn position(&self) -> Option<i64> {
+    /// The position reached, as one ever-rising number (see
+    /// [`crate::store::Position::progress`] and [`crate::stream::StreamId::progress`]).
+    pub fn progress(&self) -> Option<u64> {
         match self {
-            Source::Log(r) => Some(r.cursor()),
-            Source::Stream(r) => r.position().map(|p| p as i64),
+            Source::Log(r) => r.position().map(|p| p.progress()),
+            Source::Stream(r) => r.position().map(|p| p.progress()),
         }
     }
 
@@ -87,18 +74,21 @@ impl Source {
     }
 }
 
-/// How often the embedded store's log is trimmed of rows older than the retention.
-const TRIM_EVERY: Duration = Duration::from_secs(60);
-
+/// Applies committed changes to one node's L1 and catalog.
 pub struct Follower {
+    /// Where changes are read from.
     source: Source,
+    /// Read to rebuild the catalog; trimmed (embedded store only) by this node.
     store: Store,
+    /// L1, dropped entry by entry or whole.
     members: Arc<Members>,
+    /// The catalog snapshot, swapped on catalog changes.
     catalog: Arc<CatalogHandle>,
+    /// Where the last good catalog is kept on disk.
     snapshot_path: PathBuf,
     poll_interval: Duration,
     retention: Duration,
-    /// The log position reached (log sources only), published after applying.
+    /// The position applied so far ([`Source::progress`]), published after applying.
     position: Arc<AtomicU64>,
     metrics: ChangeMetrics,
 }
@@ -110,7 +100,7 @@ impl Follower {
         members: Arc<Members>,
         catalog: Arc<CatalogHandle>,
         snapshot_path: PathBuf,
-        cfg: &crate::config::ChangesConfig,
+        cfg: &ChangesConfig,
     ) -> Follower {
         Follower {
             store,
@@ -125,7 +115,7 @@ impl Follower {
         }
     }
 
-    /// A shared view of the position applied so far (see [`Source::position`]).
+    /// A shared view of the position applied so far (see [`Source::progress`]).
     pub fn position(&self) -> Arc<AtomicU64> {
         self.position.clone()
     }
@@ -134,7 +124,7 @@ impl Follower {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_trim = Instant::now();
+        let mut trims = TrimSchedule::new(self.retention);
         let mut failures = 0u32;
         loop {
             if !self.source.blocks() || failures > 0 {
@@ -165,15 +155,8 @@ impl Follower {
                     }
                 }
             }
-            if let (Store::Sqlite(s), false) = (&self.store, self.retention.is_zero()) {
-                if last_trim.elapsed() >= TRIM_EVERY {
-                    last_trim = Instant::now();
-                    let cutoff = now_ms() - self.retention.as_millis() as i64;
-                    if let Err(e) = crate::store::blocking(s, move |s| s.trim_changes(cutoff)).await
-                    {
-                        tracing::warn!(error = %e, "change log trim failed");
-                    }
-                }
+            if self.store.is_embedded() {
+                trims.tick(&self.store).await;
             }
         }
     }
@@ -191,7 +174,7 @@ impl Follower {
         let mut last_at = None;
         for ev in &batch.events {
             match ev.kind {
-                ChangeKind::Member { id, .. } => self.members.invalidate(id).await,
+                ChangeKind::Member { id, .. } => self.members.invalidate(id),
                 ChangeKind::Catalog { version } => {
                     reload |= version > self.catalog.load().version()
                 }
@@ -203,8 +186,8 @@ impl Follower {
         if reload {
             self.reload_catalog().await?;
         }
-        if let Some(p) = self.source.position() {
-            self.position.store(p.max(0) as u64, Ordering::Release);
+        if let Some(p) = self.source.progress() {
+            self.position.store(p, Ordering::Release);
             self.metrics.position.set(p as f64);
         }
         if let Some(at) = last_at {
@@ -224,11 +207,7 @@ impl Follower {
         let version = data.version;
         if self.catalog.install(Snapshot::build(&data)) {
             tracing::info!(version, "catalog snapshot swapped");
-            let path = self.snapshot_path.clone();
-            let saved = tokio::task::spawn_blocking(move || data.save(&path)).await;
-            if let Ok(Err(e)) = saved {
-                tracing::warn!(error = %e, "could not save the catalog snapshot to disk");
-            }
+            disk::save_in_background(data, self.snapshot_path.clone()).await;
         }
         Ok(())
     }

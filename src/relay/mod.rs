@@ -15,24 +15,41 @@
 //! idempotently. If publishing fails, the reader is rebuilt from the saved cursor so
 //! the batch is read and published again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use std::collections::HashMap;
+use crate::config::Config;
+use crate::store::changes::TrimSchedule;
+use crate::store::{
+    ChangeEvent, ChangeKind, ChangeListener, ChangeReader, Position, RelayStore, Store, StoreError,
+};
+use crate::stream::{stream_key, StreamError, StreamPublisher};
+use crate::telemetry::RelayMetrics;
+use crate::tier::{Tier, TierEntry, TierError};
 
-use super::log::LogReader;
-use super::stream::StreamPublisher;
-use crate::store::{now_ms, ChangeEvent, ChangeKind, PgStore, Store};
-use crate::tier::{Tier, TierEntry};
+/// Why a relay could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Tier(#[from] TierError),
+    #[error("the relay needs Redis: set redis_urls (READTIER_REDIS_URLS)")]
+    NoRedis,
+}
 
-/// How often the active relay trims delivered change-log rows past the retention.
-const TRIM_EVERY: Duration = Duration::from_secs(60);
-
+/// One relay process: active while it holds the lease, standby otherwise.
 pub struct Relay {
+    /// The change log and member rows.
     store: Store,
-    pg: Arc<PgStore>,
+    /// Lease, durable position and LISTEN (PostgreSQL only).
+    pg: RelayStore,
+    /// Where events go once the tier holds them.
     publisher: StreamPublisher,
     /// The hash tier every change is applied to before it is published.
     tier: Option<Arc<Tier>>,
@@ -41,10 +58,12 @@ pub struct Relay {
     /// has expired whatever the zone held).
     repairs: HashMap<u64, Instant>,
     tier_ttl: Duration,
+    /// This relay's name in the lease.
     holder: String,
     lease_ttl: Duration,
     poll_interval: Duration,
     retention: Duration,
+    metrics: RelayMetrics,
 }
 
 /// What the relay reports as it runs (for logs and tests).
@@ -55,19 +74,24 @@ pub enum Role {
 }
 
 impl Relay {
-    pub fn new(
-        store: Store,
-        publisher: StreamPublisher,
-        tier: Option<Arc<Tier>>,
-        holder: String,
-        cfg: &crate::config::Config,
-    ) -> Result<Relay, crate::store::StoreError> {
-        let Store::Postgres(pg) = &store else {
-            return Err(crate::store::StoreError::Unsupported("the relay", "sqlite"));
-        };
+    /// The relay a configuration describes, named `holder` in the lease.
+    pub fn from_config(cfg: &Config, holder: String) -> Result<Relay, RelayError> {
+        let url = cfg
+            .changes
+            .stream_url
+            .as_deref()
+            .ok_or(RelayError::NoRedis)?;
+        let store = Store::open(&cfg.store)?;
+        let pg = store.relay_store()?;
+        let publisher = StreamPublisher::new(
+            url,
+            stream_key(&cfg.redis_prefix),
+            cfg.changes.stream_maxlen,
+        )?;
+        let tier = Tier::from_config(cfg)?.map(Arc::new);
         Ok(Relay {
-            pg: pg.clone(),
             store,
+            pg,
             publisher,
             tier,
             repairs: HashMap::new(),
@@ -76,16 +100,19 @@ impl Relay {
             lease_ttl: cfg.relay.lease_ttl,
             poll_interval: cfg.changes.poll_interval,
             retention: cfg.changes.retention,
+            metrics: RelayMetrics::register(),
         })
+    }
+
+    /// The store the relay reads (so its caller can migrate it first).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Applies a batch to every zone of the tier: the members' current rows (or
     /// tombstones) with versioned sets. A zone that fails leaves the member in
     /// `repairs`, retried on later passes.
-    async fn apply_to_tier(
-        &mut self,
-        events: &[ChangeEvent],
-    ) -> Result<(), crate::store::StoreError> {
+    async fn apply_to_tier(&mut self, events: &[ChangeEvent]) -> Result<(), StoreError> {
         let Some(tier) = self.tier.clone() else {
             return Ok(());
         };
@@ -113,21 +140,27 @@ impl Relay {
         if latest.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = latest.keys().map(|id| *id as i64).collect();
-        let rows: HashMap<u64, crate::members::Member> = self
-            .pg
-            .members_by_ids(&ids)
+        let ids: Vec<u64> = latest.keys().copied().collect();
+        let rows: HashMap<u64, _> = self
+            .store
+            .members_by_ids(ids)
             .await?
             .into_iter()
-            .map(|m| (m.id, m))
+            .map(|r| match r {
+                Ok(m) => (m.id, Ok(m)),
+                Err(bad) => (bad.id, Err(bad)),
+            })
             .collect();
         let tier_ref = &tier;
-        let writes = latest.iter().map(|(id, version)| {
+        // An unreadable row is left as the tier has it (and logged by the store):
+        // writing a tombstone for it would pass it off as deleted.
+        let writes = latest.iter().filter_map(|(id, version)| {
             let entry = match rows.get(id) {
-                Some(m) => TierEntry::Member(m.clone()),
+                Some(Ok(m)) => TierEntry::Member(m.clone()),
+                Some(Err(_)) => return None,
                 None => TierEntry::Gone { version: *version },
             };
-            async move { (*id, tier_ref.set_all(*id, &entry).await) }
+            Some(async move { (*id, tier_ref.set_all(*id, &entry).await) })
         });
         for (id, failed) in futures_util::future::join_all(writes).await {
             if failed.is_empty() {
@@ -139,7 +172,7 @@ impl Relay {
                 self.repairs.entry(id).or_insert(now);
             }
         }
-        metrics::gauge!("readtier_relay_tier_repairs_pending").set(self.repairs.len() as f64);
+        self.metrics.repairs_pending.set(self.repairs.len() as f64);
         Ok(())
     }
 
@@ -147,12 +180,10 @@ impl Relay {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let renew_every = self.lease_ttl / 3;
         let mut role = Role::Standby;
-        let mut reader: Option<LogReader> = None;
+        let mut reader: Option<ChangeReader> = None;
         let mut last_renew = Instant::now() - renew_every;
-        let mut last_trim = Instant::now();
-        let published = metrics::counter!("readtier_relay_published_total");
-        let mut listener: Option<crate::store::postgres::ChangeListener> = None;
-        let active_gauge = metrics::gauge!("readtier_relay_active");
+        let mut trims = TrimSchedule::new(self.retention);
+        let mut listener: Option<ChangeListener> = None;
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -162,12 +193,14 @@ impl Relay {
                     Ok(true) => {
                         last_renew = Instant::now();
                         if role == Role::Standby {
-                            match self.pg.relay_cursor().await {
-                                Ok(cursor) => {
-                                    tracing::info!(holder = %self.holder, cursor, "relay is active");
-                                    reader = Some(LogReader::from_cursor(&self.store, cursor));
+                            match self.pg.saved_position().await {
+                                Ok(at) => {
+                                    tracing::info!(holder = %self.holder, horizon = at.horizon, "relay is active");
+                                    reader = Some(
+                                        self.store.change_reader(Some(Position::Postgres(at))),
+                                    );
                                     role = Role::Active;
-                                    active_gauge.set(1.0);
+                                    self.metrics.active.set(1.0);
                                 }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "reading the relay cursor failed")
@@ -181,7 +214,7 @@ impl Relay {
                         }
                         role = Role::Standby;
                         reader = None;
-                        active_gauge.set(0.0);
+                        self.metrics.active.set(0.0);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "relay lease check failed");
@@ -189,7 +222,7 @@ impl Relay {
                             // The lease has surely lapsed: another relay may be active.
                             role = Role::Standby;
                             reader = None;
-                            active_gauge.set(0.0);
+                            self.metrics.active.set(0.0);
                         }
                     }
                 }
@@ -209,12 +242,7 @@ impl Relay {
                     let n = batch.events.len();
                     if let Err(e) = self.apply_to_tier(&batch.events).await {
                         tracing::warn!(error = %e, "reading members for the tier failed; will read the batch again");
-                        reader = self
-                            .pg
-                            .relay_cursor()
-                            .await
-                            .ok()
-                            .map(|c| LogReader::from_cursor(&self.store, c));
+                        reader = self.resume().await;
                         if reader.is_none() {
                             role = Role::Standby;
                         }
@@ -223,14 +251,21 @@ impl Relay {
                     }
                     match self.publisher.publish(&batch.events).await {
                         Ok(()) => {
-                            published.increment(n as u64);
-                            match self.pg.save_relay_cursor(&self.holder, r.cursor()).await {
+                            self.metrics.published.increment(n as u64);
+                            let saved = match r.position() {
+                                Some(Position::Postgres(at)) => {
+                                    self.pg.save_position(&self.holder, at).await
+                                }
+                                // A PostgreSQL reader always knows its position.
+                                _ => Ok(true),
+                            };
+                            match saved {
                                 Ok(true) => {}
                                 Ok(false) => {
                                     tracing::warn!("relay lease lapsed before the cursor was saved; standing by");
                                     role = Role::Standby;
                                     reader = None;
-                                    active_gauge.set(0.0);
+                                    self.metrics.active.set(0.0);
                                 }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "saving the relay cursor failed")
@@ -239,12 +274,7 @@ impl Relay {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, events = n, "publishing changes failed; will read them again");
-                            match self.pg.relay_cursor().await {
-                                Ok(cursor) => {
-                                    reader = Some(LogReader::from_cursor(&self.store, cursor))
-                                }
-                                Err(_) => reader = None,
-                            }
+                            reader = self.resume().await;
                             if reader.is_none() {
                                 role = Role::Standby;
                             }
@@ -254,17 +284,8 @@ impl Relay {
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the change log failed"),
             }
-            if role == Role::Active
-                && !self.retention.is_zero()
-                && last_trim.elapsed() >= TRIM_EVERY
-            {
-                last_trim = Instant::now();
-                let cutoff = now_ms() - self.retention.as_millis() as i64;
-                match self.pg.trim_changes(cutoff).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(rows = n, "trimmed the change log"),
-                    Err(e) => tracing::warn!(error = %e, "trimming the change log failed"),
-                }
+            if role == Role::Active {
+                trims.tick(&self.store).await;
             }
             if !more {
                 // Wait for a commit (LISTEN/NOTIFY), or the poll interval at most.
@@ -298,7 +319,18 @@ impl Relay {
                 tracing::warn!(error = %e, "releasing the relay lease failed");
             }
         }
-        active_gauge.set(0.0);
+        self.metrics.active.set(0.0);
         tracing::info!(holder = %self.holder, "relay stopped");
+    }
+
+    /// A reader from the saved position (after a failure: the batch is read again).
+    async fn resume(&self) -> Option<ChangeReader> {
+        match self.pg.saved_position().await {
+            Ok(at) => Some(self.store.change_reader(Some(Position::Postgres(at)))),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the relay position failed");
+                None
+            }
+        }
     }
 }

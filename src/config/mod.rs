@@ -1,0 +1,355 @@
+//! Layered configuration: the commented `config/default.toml` compiled into the
+//! binary, then an optional file, then `READTIER_*` environment variables.
+//!
+//! The three layers are merged key by key into one TOML table, remembering which
+//! layer set each key; serde then reads it into the per-section structs of
+//! [`sections`] (unknown keys refused), and [`Config::validate`] checks every range
+//! and cross-section rule once, in file order. Every error names the key and the layer
+//! it came from. The rest of the program holds a typed [`Config`] and never parses a
+//! setting again.
+
+pub mod sections;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use sections::{ChangesConfig, HttpConfig, L1Config, RelayConfig, TierConfig};
+pub use values::{parse_duration, RedisTopology, StoreUrl, Zone};
+
+/// The default file, with every key documented.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "READTIER_";
+
+/// The environment variable naming an optional configuration file.
+pub const ENV_CONFIG_FILE: &str = "READTIER_CONFIG";
+
+/// A configuration that cannot be used; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration key `{key}` (from {source_name}): {reason}")]
+    Invalid {
+        key: String,
+        source_name: String,
+        reason: String,
+    },
+    #[error("configuration key `{key}` (from {source_name}) is not a known key")]
+    Unknown { key: String, source_name: String },
+    #[error("configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// The typed configuration of a process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store: StoreUrl,
+    pub seed_members: u64,
+    pub redis: Option<RedisTopology>,
+    /// This node's zone (an index into `redis.zones`).
+    pub zone: usize,
+    pub redis_prefix: String,
+    pub l1: L1Config,
+    pub l2: TierConfig,
+    pub http: HttpConfig,
+    pub changes: ChangesConfig,
+    pub relay: RelayConfig,
+}
+
+/// The merged layers: the value of every key and which layer set it.
+struct Layers {
+    table: toml::Table,
+    source: BTreeMap<String, String>,
+}
+
+impl Layers {
+    fn source_of(&self, key: &str) -> String {
+        self.source
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "config/default.toml".to_string())
+    }
+
+    fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            source_name: self.source_of(key),
+            reason: reason.into(),
+        }
+    }
+
+    /// The default's value at a dotted key (every key has one).
+    fn default_of<'t>(defaults: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+        let mut parts = key.split('.').peekable();
+        let mut table = defaults;
+        while let Some(part) = parts.next() {
+            let v = table.get(part)?;
+            if parts.peek().is_none() {
+                return Some(v);
+            }
+            table = v.as_table()?;
+        }
+        None
+    }
+
+    /// Sets a dotted key, recording where it came from.
+    fn set(&mut self, key: &str, value: toml::Value, source: &str) {
+        let mut table = &mut self.table;
+        let parts: Vec<&str> = key.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            table = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .expect("sections of the default file are tables");
+        }
+        table.insert(parts[parts.len() - 1].to_string(), value);
+        self.source.insert(key.to_string(), source.to_string());
+    }
+}
+
+/// Every scalar key of a table, dotted, with its value.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            other => out.push((key, other.clone())),
+        }
+    }
+}
+
+/// `l1.ttl` → `READTIER_L1_TTL`.
+pub fn env_name_of(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+impl Config {
+    /// Loads the layers from the process: `file` (or `READTIER_CONFIG`), then the
+    /// environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(ENV_CONFIG_FILE).map(PathBuf::from));
+        let file_text = match &file {
+            Some(path) => Some((
+                path.clone(),
+                std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
+            )),
+            None => None,
+        };
+        Self::from_layers(
+            file_text.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+            &env,
+        )
+    }
+
+    /// Builds a configuration from explicit layers; `env` is a list of
+    /// `(name, value)` pairs of which only `READTIER_*` ones are considered.
+    pub fn from_layers(
+        file: Option<(&Path, &str)>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        // The default file is part of the binary; failing to parse it is a build bug,
+        // caught by the unit tests below.
+        let defaults: toml::Table = DEFAULT_TOML.parse().expect("config/default.toml parses");
+        let mut keys = Vec::new();
+        flatten("", &defaults, &mut keys);
+        let mut layers = Layers {
+            table: defaults.clone(),
+            source: BTreeMap::new(),
+        };
+
+        if let Some((path, text)) = file {
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: path.to_path_buf(),
+                        reason: e.message().to_string(),
+                    })?;
+            let name = path.display().to_string();
+            let mut set = Vec::new();
+            flatten("", &table, &mut set);
+            for (key, value) in set {
+                if Layers::default_of(&defaults, &key).is_none() {
+                    return Err(ConfigError::Unknown {
+                        key,
+                        source_name: name,
+                    });
+                }
+                layers.set(&key, value, &name);
+            }
+        }
+
+        for (name, text) in env {
+            if !name.starts_with(ENV_PREFIX) || name == ENV_CONFIG_FILE {
+                continue;
+            }
+            let source_name = format!("environment variable {name}");
+            let Some((key, _)) = keys.iter().find(|(k, _)| env_name_of(k) == *name) else {
+                return Err(ConfigError::Unknown {
+                    key: name[ENV_PREFIX.len()..].to_ascii_lowercase(),
+                    source_name,
+                });
+            };
+            // Environment values are text: read them as the type the default has.
+            let value = match Layers::default_of(&defaults, key) {
+                Some(toml::Value::Integer(_)) => text
+                    .trim()
+                    .replace('_', "")
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .unwrap_or_else(|_| toml::Value::String(text.clone())),
+                Some(toml::Value::Boolean(_)) => match text.trim() {
+                    "true" | "1" => toml::Value::Boolean(true),
+                    "false" | "0" => toml::Value::Boolean(false),
+                    _ => toml::Value::String(text.clone()),
+                },
+                _ => toml::Value::String(text.clone()),
+            };
+            layers.set(key, value, &source_name);
+        }
+
+        let raw: sections::RawConfig = serde_path_to_error::deserialize(toml::Value::Table(
+            layers.table.clone(),
+        ))
+        .map_err(|e| {
+            let key = e.path().to_string();
+            let reason = e.inner().message().to_string();
+            layers.invalid(&key, reason)
+        })?;
+        Self::validate(raw, &layers)
+    }
+
+    /// Checks ranges and cross-section rules, in file order, and resolves what the
+    /// sections name (the store, the Redis topology, this node's zone, the stream).
+    fn validate(raw: sections::RawConfig, layers: &Layers) -> Result<Config, ConfigError> {
+        let positive = |key: &str, n: u64| {
+            if n == 0 {
+                Err(layers.invalid(key, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        let nonzero = |key: &str, d: Duration| {
+            if d.is_zero() {
+                Err(layers.invalid(key, "must be longer than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        let store = values::parse_store_url(&raw.store_url, &raw.data_dir)
+            .map_err(|r| layers.invalid("store_url", r))?;
+        let redis =
+            RedisTopology::parse(&raw.redis_urls).map_err(|r| layers.invalid("redis_urls", r))?;
+        let zone = match (&redis, raw.zone.trim()) {
+            (_, "") => 0,
+            (None, _) => return Err(layers.invalid("zone", "names a zone but redis_urls is empty")),
+            (Some(t), name) => t.zones.iter().position(|z| z.name == name).ok_or_else(|| {
+                let names: Vec<&str> = t.zones.iter().map(|z| z.name.as_str()).collect();
+                layers.invalid(
+                    "zone",
+                    format!(
+                        "{name:?} is not one of the zones in redis_urls ({})",
+                        names.join(", ")
+                    ),
+                )
+            })?,
+        };
+
+        positive("l1.capacity", raw.l1.capacity)?;
+        nonzero("l1.ttl", raw.l1.ttl)?;
+
+        if raw.l2.ttl < Duration::from_secs(1) {
+            return Err(layers.invalid("l2.ttl", "must be at least 1s"));
+        }
+        nonzero("l2.timeout", raw.l2.timeout)?;
+        positive("l2.breaker_failures", raw.l2.breaker_failures as u64)?;
+        positive("l2.max_store_fills", raw.l2.max_store_fills as u64)?;
+        positive("l2.bucket_size", raw.l2.bucket_size)?;
+        for z in &raw.l2.write_only_zones {
+            if !redis
+                .as_ref()
+                .is_some_and(|t| t.zones.iter().any(|zone| zone.name == *z))
+            {
+                return Err(layers.invalid(
+                    "l2.write_only_zones",
+                    format!("{z:?} is not a zone in redis_urls"),
+                ));
+            }
+        }
+        if let Some(t) = &redis {
+            if !raw.l2.write_only_zones.is_empty() && raw.l2.write_only_zones.len() == t.zones.len()
+            {
+                return Err(
+                    layers.invalid("l2.write_only_zones", "at least one zone must be readable")
+                );
+            }
+        }
+
+        if raw.http.max_header_bytes < 8192 {
+            return Err(layers.invalid(
+                "http.max_header_bytes",
+                "must be at least 8192 (the HTTP/1 parser's smallest buffer)",
+            ));
+        }
+        positive("http.max_body_bytes", raw.http.max_body_bytes as u64)?;
+        nonzero("http.request_timeout", raw.http.request_timeout)?;
+        nonzero("http.idle_timeout", raw.http.idle_timeout)?;
+
+        nonzero("changes.poll_interval", raw.changes.poll_interval)?;
+        let stream_url = match (raw.changes.stream_url.trim(), &redis) {
+            ("", None) => None,
+            ("", Some(t)) => Some(t.first_url()),
+            (u, _) if u.starts_with("redis://") => Some(u.to_string()),
+            (u, _) => {
+                return Err(
+                    layers.invalid("changes.stream_url", format!("{u:?} is not a redis:// URL"))
+                )
+            }
+        };
+        positive("changes.stream_maxlen", raw.changes.stream_maxlen)?;
+
+        if raw.relay.lease_ttl < Duration::from_millis(300) {
+            return Err(layers.invalid("relay.lease_ttl", "must be at least 300ms"));
+        }
+
+        Ok(Config {
+            listen: raw.listen,
+            admin_listen: raw.admin_listen,
+            data_dir: raw.data_dir,
+            store,
+            seed_members: raw.seed_members,
+            redis,
+            zone,
+            redis_prefix: raw.redis_prefix,
+            l1: raw.l1,
+            l2: raw.l2,
+            http: raw.http,
+            changes: ChangesConfig {
+                poll_interval: raw.changes.poll_interval,
+                retention: raw.changes.retention,
+                stream_url,
+                stream_maxlen: raw.changes.stream_maxlen,
+            },
+            relay: raw.relay,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

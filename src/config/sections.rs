@@ -1,0 +1,131 @@
+//! One struct per section of `config/default.toml`, as serde reads it: each component
+//! takes its own section (`[l1]` the lookup service, `[l2]` the tier, `[http]` the
+//! listeners, `[changes]` the followers, `[relay]` the relay). Unknown keys are refused
+//! (`deny_unknown_fields`); values that need more than a type (ranges, cross-section
+//! rules) are checked once, by [`super::Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole file, as merged from the layers, before validation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store_url: String,
+    pub redis_urls: String,
+    pub zone: String,
+    pub redis_prefix: String,
+    pub seed_members: u64,
+    pub l1: L1Config,
+    pub l2: TierConfig,
+    pub http: HttpConfig,
+    pub changes: ChangesSection,
+    pub relay: RelayConfig,
+}
+
+/// `[l1]`: the in-process member cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L1Config {
+    /// Most entries held.
+    pub capacity: u64,
+    /// How long a record is served.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// How long "no such member" is served.
+    #[serde(deserialize_with = "duration")]
+    pub negative_ttl: Duration,
+}
+
+/// `[l2]`: the Redis hash tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Life of a member bucket after its last write.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Per-node answer timeout.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive failures that open a node's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open.
+    #[serde(deserialize_with = "duration")]
+    pub breaker_cooldown: Duration,
+    /// Most store reads in flight per node.
+    pub max_store_fills: usize,
+    /// Members per Redis hash.
+    pub bucket_size: u64,
+    /// Zones written but not read (warming), comma-separated in the file.
+    #[serde(deserialize_with = "list")]
+    pub write_only_zones: Vec<String>,
+}
+
+/// `[http]`: limits and timing of the listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub drain_delay: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+/// `[changes]` as written; [`ChangesConfig`] once the stream URL is resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesSection {
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    pub stream_url: String,
+    pub stream_maxlen: u64,
+}
+
+/// `[changes]`: how changes are followed.
+#[derive(Debug, Clone)]
+pub struct ChangesConfig {
+    /// Change-log poll period (and the relay's backstop to LISTEN/NOTIFY).
+    pub poll_interval: Duration,
+    /// Change-log rows older than this are trimmed.
+    pub retention: Duration,
+    /// Redis URL of the change stream (`None` when there is no Redis).
+    pub stream_url: Option<String>,
+    /// Entries kept in the stream.
+    pub stream_maxlen: u64,
+}
+
+/// `[relay]`: the relay's lease.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    super::values::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    Ok(text
+        .split(',')
+        .map(|z| z.trim().to_string())
+        .filter(|z| !z.is_empty())
+        .collect())
+}

@@ -1,0 +1,150 @@
+//! Loading, layering and validating configuration.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_load_and_name_the_embedded_store() {
+    let c = Config::from_layers(None, &[]).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(
+        c.store,
+        StoreUrl::Sqlite(PathBuf::from("./var/readtier.db"))
+    );
+    assert_eq!(c.l1.ttl, Duration::from_secs(60));
+    assert_eq!(c.http.max_body_bytes, 4096);
+    assert_eq!(c.l2.bucket_size, 100);
+    assert!(c.redis.is_none() && c.changes.stream_url.is_none());
+}
+
+#[test]
+fn every_default_key_has_a_comment_above_it() {
+    let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with('[') {
+            continue;
+        }
+        assert!(
+            i > 0 && lines[i - 1].trim().starts_with('#'),
+            "key line {l:?} has no comment above it"
+        );
+    }
+}
+
+#[test]
+fn file_then_env_override_in_order() {
+    let file = "data_dir = \"/tmp/x\"\n[l1]\nttl = \"5s\"\nnegative_ttl = \"9s\"\n";
+    let c = Config::from_layers(
+        Some((Path::new("f.toml"), file)),
+        &env(&[
+            ("READTIER_L1_TTL", "7s"),
+            ("READTIER_LISTEN", "127.0.0.1:0"),
+            ("OTHER", "x"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.l1.ttl, Duration::from_secs(7), "environment over file");
+    assert_eq!(
+        c.l1.negative_ttl,
+        Duration::from_secs(9),
+        "file over default"
+    );
+    assert_eq!(c.listen.port(), 0);
+    assert_eq!(
+        c.store,
+        StoreUrl::Sqlite(PathBuf::from("/tmp/x/readtier.db"))
+    );
+}
+
+#[test]
+fn errors_name_the_key_and_the_layer() {
+    let cases = [
+        (env(&[("READTIER_LISTEN", "nope")]), "`listen`"),
+        (env(&[("READTIER_L1_TTL", "5 parsecs")]), "`l1.ttl`"),
+        (env(&[("READTIER_L1_CAPACITY", "-1")]), "`l1.capacity`"),
+        (env(&[("READTIER_L1_CAPACITY", "0")]), "`l1.capacity`"),
+        (env(&[("READTIER_L1_CAPACITY", "many")]), "`l1.capacity`"),
+        (env(&[("READTIER_NO_SUCH_KEY", "1")]), "`no_such_key`"),
+        (env(&[("READTIER_STORE_URL", "mysql://x")]), "`store_url`"),
+        (
+            env(&[("READTIER_HTTP_MAX_HEADER_BYTES", "100")]),
+            "`http.max_header_bytes`",
+        ),
+        (env(&[("READTIER_L2_TIMEOUT", "0")]), "`l2.timeout`"),
+        (
+            env(&[("READTIER_RELAY_LEASE_TTL", "10ms")]),
+            "`relay.lease_ttl`",
+        ),
+    ];
+    for (e, needle) in cases {
+        let err = Config::from_layers(None, &e).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err} should name {needle}");
+        assert!(
+            err.contains("environment variable READTIER_"),
+            "{err} should name the layer"
+        );
+    }
+    let err = Config::from_layers(Some((Path::new("f.toml"), "[l1]\ncapacty = 3\n")), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`l1.capacty`") && err.contains("f.toml"),
+        "{err}"
+    );
+    let err = Config::from_layers(Some((Path::new("f.toml"), "listen = 3\n")), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`listen`") && err.contains("f.toml") && err.contains("invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zones_and_the_stream_resolve_from_the_topology() {
+    let env = env(&[
+        ("READTIER_REDIS_URLS", "a=redis://h:1;b=redis://h:2"),
+        ("READTIER_ZONE", "b"),
+    ]);
+    let c = Config::from_layers(None, &env).unwrap();
+    assert_eq!(c.zone, 1);
+    assert_eq!(c.changes.stream_url.as_deref(), Some("redis://h:1"));
+    let bad_zone = vec![
+        (
+            "READTIER_REDIS_URLS".to_string(),
+            "a=redis://h:1".to_string(),
+        ),
+        ("READTIER_ZONE".to_string(), "c".to_string()),
+    ];
+    assert!(Config::from_layers(None, &bad_zone)
+        .unwrap_err()
+        .to_string()
+        .contains("`zone`"));
+    let pg = vec![(
+        "READTIER_STORE_URL".to_string(),
+        "postgres://u@127.0.0.1:5432/db".to_string(),
+    )];
+    assert!(matches!(
+        Config::from_layers(None, &pg).unwrap().store,
+        StoreUrl::Postgres(_)
+    ));
+    let all_write_only = vec![
+        (
+            "READTIER_REDIS_URLS".to_string(),
+            "a=redis://h:1".to_string(),
+        ),
+        ("READTIER_L2_WRITE_ONLY_ZONES".to_string(), "a".to_string()),
+    ];
+    assert!(Config::from_layers(None, &all_write_only)
+        .unwrap_err()
+        .to_string()
+        .contains("`l2.write_only_zones`"));
+}

@@ -1,0 +1,305 @@
+//! Connection machinery: the accept loop, one task per connection running hyper's
+//! HTTP/1 connection alone, and a watchdog beside it for time limits and draining.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::Either;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{App, Listener};
+
+/// Accepts connections until `stop` is cancelled, then lets every open connection
+/// finish its in-flight request under `tracker`.
+///
+/// The connection task runs hyper's connection future alone, so a request wakes
+/// nothing else. Time limits and shutdown are handled beside it by a per-connection
+/// [`Watchdog`] task that wakes a few times per `http.request_timeout`, instead of
+/// hyper's per-request header timer and a per-request `select!` (together ~1,300
+/// instructions a request under callgrind; docs/PERFORMANCE.md):
+/// - a request head that has started to arrive must be complete within
+///   `http.request_timeout`, and a connection with no request for `http.idle_timeout`
+///   is closed (bodies are bounded inside the handlers);
+/// - once draining, answers carry `Connection: close`, and a connection with no
+///   request in flight is closed.
+///
+/// Closing is a `shutdown(2)` of the socket through a duplicate of its descriptor,
+/// which the connection future sees as end of stream.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    kind: Listener,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .max_buf_size(app.limits.max_header_bytes)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let (stream, closer) = match with_closer(stream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot set up connection");
+                continue;
+            }
+        };
+        let state = Arc::new(ConnState::default());
+        tokio::spawn(
+            Watchdog::new(
+                state.clone(),
+                closer,
+                app.limits.request_timeout,
+                app.limits.idle_timeout,
+            )
+            .run(stop.clone()),
+        );
+        let app = app.clone();
+        let builder = builder.clone();
+        tracker.spawn(async move {
+            let svc_state = state.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let in_flight = InFlight::start(svc_state.clone());
+                let started = Instant::now();
+                match app.route_now(&req, kind) {
+                    Ok((route, resp)) => {
+                        drop(req);
+                        let resp = app.finish(route, resp, started);
+                        drop(in_flight);
+                        Either::Left(std::future::ready(Ok::<_, Infallible>(resp)))
+                    }
+                    Err(later) => {
+                        let app = app.clone();
+                        Either::Right(async move {
+                            let (route, resp) = app.route_later(req, later).await;
+                            let resp = app.finish(route, resp, started);
+                            drop(in_flight);
+                            Ok::<_, Infallible>(resp)
+                        })
+                    }
+                }
+            });
+            let io = TokioIo::new(CountingIo {
+                inner: stream,
+                state: state.clone(),
+            });
+            if let Err(e) = builder.serve_connection(io, svc).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            state.closed.store(true, Ordering::Relaxed);
+        });
+    }
+}
+
+/// The stream, and a duplicate of its socket that can shut it down from elsewhere.
+fn with_closer(
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std_stream = stream.into_std()?;
+    let closer = std_stream.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(std_stream)?, closer))
+}
+
+/// What a connection's watchdog watches: counters updated on the request path with
+/// single relaxed atomic operations.
+#[derive(Default)]
+struct ConnState {
+    bytes_in: AtomicU64,
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// Marks a request in flight until dropped.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn start(state: Arc<ConnState>) -> InFlight {
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Closes a connection whose request head is too slow, that sits idle too long, or
+/// that is idle while the node drains.
+struct Watchdog {
+    state: Arc<ConnState>,
+    closer: std::net::TcpStream,
+    period: Duration,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    last_requests: u64,
+    last_bytes: u64,
+    quiet_since: Instant,
+    partial_since: Option<Instant>,
+}
+
+impl Watchdog {
+    fn new(
+        state: Arc<ConnState>,
+        closer: std::net::TcpStream,
+        request_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Watchdog {
+        Watchdog {
+            state,
+            closer,
+            period: (request_timeout.min(idle_timeout) / 4).max(Duration::from_millis(25)),
+            request_timeout,
+            idle_timeout,
+            last_requests: 0,
+            last_bytes: 0,
+            quiet_since: Instant::now(),
+            partial_since: None,
+        }
+    }
+
+    async fn run(mut self, stop: CancellationToken) {
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.period, self.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled(), if !draining => draining = true,
+            }
+            if self.state.closed.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Some(reason) = self.check(draining) {
+                tracing::debug!(reason, "closing connection");
+                let _ = self.closer.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    }
+
+    /// `Some(reason)` means close the connection now.
+    fn check(&mut self, draining: bool) -> Option<&'static str> {
+        let now = Instant::now();
+        let requests = self.state.requests.load(Ordering::Relaxed);
+        let bytes = self.state.bytes_in.load(Ordering::Relaxed);
+        let busy = self.state.in_flight.load(Ordering::Relaxed) > 0;
+        if busy || requests != self.last_requests {
+            // Handlers bound their own time; a new request means progress.
+            self.last_requests = requests;
+            self.last_bytes = bytes;
+            self.quiet_since = now;
+            self.partial_since = None;
+            return None;
+        }
+        if bytes != self.last_bytes {
+            // Bytes arrived but no request started: a head is on its way.
+            self.last_bytes = bytes;
+            self.partial_since.get_or_insert(now);
+        }
+        match self.partial_since {
+            Some(since) if now - since >= self.request_timeout => {
+                Some("request head not complete in time")
+            }
+            Some(_) => None,
+            None if draining => Some("draining"),
+            None if now - self.quiet_since >= self.idle_timeout => Some("idle"),
+            None => None,
+        }
+    }
+}
+
+/// The connection's socket, counting bytes received for the watchdog.
+struct CountingIo {
+    inner: tokio::net::TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl tokio::io::AsyncRead for CountingIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.state
+                .bytes_in
+                .fetch_add(read as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// Binds a listener, reporting the address in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}

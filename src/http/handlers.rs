@@ -1,0 +1,278 @@
+//! The handlers: plans, entitlement, authorize, readiness and metrics. Each answers
+//! from the current catalog snapshot and the lookup service; see the module above for
+//! the rules of the request path.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::params::{
+    country_param, etag_matches, parse_member_id, read_body, valid_device_class, AuthorizeRequest,
+};
+use super::problem::{method_not_allowed, only_get, problem};
+use super::render::{
+    json_ok, json_string, render_entitlement, with_member_headers, FROM_SNAPSHOT, JSON,
+    X_CATALOG_VERSION, X_SERVED_FROM,
+};
+use super::{App, Body, Later};
+use crate::lookup::{Entry, ServedFrom};
+use crate::member::{self, Reason};
+
+impl App {
+    pub(super) fn plans(&self, req: &Request<Incoming>) -> Response<Body> {
+        if let Some(resp) = only_get(req) {
+            return resp;
+        }
+        let cc = match country_param(req.uri().query()) {
+            Ok(cc) => cc,
+            Err(detail) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-country",
+                    "Malformed country code",
+                    &detail,
+                )
+            }
+        };
+        let snapshot = self.catalog.load();
+        let Some(entry) = snapshot.country(cc) else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "unknown-country",
+                "No plans for this country",
+                &format!("no plans are offered in {}", String::from_utf8_lossy(&cc)),
+            );
+        };
+        let not_modified = req
+            .headers()
+            .get(IF_NONE_MATCH)
+            .is_some_and(|v| etag_matches(v.as_bytes(), entry.etag.as_bytes()));
+        let (status, body) = if not_modified {
+            (StatusCode::NOT_MODIFIED, Bytes::new())
+        } else {
+            (StatusCode::OK, entry.body.clone())
+        };
+        let mut resp = Response::new(Full::new(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        if !not_modified {
+            h.insert(CONTENT_TYPE, JSON);
+        }
+        h.insert(ETAG, entry.etag.clone());
+        h.insert(X_CATALOG_VERSION.clone(), snapshot.version_header().clone());
+        h.insert(X_SERVED_FROM.clone(), FROM_SNAPSHOT);
+        resp
+    }
+
+    /// The entitlement answer if it needs no waiting (a rejection or an L1 hit);
+    /// otherwise the member id to look up.
+    pub(super) fn entitlement_now(
+        &self,
+        req: &Request<Incoming>,
+        id: &str,
+    ) -> Result<Response<Body>, Later> {
+        if let Some(resp) = only_get(req) {
+            return Ok(resp);
+        }
+        let id = match parse_member_id(id) {
+            Ok(id) => id,
+            Err(detail) => {
+                return Ok(problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-member-id",
+                    "Malformed member id",
+                    &detail,
+                ))
+            }
+        };
+        match self.members.get_l1(id) {
+            Some(entry) => Ok(self.entitlement_answer(id, &entry, ServedFrom::L1)),
+            None => Err(Later::Entitlement(id)),
+        }
+    }
+
+    pub(super) async fn entitlement_miss(&self, id: u64) -> Response<Body> {
+        match self.lookup(id).await {
+            Ok((entry, from)) => self.entitlement_answer(id, &entry, from),
+            Err(resp) => resp,
+        }
+    }
+
+    fn entitlement_answer(&self, id: u64, entry: &Entry, from: ServedFrom) -> Response<Body> {
+        let snapshot = self.catalog.load();
+        let Some(member) = entry.member.as_ref() else {
+            let mut resp = problem(
+                StatusCode::NOT_FOUND,
+                "unknown-member",
+                "Unknown member",
+                &format!("there is no member {id}"),
+            );
+            with_member_headers(&mut resp, &snapshot, from);
+            return resp;
+        };
+        // Rendered once per entry and catalog version, then served as shared bytes.
+        let cached = entry.rendered.load();
+        let body = match cached.as_deref() {
+            Some((version, body)) if *version == snapshot.version() => body.clone(),
+            _ => {
+                let body = render_entitlement(member, &snapshot);
+                entry
+                    .rendered
+                    .store(Some(Arc::new((snapshot.version(), body.clone()))));
+                body
+            }
+        };
+        let mut resp = json_ok(body);
+        with_member_headers(&mut resp, &snapshot, from);
+        resp
+    }
+
+    pub(super) async fn authorize(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::POST {
+            return method_not_allowed("POST");
+        }
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let essence = v.split(';').next().unwrap_or("").trim();
+                essence.eq_ignore_ascii_case("application/json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the body as application/json",
+            );
+        }
+        let body = match read_body(req, &self.limits).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let ask: AuthorizeRequest = match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-body",
+                    "Malformed request body",
+                    &format!("expected {{\"member_id\": positive integer, \"device_class\": string, \"active_streams\": non-negative integer}}: {e}"),
+                )
+            }
+        };
+        if ask.member_id == 0 || ask.member_id > i64::MAX as u64 {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "malformed-member-id",
+                "Malformed member id",
+                "member_id must be a positive 64-bit integer",
+            );
+        }
+        if !valid_device_class(&ask.device_class) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "malformed-device-class",
+                "Malformed device class",
+                "device_class must be 1 to 32 characters of a-z, 0-9, '_' or '-' (for example \"tv\")",
+            );
+        }
+        let (entry, from) = match self.lookup(ask.member_id).await {
+            Ok(found) => found,
+            Err(resp) => return resp,
+        };
+        let snapshot = self.catalog.load();
+        let member = entry.member.as_ref();
+        let plan = member
+            .and_then(|m| snapshot.plan(&m.plan_id))
+            .map(|e| &e.plan);
+        let reason = member::authorize(member, plan, &ask.device_class, ask.active_streams);
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(b"{\"allowed\":");
+        out.extend_from_slice(if reason == Reason::Ok {
+            b"true"
+        } else {
+            b"false"
+        });
+        out.extend_from_slice(b",\"reason\":\"");
+        out.extend_from_slice(reason.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"max_streams\":");
+        match plan {
+            Some(p) => {
+                out.extend_from_slice(itoa::Buffer::new().format(p.max_streams).as_bytes());
+                out.extend_from_slice(b",\"max_resolution\":");
+                json_string(&mut out, &p.max_resolution);
+            }
+            None => out.extend_from_slice(b"0,\"max_resolution\":null"),
+        }
+        out.push(b'}');
+        let mut resp = json_ok(Bytes::from(out));
+        with_member_headers(&mut resp, &snapshot, from);
+        resp
+    }
+
+    /// A member lookup bounded by the request timeout; failures become 503 problems.
+    async fn lookup(&self, id: u64) -> Result<(Entry, ServedFrom), Response<Body>> {
+        // The hit path needs no timer: only a miss can wait.
+        if let Some(entry) = self.members.get_l1(id) {
+            return Ok((entry, ServedFrom::L1));
+        }
+        match tokio::time::timeout(self.limits.request_timeout, self.members.get(id)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => {
+                tracing::warn!(member = id, error = %e, "member lookup failed");
+                Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Member store unavailable",
+                    "the member could not be read; retry shortly",
+                ))
+            }
+            Err(_) => Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-timeout",
+                "Member store too slow",
+                "the member could not be read in time; retry shortly",
+            )),
+        }
+    }
+
+    pub(super) fn readyz(&self) -> Response<Body> {
+        if self.draining.load(Ordering::Acquire) {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "Draining",
+                "this node is shutting down",
+            );
+        }
+        let snapshot = self.catalog.load();
+        let body = format!(
+            "{{\"status\":\"ready\",\"catalog_version\":{}}}",
+            snapshot.version()
+        );
+        let mut resp = json_ok(Bytes::from(body));
+        resp.headers_mut()
+            .insert(X_CATALOG_VERSION.clone(), snapshot.version_header().clone());
+        resp
+    }
+
+    pub(super) async fn metrics_text(&self) -> Response<Body> {
+        metrics::gauge!("readtier_l1_entries").set(self.members.len() as f64);
+        let mut text = self.prometheus.render();
+        self.metrics.render_latency(&mut text);
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        resp
+    }
+}

@@ -1,0 +1,170 @@
+//! The HTTP API: routing, the three lookups, problem answers, and the listeners.
+//!
+//! The request path, once:
+//! - `GET /v1/plans?country=CC`: the country's answer is pre-rendered in the current
+//!   catalog snapshot — a hit copies a reference-counted buffer (`x-served-from:
+//!   snapshot`); `If-None-Match` matching the ETag answers 304; a country without plans
+//!   is 404. The catalog never misses: a node does not serve without a snapshot.
+//! - `GET /v1/members/{id}/entitlement` and `POST /v1/playback/authorize`: the member is
+//!   looked up through [`Members`] — **hit** answers from L1; **miss** loads once per
+//!   member (concurrent misses wait for that one load) from the L2 tier's local zone,
+//!   then its other zones, then the store; **stale** entries are
+//!   dropped by the change follower before they are read again; **failure** of the store
+//!   answers 503 problem JSON and caches nothing. The decision is computed from the
+//!   record and the same snapshot that supplies `x-catalog-version`.
+//! - Anything malformed is a 4xx problem (RFC 9457) naming what was wrong: 400 bad
+//!   input, 404 unknown path, 405 wrong method (with `Allow`), 408 body too slow, 413
+//!   body over the limit, 415 not JSON, 431 (from hyper) head over the limit.
+//!
+
+mod conn;
+mod handlers;
+pub mod params;
+pub mod problem;
+pub mod render;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use conn::{bind, serve};
+pub use params::{country_param, AuthorizeRequest};
+pub use render::render_entitlement;
+
+use crate::catalog::CatalogHandle;
+use crate::config::HttpConfig;
+use crate::lookup::Members;
+use crate::telemetry::{HttpMetrics, Route};
+use problem::{only_get, problem};
+use render::json_ok;
+
+pub type Body = Full<Bytes>;
+
+/// Which listener a request arrived on: the admin one also serves `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+/// Work [`App::route_now`] hands to [`App::route_later`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Later {
+    /// A member not in L1.
+    Entitlement(u64),
+    Authorize,
+    Metrics,
+}
+
+/// What every request handler shares.
+pub struct App {
+    pub catalog: Arc<CatalogHandle>,
+    pub members: Arc<Members>,
+    /// Set at shutdown: `/readyz` answers 503 so load balancers stop sending.
+    pub draining: AtomicBool,
+    pub limits: HttpConfig,
+    prometheus: PrometheusHandle,
+    metrics: HttpMetrics,
+}
+
+impl App {
+    pub fn new(
+        catalog: Arc<CatalogHandle>,
+        members: Arc<Members>,
+        limits: HttpConfig,
+        prometheus: PrometheusHandle,
+    ) -> App {
+        App {
+            catalog,
+            members,
+            draining: AtomicBool::new(false),
+            limits,
+            prometheus,
+            metrics: HttpMetrics::register(),
+        }
+    }
+
+    /// Counts and times an answer, and asks the client to close once draining.
+    fn finish(&self, route: Route, mut resp: Response<Body>, started: Instant) -> Response<Body> {
+        self.metrics
+            .record(route, resp.status().as_u16(), started.elapsed());
+        if self.draining.load(Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    /// Answers at once whatever needs no waiting: plans, health, readiness, L1 hits and
+    /// every rejection. Answering here lets the connection drop the request before its
+    /// answer is written, which hyper rewards (its read buffer is reused in place).
+    pub fn route_now(
+        &self,
+        req: &Request<Incoming>,
+        listener: Listener,
+    ) -> Result<(Route, Response<Body>), Later> {
+        let path = req.uri().path();
+        if listener == Listener::Public {
+            if path == "/v1/plans" {
+                return Ok((Route::Plans, self.plans(req)));
+            }
+            if path == "/v1/playback/authorize" {
+                return Err(Later::Authorize);
+            }
+            if let Some(rest) = path.strip_prefix("/v1/members/") {
+                if let Some(id) = rest.strip_suffix("/entitlement") {
+                    if !id.contains('/') {
+                        return self
+                            .entitlement_now(req, id)
+                            .map(|r| (Route::Entitlement, r));
+                    }
+                }
+            }
+        }
+        Ok(match path {
+            "/healthz" => (
+                Route::Healthz,
+                only_get(req)
+                    .unwrap_or_else(|| json_ok(Bytes::from_static(b"{\"status\":\"ok\"}"))),
+            ),
+            "/readyz" => (
+                Route::Readyz,
+                only_get(req).unwrap_or_else(|| self.readyz()),
+            ),
+            "/metrics" if listener == Listener::Admin => match only_get(req) {
+                Some(resp) => (Route::Metrics, resp),
+                None => return Err(Later::Metrics),
+            },
+            _ => (
+                Route::Other,
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "Not Found",
+                    &format!("no resource at {path}"),
+                ),
+            ),
+        })
+    }
+
+    /// Answers what [`App::route_now`] could not: member misses, authorize (which reads
+    /// a body), metrics.
+    pub async fn route_later(
+        &self,
+        req: Request<Incoming>,
+        later: Later,
+    ) -> (Route, Response<Body>) {
+        match later {
+            Later::Entitlement(id) => (Route::Entitlement, self.entitlement_miss(id).await),
+            Later::Authorize => (Route::Authorize, self.authorize(req).await),
+            Later::Metrics => (Route::Metrics, self.metrics_text().await),
+        }
+    }
+}

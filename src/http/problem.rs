@@ -1,0 +1,43 @@
+//! RFC 9457 problem answers: every error this service gives is one of these, with a
+//! stable `type` per kind of problem and a `detail` that says what to fix.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use super::Body;
+
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// An RFC 9457 problem answer.
+pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": format!("urn:readtier:problem:{slug}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
+    resp
+}
+
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        &format!("this resource answers {allow}"),
+    );
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// `None` for GET or HEAD; otherwise the 405 answer.
+pub fn only_get<B>(req: &Request<B>) -> Option<Response<Body>> {
+    (req.method() != Method::GET && req.method() != Method::HEAD)
+        .then(|| method_not_allowed("GET, HEAD"))
+}

@@ -1,0 +1,395 @@
+//! The production store: PostgreSQL (and, for the portable parts, CockroachDB) through
+//! a `deadpool-postgres` pool.
+//!
+//! Change capture is done by triggers (in the writer's transaction) into `change_log`.
+//! Each change-log row also records the writing transaction's id (`txid`); see
+//! [`crate::store::changes`] for how the reader uses it to never skip a change whose
+//! transaction commits after a later-numbered change was read. That column and the
+//! snapshot horizon it is compared to are PostgreSQL-only (README lists what is).
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::{pin_mut, TryStreamExt};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::NoTls;
+
+mod changes;
+mod relay;
+mod schema;
+
+pub use relay::{ChangeListener, RelayStore};
+use schema::SCHEMA;
+
+use super::{BadRow, MemberRow, StoreError};
+use crate::member::{Member, Status};
+use crate::plan::{CatalogData, Plan, PlanPrice, Price};
+
+/// Advisory lock key serializing migrations ("readtier" in ASCII, truncated).
+const MIGRATE_LOCK: i64 = 0x7265_6164_7469_6572;
+
+/// A PostgreSQL store.
+pub struct PgStore {
+    pool: Pool,
+    /// For connections outside the pool (LISTEN).
+    pub(super) config: tokio_postgres::Config,
+    /// The URL without credentials, for messages.
+    shown: String,
+}
+
+impl PgStore {
+    /// Builds the pool; connections are made on first use (`migrate` checks one).
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        let cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        let shown = format!(
+            "postgres://{}/{}",
+            cfg.get_hosts()
+                .iter()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            cfg.get_dbname().unwrap_or("")
+        );
+        let mut cfg = cfg;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(Duration::from_secs(5));
+        }
+        let mgr = Manager::from_config(
+            cfg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(16)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(PgStore {
+            pool,
+            config: cfg,
+            shown,
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.shown
+    }
+
+    pub(super) fn err(
+        &self,
+        op: &'static str,
+    ) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
+        move |source| StoreError::Postgres {
+            url: self.shown.clone(),
+            op,
+            source,
+        }
+    }
+
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Pool {
+            url: self.shown.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(self.err("migrate"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+            .await
+            .map_err(self.err("migrate lock"))?;
+        tx.batch_execute(SCHEMA)
+            .await
+            .map_err(self.err("migrate schema"))?;
+        tx.commit().await.map_err(self.err("migrate commit"))
+    }
+
+    pub async fn catalog_is_empty(&self) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one("SELECT NOT EXISTS (SELECT 1 FROM plans)", &[])
+            .await
+            .map_err(self.err("count plans"))?;
+        Ok(row.get(0))
+    }
+
+    pub async fn write_catalog(&self, data: &CatalogData) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(self.err("write catalog"))?;
+        let plan = tx
+            .prepare(
+                "INSERT INTO plans (plan_id, name, max_streams, max_resolution, download_devices, ads, device_classes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (plan_id) DO UPDATE SET name = excluded.name, max_streams = excluded.max_streams,
+                   max_resolution = excluded.max_resolution, download_devices = excluded.download_devices,
+                   ads = excluded.ads, device_classes = excluded.device_classes",
+            )
+            .await
+            .map_err(self.err("prepare plan upsert"))?;
+        for p in &data.plans {
+            let (ms, dd) = (p.max_streams as i32, p.download_devices as i32);
+            tx.execute(
+                &plan,
+                &[
+                    &p.id,
+                    &p.name,
+                    &ms,
+                    &p.max_resolution,
+                    &dd,
+                    &p.ads,
+                    &p.device_classes.join("|"),
+                ],
+            )
+            .await
+            .map_err(self.err("upsert plan"))?;
+        }
+        let price = tx
+            .prepare(
+                "INSERT INTO plan_prices (country, plan_id, currency, amount) VALUES ($1, $2, $3, $4::text::numeric)
+                 ON CONFLICT (country, plan_id) DO UPDATE SET currency = excluded.currency, amount = excluded.amount",
+            )
+            .await
+            .map_err(self.err("prepare price upsert"))?;
+        for p in &data.prices {
+            tx.execute(
+                &price,
+                &[&p.country, &p.plan_id, &p.currency, &p.amount.as_str()],
+            )
+            .await
+            .map_err(self.err("upsert price"))?;
+        }
+        tx.commit().await.map_err(self.err("write catalog commit"))
+    }
+
+    /// Bulk-loads members with binary `COPY` in one transaction, with the member
+    /// triggers disabled inside it (the table lock keeps other writers out meanwhile)
+    /// and one `reseed` event so every node forgets the members it holds. Existing ids
+    /// are overwritten with a raised version (through a staging table).
+    pub async fn write_members<I>(&self, rows: I) -> Result<u64, StoreError>
+    where
+        I: IntoIterator<Item = (u64, Status, String, String)>,
+    {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(self.err("seed members"))?;
+        tx.batch_execute("ALTER TABLE memberships DISABLE TRIGGER USER")
+            .await
+            .map_err(self.err("disable member triggers"))?;
+        let empty: bool = tx
+            .query_one("SELECT NOT EXISTS (SELECT 1 FROM memberships)", &[])
+            .await
+            .map_err(self.err("check members"))?
+            .get(0);
+        let target = if empty {
+            "memberships"
+        } else {
+            tx.batch_execute(
+                "CREATE TEMP TABLE seed_members (member_id BIGINT, status TEXT, plan_id TEXT, country TEXT) ON COMMIT DROP",
+            )
+            .await
+            .map_err(self.err("create staging table"))?;
+            "seed_members"
+        };
+        let sink = tx
+            .copy_in(&format!(
+                "COPY {target} (member_id, status, plan_id, country) FROM STDIN BINARY"
+            ))
+            .await
+            .map_err(self.err("copy members"))?;
+        let writer =
+            BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT]);
+        pin_mut!(writer);
+        let mut n = 0u64;
+        for (id, status, plan, country) in rows {
+            let id = id as i64;
+            writer
+                .as_mut()
+                .write(&[&id, &status.as_str(), &plan, &country])
+                .await
+                .map_err(self.err("copy member row"))?;
+            n += 1;
+        }
+        writer.finish().await.map_err(self.err("finish copy"))?;
+        if !empty {
+            tx.batch_execute(
+                "INSERT INTO memberships (member_id, status, plan_id, country)
+                 SELECT member_id, status, plan_id, country FROM seed_members
+                 ON CONFLICT (member_id) DO UPDATE SET status = excluded.status, plan_id = excluded.plan_id,
+                   country = excluded.country, version = memberships.version + 1, updated_at = now()",
+            )
+            .await
+            .map_err(self.err("upsert members"))?;
+        }
+        tx.batch_execute(
+            "ALTER TABLE memberships ENABLE TRIGGER USER;
+             INSERT INTO change_log (table_name, op) VALUES ('memberships', 'reseed');",
+        )
+        .await
+        .map_err(self.err("enable member triggers"))?;
+        tx.commit().await.map_err(self.err("seed members commit"))?;
+        Ok(n)
+    }
+
+    /// The catalog and its version, read in one repeatable-read transaction.
+    pub async fn load_catalog(&self) -> Result<CatalogData, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(self.err("load catalog"))?;
+        let version: i64 = tx
+            .query_one("SELECT version FROM catalog_meta WHERE id = 1", &[])
+            .await
+            .map_err(self.err("read catalog version"))?
+            .get(0);
+        let plans = tx
+            .query(
+                "SELECT plan_id, name, max_streams, max_resolution, download_devices, ads, device_classes FROM plans",
+                &[],
+            )
+            .await
+            .map_err(self.err("read plans"))?
+            .into_iter()
+            .map(|r| Plan {
+                id: r.get(0),
+                name: r.get(1),
+                max_streams: r.get::<_, i32>(2).max(0) as u32,
+                max_resolution: r.get(3),
+                download_devices: r.get::<_, i32>(4).max(0) as u32,
+                ads: r.get(5),
+                device_classes: r
+                    .get::<_, String>(6)
+                    .split('|')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            })
+            .collect();
+        let mut prices = Vec::new();
+        for r in tx
+            .query(
+                "SELECT country, plan_id, currency, amount::text FROM plan_prices",
+                &[],
+            )
+            .await
+            .map_err(self.err("read prices"))?
+        {
+            let (country, plan_id, amount): (String, String, String) =
+                (r.get(0), r.get(1), r.get(3));
+            match Price::parse(&amount) {
+                Ok(amount) => prices.push(PlanPrice {
+                    country,
+                    plan_id,
+                    currency: r.get(2),
+                    amount,
+                }),
+                Err(e) => tracing::warn!(%country, %plan_id, error = %e, "skipping price row"),
+            }
+        }
+        tx.commit().await.map_err(self.err("load catalog commit"))?;
+        Ok(CatalogData {
+            version: version as u64,
+            plans,
+            prices,
+        })
+    }
+
+    pub async fn get_member(&self, id: u64) -> Result<Option<Member>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&format!(
+                "SELECT {MEMBER_COLUMNS} FROM memberships WHERE member_id = $1"
+            ))
+            .await
+            .map_err(self.err("prepare member read"))?;
+        let row = c
+            .query_opt(&st, &[&id])
+            .await
+            .map_err(self.err("read member"))?;
+        row.map(|r| member_of_row(&r).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// The current rows of these members (missing ids are absent from the answer).
+    pub async fn members_by_ids(&self, ids: &[u64]) -> Result<Vec<MemberRow>, StoreError> {
+        let ids: Vec<i64> = ids
+            .iter()
+            .filter_map(|id| i64::try_from(*id).ok())
+            .collect();
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&format!(
+                "SELECT {MEMBER_COLUMNS} FROM memberships WHERE member_id = ANY($1)"
+            ))
+            .await
+            .map_err(self.err("prepare member batch read"))?;
+        let rows = c
+            .query(&st, &[&ids])
+            .await
+            .map_err(self.err("read member batch"))?;
+        Ok(rows.iter().map(member_of_row).collect())
+    }
+
+    /// Up to `limit` members with ids at or above `from`, in id order (for walks).
+    pub async fn members_range(&self, from: u64, limit: i64) -> Result<Vec<MemberRow>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query_raw(
+                &format!(
+                    "SELECT {MEMBER_COLUMNS} FROM memberships
+                      WHERE member_id >= $1 ORDER BY member_id LIMIT $2"
+                ),
+                [
+                    &(from.min(i64::MAX as u64) as i64)
+                        as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(self.err("walk members"))?;
+        pin_mut!(rows);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await.map_err(self.err("walk members"))? {
+            out.push(member_of_row(&r));
+        }
+        Ok(out)
+    }
+}
+
+/// The columns [`member_of_row`] reads, in order.
+const MEMBER_COLUMNS: &str = "member_id, status, plan_id, country, version";
+
+/// The one way a `memberships` row becomes a [`Member`]: a status this build does not
+/// know makes the row unreadable, named by its id.
+fn member_of_row(r: &tokio_postgres::Row) -> MemberRow {
+    let id = r.get::<_, i64>(0) as u64;
+    let status: &str = r.get(1);
+    let status = Status::parse(status).ok_or_else(|| BadRow {
+        id,
+        reason: format!("unknown status {status:?}"),
+    })?;
+    Ok(Member {
+        id,
+        status,
+        plan_id: r.get(2),
+        country: r.get(3),
+        version: r.get(4),
+    })
+}

@@ -1,0 +1,99 @@
+//! The PostgreSQL store's tables, functions and triggers (a public contract: other
+//! services write these tables in raw SQL).
+
+/// Tables, functions and triggers; idempotent. Run under an advisory lock so that
+/// nodes migrating at once do not race each other's DDL. The trigger functions pin the
+/// `search_path` they were created with, so a writer whose own path differs (a psql
+/// session writing `schema.memberships`) still reaches this schema's change log.
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS plans (
+    plan_id          TEXT PRIMARY KEY,
+    name             TEXT NOT NULL,
+    max_streams      INT NOT NULL CHECK (max_streams >= 0),
+    max_resolution   TEXT NOT NULL,
+    download_devices INT NOT NULL CHECK (download_devices >= 0),
+    ads              BOOLEAN NOT NULL DEFAULT false,
+    device_classes   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plan_prices (
+    country  TEXT NOT NULL CHECK (country ~ '^[A-Z]{2}$'),
+    plan_id  TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    amount   NUMERIC NOT NULL CHECK (amount >= 0),
+    PRIMARY KEY (country, plan_id)
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    member_id  BIGINT PRIMARY KEY CHECK (member_id > 0),
+    status     TEXT NOT NULL CHECK (status IN ('active', 'grace', 'on_hold', 'paused', 'cancelled')),
+    plan_id    TEXT NOT NULL,
+    country    TEXT NOT NULL,
+    version    BIGINT NOT NULL DEFAULT 1,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS change_log (
+    seq        BIGSERIAL PRIMARY KEY,
+    txid       BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    table_name TEXT NOT NULL,
+    op         TEXT NOT NULL,
+    member_id  BIGINT,
+    version    BIGINT,
+    changed_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS change_log_txid ON change_log (txid, seq);
+CREATE TABLE IF NOT EXISTS catalog_meta (
+    id      INT PRIMARY KEY CHECK (id = 1),
+    version BIGINT NOT NULL
+);
+INSERT INTO catalog_meta (id, version) VALUES (1, 1) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS relay_state (
+    id              INT PRIMARY KEY CHECK (id = 1),
+    cursor_txid     BIGINT NOT NULL,
+    trimmed_through BIGINT NOT NULL DEFAULT 0,
+    holder          TEXT,
+    lease_until     TIMESTAMPTZ
+);
+INSERT INTO relay_state (id, cursor_txid) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+
+CREATE OR REPLACE FUNCTION readtier_member_version() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+BEGIN
+    NEW.version := GREATEST(OLD.version, NEW.version) + 1;
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE FUNCTION readtier_member_log() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO change_log (table_name, op, member_id, version)
+        VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1);
+        PERFORM pg_notify('readtier_changes', '');
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.member_id <> NEW.member_id THEN
+        INSERT INTO change_log (table_name, op, member_id, version)
+        VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1);
+    END IF;
+    INSERT INTO change_log (table_name, op, member_id, version)
+    VALUES ('memberships', lower(TG_OP), NEW.member_id, NEW.version);
+    PERFORM pg_notify('readtier_changes', '');
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE FUNCTION readtier_catalog_log() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+DECLARE v BIGINT;
+BEGIN
+    UPDATE catalog_meta SET version = version + 1 WHERE id = 1 RETURNING version INTO v;
+    INSERT INTO change_log (table_name, op, version) VALUES (TG_TABLE_NAME, lower(TG_OP), v);
+    PERFORM pg_notify('readtier_changes', '');
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER memberships_version BEFORE UPDATE ON memberships
+    FOR EACH ROW EXECUTE FUNCTION readtier_member_version();
+CREATE OR REPLACE TRIGGER memberships_log AFTER INSERT OR UPDATE OR DELETE ON memberships
+    FOR EACH ROW EXECUTE FUNCTION readtier_member_log();
+CREATE OR REPLACE TRIGGER plans_log AFTER INSERT OR UPDATE OR DELETE ON plans
+    FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
+CREATE OR REPLACE TRIGGER plan_prices_log AFTER INSERT OR UPDATE OR DELETE ON plan_prices
+    FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
+"#;
