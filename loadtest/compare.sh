@@ -18,8 +18,11 @@ SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 command -v wrk >/dev/null || { echo "compare.sh needs wrk (apt-get install -y wrk)" >&2; exit 1; }
 
-cargo build --release -q -p readtier -p loadtest
-bin=target/release
+# BIN=dir runs prebuilt binaries (say, an older build) instead of building this checkout.
+if [ -n "${BIN:-}" ]; then bin=$BIN; else
+  cargo build --release -q -p readtier -p loadtest
+  bin=target/release
+fi
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
