@@ -10,26 +10,30 @@
 //! transactions commit, so sequence order is *not* commit order: a transaction that
 //! took `seq = 5` and commits three seconds later becomes visible after `seq = 6` was
 //! already read. A reader that kept "the highest seq seen" would skip 5 forever. So
-//! every change-log row also records its transaction id (`txid`), and the reader keeps
-//! a *horizon* instead of a seq:
+//! every change-log row also records its transaction id (`txid`), and the reader
+//! keeps a position in transaction ids, from PostgreSQL's own snapshots
+//! ([`PgPosition`]):
 //!
-//! - `pg_snapshot_xmin(pg_current_snapshot())` is the oldest transaction still running;
-//!   every transaction below it has ended, so all of its rows that will ever exist are
-//!   visible now. Call it `h`.
-//! - Each read takes `h` first, then reads every row with `txid >= cursor` in
-//!   `(txid, seq)` order, delivering those not yet delivered (a set of seqs, kept only
-//!   for rows at or above the cursor). Rows of transactions that committed early are
-//!   delivered at once, even while an older transaction is still open.
-//! - Afterwards `cursor = h`: every row below `h` has now been read, so the set can
-//!   forget them. The cursor is the durable position (the relay saves it); restarting
-//!   from it re-delivers at most the rows at or above it, which is harmless because
-//!   every consumer applies events idempotently.
+//! - `xmax`: every transaction below it that is not `pending` has ended, and its rows
+//!   have all been read;
+//! - `pending`: transactions below `xmax` that were still running at the last look
+//!   (`pg_snapshot_xip`); a transaction's rows all become visible when it commits.
 //!
-//! A long-open writing transaction therefore holds the cursor back (and makes each
-//! read re-scan the rows committed since), but never loses a change.
+//! A read takes a snapshot `S` (`xmax_S`, running set `R`) and delivers the rows of
+//! every transaction that has ended since the last look: those in `pending` but not
+//! in `R`, and those in `[xmax, xmax_S)` not in `R`. That set is fixed (ended
+//! transactions write no more rows), so it can be read in pages of at most [`PAGE`]
+//! rows over several calls, each page resuming after the last `(txid, seq)` delivered
+//! (the position's `scan`). When the last page is read the position becomes
+//! `(xmax_S, R)`. Every row is read once; a transaction that stays open only stays in
+//! `pending` (it costs an indexed lookup per read, not a re-scan of what committed
+//! since), and a session that is idle in a transaction without having written holds
+//! nothing back at all. The position is serialized (the relay saves it with a fenced
+//! write); resuming from it re-delivers at most the page in flight.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
@@ -111,15 +115,47 @@ pub struct SqlitePosition {
     pub seq: u64,
 }
 
-/// Where a reader stands in the PostgreSQL log: every row of a transaction below
-/// `horizon` is delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a reader stands in the PostgreSQL log (see the module comment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PgPosition {
-    pub horizon: i64,
+    /// Every transaction below it, except the `pending` ones, has been read.
+    pub xmax: i64,
+    /// Transactions below `xmax` still running at the last look.
+    #[serde(default)]
+    pub pending: Vec<i64>,
+    /// A read towards a newer snapshot, delivered up to a row.
+    #[serde(default)]
+    pub scan: Option<PgScan>,
+}
+
+/// A read in progress, towards snapshot `(xmax, running)`: rows up to `after`
+/// (`(txid, seq)`) have been delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgScan {
+    pub xmax: i64,
+    pub running: Vec<i64>,
+    pub after: (i64, i64),
+}
+
+impl PgPosition {
+    /// The lowest transaction whose rows may still be unread: everything below it has
+    /// been read, so the log may be trimmed below it.
+    pub fn low_water(&self) -> i64 {
+        self.pending.iter().copied().fold(self.xmax, i64::min)
+    }
+
+    /// A position at a snapshot: nothing before it is wanted.
+    pub fn at(xmax: i64, running: Vec<i64>) -> PgPosition {
+        PgPosition {
+            xmax,
+            pending: running,
+            scan: None,
+        }
+    }
 }
 
 /// A durable position in the change log: a reader resumed from it loses nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
     Sqlite(SqlitePosition),
     Postgres(PgPosition),
@@ -130,13 +166,13 @@ impl Position {
     pub fn progress(&self) -> u64 {
         match self {
             Position::Sqlite(p) => p.seq,
-            Position::Postgres(p) => p.horizon.max(0) as u64,
+            Position::Postgres(p) => p.low_water().max(0) as u64,
         }
     }
 }
 
-/// Rows read per query.
-const PAGE: usize = 5000;
+/// Most rows one read returns: bounds the work (and the relay's step) per batch.
+pub const PAGE: usize = 1000;
 
 /// Reads the change log in an order that never skips a committed change.
 pub struct ChangeReader {
@@ -151,9 +187,8 @@ enum Reader {
     },
     Postgres {
         store: Arc<PgStore>,
+        /// `None` until learned: the first read then reports a gap.
         position: Option<PgPosition>,
-        /// seq → txid of rows at or above the horizon already delivered.
-        delivered: HashMap<i64, i64>,
     },
 }
 
@@ -169,11 +204,7 @@ impl ChangeReader {
 
     pub(super) fn postgres(store: Arc<PgStore>, position: Option<PgPosition>) -> ChangeReader {
         ChangeReader {
-            inner: Reader::Postgres {
-                store,
-                position,
-                delivered: HashMap::new(),
-            },
+            inner: Reader::Postgres { store, position },
         }
     }
 
@@ -182,12 +213,12 @@ impl ChangeReader {
     pub fn position(&self) -> Option<Position> {
         match &self.inner {
             Reader::Sqlite { position, .. } => position.map(Position::Sqlite),
-            Reader::Postgres { position, .. } => position.map(Position::Postgres),
+            Reader::Postgres { position, .. } => position.clone().map(Position::Postgres),
         }
     }
 
-    /// The next changes, in an order that never skips one; `more` says another read
-    /// would return more at once.
+    /// The next changes (at most [`PAGE`]), in an order that never skips one; `more`
+    /// says another read would return more at once. A failed read changes nothing.
     pub async fn next_batch(&mut self) -> Result<ChangeBatch, StoreError> {
         match &mut self.inner {
             Reader::Sqlite { store, position } => {
@@ -211,61 +242,61 @@ impl ChangeReader {
                     events,
                 })
             }
-            Reader::Postgres {
-                store,
-                position,
-                delivered,
-            } => {
-                let horizon = store.horizon().await?;
-                let Some(PgPosition { horizon: cursor }) = *position else {
-                    *position = Some(PgPosition { horizon });
+            Reader::Postgres { store, position } => {
+                let Some(pos) = position.as_ref() else {
+                    let (xmax, running) = store.snapshot().await?;
+                    *position = Some(PgPosition::at(xmax, running));
                     return Ok(ChangeBatch {
                         gap: true,
                         ..ChangeBatch::default()
                     });
                 };
-                let mut events = Vec::new();
-                let mut trimmed_through = 0;
-                let (mut from_txid, mut from_seq) = (cursor, i64::MIN);
-                loop {
-                    let (rows, trimmed) =
-                        store.changes_from(from_txid, from_seq, PAGE as i64).await?;
-                    trimmed_through = trimmed_through.max(trimmed);
-                    let full = rows.len() == PAGE;
-                    for (txid, ev) in rows {
-                        from_txid = txid;
-                        from_seq = ev.seq as i64 + 1;
-                        if delivered.insert(ev.seq as i64, txid).is_none() {
-                            events.push(ev);
+                let mut next = pos.clone();
+                let mut gap = false;
+                let scan = match next.scan.take() {
+                    Some(scan) => scan,
+                    None => {
+                        let (xmax, running) = store.snapshot().await?;
+                        // Rows this reader still needs may have been trimmed away (0:
+                        // nothing was ever trimmed; no transaction has id 0).
+                        let trimmed = store.trimmed_through().await?;
+                        if trimmed > 0 && trimmed >= next.low_water() {
+                            gap = true;
+                        }
+                        PgScan {
+                            xmax,
+                            running,
+                            after: (i64::MIN, i64::MIN),
                         }
                     }
-                    if !full {
-                        break;
-                    }
+                };
+                let ended: Vec<i64> = next
+                    .pending
+                    .iter()
+                    .copied()
+                    .filter(|t| !scan.running.contains(t))
+                    .collect();
+                let rows = store.changes_between(&next, &ended, &scan, PAGE).await?;
+                let full = rows.len() == PAGE;
+                let mut events = Vec::with_capacity(rows.len());
+                let mut after = scan.after;
+                for (txid, ev) in rows {
+                    after = (txid, ev.seq as i64);
+                    events.push(ev);
                 }
-                // Rows this reader still needed (txid >= cursor) may have been deleted.
-                let gap = trimmed_through > 0 && trimmed_through >= cursor;
-                let next = cursor
-                    .max(horizon)
-                    .max(if gap { trimmed_through + 1 } else { 0 });
-                *position = Some(PgPosition { horizon: next });
-                delivered.retain(|_, txid| *txid >= next);
+                if full {
+                    next.scan = Some(PgScan { after, ..scan });
+                } else {
+                    next = PgPosition::at(scan.xmax.max(next.xmax), scan.running);
+                }
+                *position = Some(next);
                 Ok(ChangeBatch {
-                    more: false,
+                    more: full,
                     gap,
                     behind: None,
                     events,
                 })
             }
-        }
-    }
-
-    /// Rows delivered but still held in memory (rows of transactions at or above the
-    /// horizon); grows only while an old writing transaction stays open.
-    pub fn pending(&self) -> usize {
-        match &self.inner {
-            Reader::Sqlite { .. } => 0,
-            Reader::Postgres { delivered, .. } => delivered.len(),
         }
     }
 }
@@ -289,14 +320,15 @@ impl TrimSchedule {
         }
     }
 
-    /// Trims if a minute has passed since the last trim; failures are logged.
-    pub async fn tick(&mut self, store: &super::Store) {
+    /// Trims if a minute has passed since the last trim, never past `reached` (the
+    /// position everything below which has been read); failures are logged.
+    pub async fn tick(&mut self, store: &super::Store, reached: Option<&Position>) {
         if self.retention.is_zero() || self.last.elapsed() < Self::EVERY {
             return;
         }
         self.last = std::time::Instant::now();
         let cutoff = super::now_ms() - self.retention.as_millis() as i64;
-        match store.trim_changes(cutoff).await {
+        match store.trim_changes(cutoff, reached).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(rows = n, "trimmed the change log"),
             Err(e) => tracing::warn!(error = %e, "trimming the change log failed"),

@@ -21,10 +21,10 @@ mod sqlite;
 use std::sync::Arc;
 
 pub use changes::{
-    ChangeBatch, ChangeEvent, ChangeKind, ChangeReader, LogState, PgPosition, Position,
+    ChangeBatch, ChangeEvent, ChangeKind, ChangeReader, LogState, PgPosition, PgScan, Position,
     SqlitePosition,
 };
-pub use postgres::{ChangeListener, RelayStore};
+pub use postgres::{ChangeListener, Progress, RelayState, RelayStore, Repair};
 
 use crate::config::StoreUrl;
 use crate::member::{Member, Status};
@@ -215,10 +215,10 @@ impl Store {
                 ))
             }
             Backend::Postgres(p) => {
-                let horizon = p.horizon().await?;
+                let (xmax, running) = p.snapshot().await?;
                 Ok(ChangeReader::postgres(
                     p.clone(),
-                    Some(PgPosition { horizon }),
+                    Some(PgPosition::at(xmax, running)),
                 ))
             }
         }
@@ -245,12 +245,21 @@ impl Store {
         }
     }
 
-    /// Deletes delivered change-log rows written before `older_than_ms`, recording the
-    /// trim point so a reader behind it knows it missed changes. Returns rows deleted.
-    pub async fn trim_changes(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+    /// Deletes change-log rows written before `older_than_ms`, recording the trim
+    /// point so a reader behind it knows it missed changes; returns rows deleted. On
+    /// PostgreSQL only rows below `reached` (the trimming reader's own position) go,
+    /// and nothing without one.
+    pub async fn trim_changes(
+        &self,
+        older_than_ms: i64,
+        reached: Option<&Position>,
+    ) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => blocking(s, move |s| s.trim_changes(older_than_ms)).await,
-            Backend::Postgres(p) => p.trim_changes(older_than_ms).await,
+            Backend::Postgres(p) => match reached {
+                Some(Position::Postgres(at)) => p.trim_changes(older_than_ms, at.low_water()).await,
+                _ => Ok(0),
+            },
         }
     }
 

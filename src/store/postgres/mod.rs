@@ -19,7 +19,7 @@ mod changes;
 mod relay;
 mod schema;
 
-pub use relay::{ChangeListener, RelayStore};
+pub use relay::{ChangeListener, Progress, RelayState, RelayStore, Repair};
 use schema::SCHEMA;
 
 use super::{BadRow, MemberRow, StoreError};
@@ -175,12 +175,15 @@ impl PgStore {
 
     /// Bulk-loads members with binary `COPY` in one transaction, with the member
     /// triggers disabled inside it (the table lock keeps other writers out meanwhile)
-    /// and one `reseed` event so every node forgets the members it holds. Existing ids
-    /// are overwritten with a raised version (through a staging table).
+    /// and one `reseed` event so every node forgets the members it holds. Versions
+    /// come from a block reserved from the store-wide sequence, so every loaded row is
+    /// newer than anything the tier holds for its id. Existing ids are overwritten
+    /// (through a staging table).
     pub async fn write_members<I>(&self, rows: I) -> Result<u64, StoreError>
     where
         I: IntoIterator<Item = (u64, Status, String, String)>,
     {
+        let rows = rows.into_iter();
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(self.err("seed members"))?;
         tx.batch_execute("ALTER TABLE memberships DISABLE TRIGGER USER")
@@ -195,38 +198,55 @@ impl PgStore {
             "memberships"
         } else {
             tx.batch_execute(
-                "CREATE TEMP TABLE seed_members (member_id BIGINT, status TEXT, plan_id TEXT, country TEXT) ON COMMIT DROP",
+                "CREATE TEMP TABLE seed_members (member_id BIGINT, status TEXT, plan_id TEXT, country TEXT, version BIGINT) ON COMMIT DROP",
             )
             .await
             .map_err(self.err("create staging table"))?;
             "seed_members"
         };
+        // Versions: a block taken from the sequence, one per row, starting here; the
+        // block is closed (the sequence moved past it) before commit.
+        let first: i64 = tx
+            .query_one("SELECT nextval('member_versions')", &[])
+            .await
+            .map_err(self.err("reserve versions"))?
+            .get(0);
         let sink = tx
             .copy_in(&format!(
-                "COPY {target} (member_id, status, plan_id, country) FROM STDIN BINARY"
+                "COPY {target} (member_id, status, plan_id, country, version) FROM STDIN BINARY"
             ))
             .await
             .map_err(self.err("copy members"))?;
-        let writer =
-            BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT]);
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8],
+        );
         pin_mut!(writer);
         let mut n = 0u64;
         for (id, status, plan, country) in rows {
             let id = id as i64;
+            let version = first + n as i64;
             writer
                 .as_mut()
-                .write(&[&id, &status.as_str(), &plan, &country])
+                .write(&[&id, &status.as_str(), &plan, &country, &version])
                 .await
                 .map_err(self.err("copy member row"))?;
             n += 1;
         }
         writer.finish().await.map_err(self.err("finish copy"))?;
+        let last = first + n as i64;
+        tx.execute(
+            "SELECT setval('member_versions', GREATEST($1::bigint, (SELECT last_value FROM member_versions)))",
+            &[&last],
+        )
+        .await
+        .map_err(self.err("close the version block"))?;
         if !empty {
             tx.batch_execute(
-                "INSERT INTO memberships (member_id, status, plan_id, country)
-                 SELECT member_id, status, plan_id, country FROM seed_members
+                "INSERT INTO memberships (member_id, status, plan_id, country, version)
+                 SELECT member_id, status, plan_id, country, version FROM seed_members
                  ON CONFLICT (member_id) DO UPDATE SET status = excluded.status, plan_id = excluded.plan_id,
-                   country = excluded.country, version = memberships.version + 1, updated_at = now()",
+                   country = excluded.country, version = excluded.version, updated_at = now()",
             )
             .await
             .map_err(self.err("upsert members"))?;

@@ -87,30 +87,162 @@ impl RelayStore {
         Ok(())
     }
 
-    /// The relay's durable position: every change of a transaction below it has been
-    /// delivered.
-    pub async fn saved_position(&self) -> Result<PgPosition, StoreError> {
+    /// The relay's durable state. A store last written by an older build (a bare
+    /// cursor) resumes from that cursor, which re-delivers at most what it covered.
+    pub async fn saved_state(&self) -> Result<RelayState, StoreError> {
         let c = self.pg.client().await?;
-        let horizon: i64 = c
-            .query_one("SELECT cursor_txid FROM relay_state WHERE id = 1", &[])
+        let row = c
+            .query_one(
+                "SELECT position, cursor_txid, stream_seq, stream_reserved FROM relay_state WHERE id = 1",
+                &[],
+            )
             .await
-            .map_err(self.pg.err("read relay position"))?
-            .get(0);
-        Ok(PgPosition { horizon })
+            .map_err(self.pg.err("read relay state"))?;
+        let text: Option<String> = row.get(0);
+        let cursor: i64 = row.get(1);
+        let position = text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(PgPosition {
+                xmax: cursor,
+                pending: Vec::new(),
+                scan: None,
+            });
+        Ok(RelayState {
+            position,
+            stream_seq: row.get::<_, i64>(2).max(0) as u64,
+            stream_reserved: row.get::<_, i64>(3).max(0) as u64,
+        })
     }
 
-    /// Saves the position only while `holder` holds a live lease (a fenced write), so a
-    /// relay that lost its lease cannot move the position under the new holder.
-    pub async fn save_position(&self, holder: &str, at: PgPosition) -> Result<bool, StoreError> {
-        let c = self.pg.client().await?;
-        let n = c
+    /// Saves the relay's progress in one transaction, only while `holder` holds a live
+    /// lease (a fenced write), so a relay that lost its lease cannot move anything
+    /// under the new holder. Returns whether it held the lease.
+    ///
+    /// Committed without waiting for the disk (`synchronous_commit = off`): the row is
+    /// visible to every session at once and survives any process but PostgreSQL
+    /// itself dying; if PostgreSQL dies, the relay (still running) writes it again.
+    pub async fn save(&self, holder: &str, p: &Progress<'_>) -> Result<bool, StoreError> {
+        let mut c = self.pg.client().await?;
+        let tx = c
+            .transaction()
+            .await
+            .map_err(self.pg.err("save relay state"))?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(self.pg.err("save relay state"))?;
+        let position = serde_json::to_string(p.position).expect("a position serializes");
+        let n = tx
             .execute(
-                "UPDATE relay_state SET cursor_txid = GREATEST(cursor_txid, $2)
+                "UPDATE relay_state SET position = $2, cursor_txid = $3,
+                        stream_seq = GREATEST(stream_seq, $4),
+                        stream_reserved = GREATEST(stream_reserved, $5)
                   WHERE id = 1 AND holder = $1 AND lease_until > clock_timestamp()",
-                &[&holder, &at.horizon],
+                &[
+                    &holder,
+                    &position,
+                    &p.position.low_water(),
+                    &(p.stream_seq as i64),
+                    &(p.stream_reserved as i64),
+                ],
             )
             .await
             .map_err(self.pg.err("save relay position"))?;
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(false);
+        }
+        if !p.failed.is_empty() {
+            let (zones, ids, versions) = columns(p.failed);
+            tx.execute(
+                "INSERT INTO relay_repairs (zone, member_id, version)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+                 ON CONFLICT (zone, member_id)
+                 DO UPDATE SET version = GREATEST(relay_repairs.version, excluded.version)",
+                &[&zones, &ids, &versions],
+            )
+            .await
+            .map_err(self.pg.err("record tier repairs"))?;
+        }
+        if !p.repaired.is_empty() {
+            let (zones, ids, versions) = columns(p.repaired);
+            // Only as far as repaired: a newer failure for the member stays.
+            tx.execute(
+                "DELETE FROM relay_repairs r USING unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(zone, member_id, version)
+                  WHERE r.zone = d.zone AND r.member_id = d.member_id AND r.version <= d.version",
+                &[&zones, &ids, &versions],
+            )
+            .await
+            .map_err(self.pg.err("clear tier repairs"))?;
+        }
+        tx.commit().await.map_err(self.pg.err("save relay state"))?;
+        Ok(true)
     }
+
+    /// Up to `limit` pending tier repairs, oldest first, and how many are pending.
+    pub async fn repairs(&self, limit: i64) -> Result<(Vec<Repair>, u64), StoreError> {
+        let c = self.pg.client().await?;
+        let total: i64 = c
+            .query_one("SELECT count(*) FROM relay_repairs", &[])
+            .await
+            .map_err(self.pg.err("count tier repairs"))?
+            .get(0);
+        let rows = c
+            .query(
+                "SELECT zone, member_id, version FROM relay_repairs
+                  ORDER BY since, zone, member_id LIMIT $1",
+                &[&limit],
+            )
+            .await
+            .map_err(self.pg.err("read tier repairs"))?;
+        let total = total as u64;
+        Ok((
+            rows.iter()
+                .map(|r| Repair {
+                    zone: r.get(0),
+                    member: r.get::<_, i64>(1) as u64,
+                    version: r.get(2),
+                })
+                .collect(),
+            total,
+        ))
+    }
+}
+
+fn columns(repairs: &[Repair]) -> (Vec<&str>, Vec<i64>, Vec<i64>) {
+    (
+        repairs.iter().map(|r| r.zone.as_str()).collect(),
+        repairs.iter().map(|r| r.member as i64).collect(),
+        repairs.iter().map(|r| r.version).collect(),
+    )
+}
+
+/// What the relay keeps in the store besides its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayState {
+    /// Where in the change log everything before has been published.
+    pub position: PgPosition,
+    /// The last change-stream entry whose changes `position` covers.
+    pub stream_seq: u64,
+    /// The highest change-stream entry id ever reserved (maybe never published).
+    pub stream_reserved: u64,
+}
+
+/// A tier write that failed in a zone, kept until a later pass makes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Repair {
+    pub zone: String,
+    /// The member; 0: the zone's member buckets must be flushed (a reseed).
+    pub member: u64,
+    /// The version the zone must hold at least (a deletion's tombstone version).
+    pub version: i64,
+}
+
+/// One save of the relay's progress.
+pub struct Progress<'a> {
+    pub position: &'a PgPosition,
+    pub stream_seq: u64,
+    pub stream_reserved: u64,
+    /// Tier writes that failed: to be repaired.
+    pub failed: &'a [Repair],
+    /// Repairs made.
+    pub repaired: &'a [Repair],
 }

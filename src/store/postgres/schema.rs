@@ -53,31 +53,74 @@ CREATE TABLE IF NOT EXISTS relay_state (
     lease_until     TIMESTAMPTZ
 );
 INSERT INTO relay_state (id, cursor_txid) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+-- The relay's durable state beside its lease: where it is in the change log (JSON, see
+-- store::changes::PgPosition), the last change-stream batch whose position is saved,
+-- and the highest batch id it ever reserved (no id is used twice across failovers).
+ALTER TABLE relay_state ADD COLUMN IF NOT EXISTS position TEXT;
+ALTER TABLE relay_state ADD COLUMN IF NOT EXISTS stream_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE relay_state ADD COLUMN IF NOT EXISTS stream_reserved BIGINT NOT NULL DEFAULT 0;
+-- Tier writes that failed in a zone, kept until a pass writes them (member_id 0: the
+-- zone's member buckets must be flushed after a reseed).
+CREATE TABLE IF NOT EXISTS relay_repairs (
+    zone      TEXT NOT NULL,
+    member_id BIGINT NOT NULL,
+    version   BIGINT NOT NULL,
+    since     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (zone, member_id)
+);
 
+-- Member versions come from one store-wide sequence, so a member's version only
+-- rises, also across a delete and a re-insert of the same id. The sequence starts
+-- above every version already handed out (idempotent on a re-run).
+CREATE SEQUENCE IF NOT EXISTS member_versions;
+SELECT setval('member_versions', GREATEST(
+    (SELECT last_value FROM member_versions),
+    (SELECT coalesce(max(version), 1) FROM memberships),
+    (SELECT coalesce(max(version), 1) FROM change_log WHERE table_name = 'memberships')));
+
+-- An update takes its version before the row changes, holding the row's lock, so
+-- updates and deletes of one row draw versions in commit order.
 CREATE OR REPLACE FUNCTION readtier_member_version() RETURNS trigger LANGUAGE plpgsql
     SET search_path FROM CURRENT AS $$
 BEGIN
-    NEW.version := GREATEST(OLD.version, NEW.version) + 1;
+    IF current_setting('readtier.versioning', true) = NEW.member_id::text THEN
+        RETURN NEW;  -- readtier_member_log versioning a new row: keep its version
+    END IF;
+    NEW.version := nextval('member_versions');
     NEW.updated_at := now();
     RETURN NEW;
 END $$;
+-- Logs every change in the writer's transaction. A new id (insert, or an update of
+-- member_id) takes its version here, after the row exists: any concurrent delete of
+-- the same id has committed by then, so the new version is above its tombstone.
 CREATE OR REPLACE FUNCTION readtier_member_log() RETURNS trigger LANGUAGE plpgsql
     SET search_path FROM CURRENT AS $$
+DECLARE v BIGINT;
 BEGIN
+    IF TG_OP <> 'DELETE'
+        AND current_setting('readtier.versioning', true) = NEW.member_id::text THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'DELETE' THEN
         INSERT INTO change_log (table_name, op, member_id, version)
-        VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1);
-        PERFORM pg_notify('readtier_changes', '');
-        RETURN OLD;
-    END IF;
-    IF TG_OP = 'UPDATE' AND OLD.member_id <> NEW.member_id THEN
+        VALUES ('memberships', 'delete', OLD.member_id, nextval('member_versions'));
+    ELSIF TG_OP = 'INSERT' OR OLD.member_id <> NEW.member_id THEN
+        IF TG_OP = 'UPDATE' THEN
+            INSERT INTO change_log (table_name, op, member_id, version)
+            VALUES ('memberships', 'delete', OLD.member_id, nextval('member_versions'));
+        END IF;
+        v := nextval('member_versions');
+        PERFORM set_config('readtier.versioning', NEW.member_id::text, true);
+        UPDATE memberships SET version = v, updated_at = now() WHERE member_id = NEW.member_id;
+        PERFORM set_config('readtier.versioning', '', true);
         INSERT INTO change_log (table_name, op, member_id, version)
-        VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1);
+        VALUES ('memberships', lower(TG_OP), NEW.member_id, v);
+    ELSE
+        INSERT INTO change_log (table_name, op, member_id, version)
+        VALUES ('memberships', 'update', NEW.member_id, NEW.version);
     END IF;
-    INSERT INTO change_log (table_name, op, member_id, version)
-    VALUES ('memberships', lower(TG_OP), NEW.member_id, NEW.version);
     PERFORM pg_notify('readtier_changes', '');
-    RETURN NEW;
+    RETURN NULL;
 END $$;
 CREATE OR REPLACE FUNCTION readtier_catalog_log() RETURNS trigger LANGUAGE plpgsql
     SET search_path FROM CURRENT AS $$

@@ -103,6 +103,11 @@ impl SqliteStore {
             let tx = c.transaction().map_err(self.err("migrate"))?;
             tx.execute_batch(&schema_sql())
                 .map_err(self.err("migrate tables"))?;
+            // Replaced, not kept: an older database has older member triggers.
+            for t in MEMBER_TRIGGERS {
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {t}"))
+                    .map_err(self.err("drop member trigger"))?;
+            }
             tx.execute_batch(&member_triggers_sql())
                 .map_err(self.err("migrate member triggers"))?;
             tx.execute_batch(&catalog_triggers_sql())
@@ -182,19 +187,31 @@ impl SqliteStore {
                 let now: String = tx
                     .query_row(&format!("SELECT {NOW_ISO}"), [], |r| r.get(0))
                     .map_err(self.err("clock"))?;
+                // Versions from the store-wide counter, one per row (see `schema`).
+                let first: i64 = tx
+                    .query_row("SELECT last + 1 FROM member_versions WHERE id = 1", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(self.err("reserve versions"))?;
                 let mut ins = tx
                     .prepare(
                         "INSERT INTO memberships (member_id, status, plan_id, country, version, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, 1, ?5)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                          ON CONFLICT (member_id) DO UPDATE SET status = excluded.status, plan_id = excluded.plan_id,
-                           country = excluded.country, version = memberships.version + 1, updated_at = excluded.updated_at",
+                           country = excluded.country, version = excluded.version, updated_at = excluded.updated_at",
                     )
                     .map_err(self.err("prepare member insert"))?;
                 for (id, status, plan, country) in rows {
-                    ins.execute(params![id as i64, status.as_str(), plan, country, now])
+                    let version = first + n as i64;
+                    ins.execute(params![id as i64, status.as_str(), plan, country, version, now])
                         .map_err(self.err("insert member"))?;
                     n += 1;
                 }
+                tx.execute(
+                    "UPDATE member_versions SET last = max(last, ?1) WHERE id = 1",
+                    [first + n as i64 - 1],
+                )
+                .map_err(self.err("close the version block"))?;
             }
             tx.execute_batch(&member_triggers_sql())
                 .map_err(self.err("recreate member triggers"))?;

@@ -52,37 +52,60 @@ CREATE TABLE IF NOT EXISTS change_log_meta (
     trimmed_through INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO change_log_meta (id, trimmed_through) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS member_versions (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO member_versions (id, last) VALUES (1, 0);
+UPDATE member_versions SET last = max(last,
+    (SELECT coalesce(max(version), 0) FROM memberships),
+    (SELECT coalesce(max(version), 0) FROM change_log WHERE table_name = 'memberships'))
+ WHERE id = 1;
 CREATE INDEX IF NOT EXISTS change_log_changed_at ON change_log (changed_at_ms);
 "#
     )
 }
 
 /// The member triggers, kept apart because a bulk seed drops and recreates them in
-/// its own transaction (so no other writer ever sees the table without them).
+/// its own transaction (so no other writer ever sees the table without them), and
+/// `migrate` replaces them (older databases have older ones).
+///
+/// Versions come from one store-wide counter (`member_versions`), so a member's
+/// version only rises, also across a delete and a re-insert of the same id. SQLite has
+/// one writer at a time, so drawing from the counter needs no further care. A trigger
+/// does not fire from its own body (`recursive_triggers` is off by default), and the
+/// update trigger skips the updates these triggers make themselves: those set the
+/// version to the counter's current value, which no writer does.
 pub(super) fn member_triggers_sql() -> String {
+    let next = "UPDATE member_versions SET last = last + 1 WHERE id = 1";
+    let current = "(SELECT last FROM member_versions WHERE id = 1)";
     format!(
         r#"
-CREATE TRIGGER IF NOT EXISTS memberships_ai AFTER INSERT ON memberships BEGIN
-    INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
-    VALUES ('memberships', 'insert', NEW.member_id, NEW.version, {NOW_MS});
-END;
--- Raises the version of every updated row. SQLite does not fire a trigger from its own
--- body (recursive_triggers is off by default), so the inner UPDATE does not loop.
-CREATE TRIGGER IF NOT EXISTS memberships_au AFTER UPDATE ON memberships BEGIN
-    UPDATE memberships
-       SET version = max(OLD.version, NEW.version) + 1, updated_at = {NOW_ISO}
+CREATE TRIGGER memberships_ai AFTER INSERT ON memberships BEGIN
+    {next};
+    UPDATE memberships SET version = {current}, updated_at = {NOW_ISO}
      WHERE member_id = NEW.member_id;
     INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
-    VALUES ('memberships', 'update', NEW.member_id, max(OLD.version, NEW.version) + 1, {NOW_MS});
+    VALUES ('memberships', 'insert', NEW.member_id, {current}, {NOW_MS});
 END;
-CREATE TRIGGER IF NOT EXISTS memberships_au_key AFTER UPDATE OF member_id ON memberships
+CREATE TRIGGER memberships_au AFTER UPDATE ON memberships
+WHEN NOT (NEW.version = {current} AND NEW.version > OLD.version) BEGIN
+    {next};
+    UPDATE memberships SET version = {current}, updated_at = {NOW_ISO}
+     WHERE member_id = NEW.member_id;
+    INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
+    VALUES ('memberships', 'update', NEW.member_id, {current}, {NOW_MS});
+END;
+CREATE TRIGGER memberships_au_key AFTER UPDATE OF member_id ON memberships
 WHEN OLD.member_id <> NEW.member_id BEGIN
+    {next};
     INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
-    VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1, {NOW_MS});
+    VALUES ('memberships', 'delete', OLD.member_id, {current}, {NOW_MS});
 END;
-CREATE TRIGGER IF NOT EXISTS memberships_ad AFTER DELETE ON memberships BEGIN
+CREATE TRIGGER memberships_ad AFTER DELETE ON memberships BEGIN
+    {next};
     INSERT INTO change_log (table_name, op, member_id, version, changed_at_ms)
-    VALUES ('memberships', 'delete', OLD.member_id, OLD.version + 1, {NOW_MS});
+    VALUES ('memberships', 'delete', OLD.member_id, {current}, {NOW_MS});
 END;
 "#
     )
