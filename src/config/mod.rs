@@ -135,6 +135,12 @@ pub fn env_name_of(key: &str) -> String {
 }
 
 impl Config {
+    /// Whether changes travel on a stream in Redis (copies named, or zones to hold
+    /// them), rather than being read from the store by every node.
+    pub fn has_stream(&self) -> bool {
+        !self.changes.stream_urls.is_empty() || self.redis.is_some()
+    }
+
     /// Loads the layers from the process: `file` (or `READTIER_CONFIG`), then the
     /// environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -312,16 +318,18 @@ impl Config {
         nonzero("http.idle_timeout", raw.http.idle_timeout)?;
 
         nonzero("changes.poll_interval", raw.changes.poll_interval)?;
-        let stream_url = match (raw.changes.stream_url.trim(), &redis) {
-            ("", None) => None,
-            ("", Some(t)) => Some(t.first_url()),
-            (u, _) if u.starts_with("redis://") => Some(u.to_string()),
-            (u, _) => {
-                return Err(
-                    layers.invalid("changes.stream_url", format!("{u:?} is not a redis:// URL"))
-                )
-            }
-        };
+        let stream_urls: Vec<String> = raw
+            .changes
+            .stream_url
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if let Some(u) = stream_urls.iter().find(|u| !u.starts_with("redis://")) {
+            return Err(
+                layers.invalid("changes.stream_url", format!("{u:?} is not a redis:// URL"))
+            );
+        }
         positive("changes.stream_maxlen", raw.changes.stream_maxlen)?;
 
         if raw.relay.lease_ttl < Duration::from_millis(300) {
@@ -343,7 +351,7 @@ impl Config {
             changes: ChangesConfig {
                 poll_interval: raw.changes.poll_interval,
                 retention: raw.changes.retention,
-                stream_url,
+                stream_urls,
                 stream_maxlen: raw.changes.stream_maxlen,
             },
             relay: raw.relay,

@@ -102,8 +102,9 @@ pub struct ChangesConfig {
     pub poll_interval: Duration,
     /// Change-log rows older than this are trimmed.
     pub retention: Duration,
-    /// Redis URL of the change stream (`None` when there is no Redis).
-    pub stream_url: Option<String>,
+    /// Redis URLs of the change stream's copies, one copy each; empty: one copy in
+    /// every zone of `redis_urls` (the `stream` module explains why).
+    pub stream_urls: Vec<String>,
     /// Entries kept in the stream.
     pub stream_maxlen: u64,
 }

@@ -21,7 +21,7 @@ fn defaults_load_and_name_the_embedded_store() {
     assert_eq!(c.l1.ttl, Duration::from_secs(60));
     assert_eq!(c.http.max_body_bytes, 4096);
     assert_eq!(c.l2.bucket_size, 100);
-    assert!(c.redis.is_none() && c.changes.stream_url.is_none());
+    assert!(c.redis.is_none() && c.changes.stream_urls.is_empty() && !c.has_stream());
 }
 
 #[test]
@@ -116,7 +116,24 @@ fn zones_and_the_stream_resolve_from_the_topology() {
     ]);
     let c = Config::from_layers(None, &env).unwrap();
     assert_eq!(c.zone, 1);
-    assert_eq!(c.changes.stream_url.as_deref(), Some("redis://h:1"));
+    assert!(
+        c.has_stream() && c.changes.stream_urls.is_empty(),
+        "a copy per zone"
+    );
+    let listed = vec![(
+        "READTIER_CHANGES_STREAM_URL".to_string(),
+        "redis://h:1, redis://h:2".to_string(),
+    )];
+    let c = Config::from_layers(None, &listed).unwrap();
+    assert_eq!(c.changes.stream_urls, ["redis://h:1", "redis://h:2"]);
+    let bad = vec![(
+        "READTIER_CHANGES_STREAM_URL".to_string(),
+        "redis://h:1,http://x".to_string(),
+    )];
+    assert!(Config::from_layers(None, &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("`changes.stream_url`"));
     let bad_zone = vec![
         (
             "READTIER_REDIS_URLS".to_string(),

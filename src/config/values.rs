@@ -88,12 +88,6 @@ impl RedisTopology {
         }
         Ok(Some(RedisTopology { zones }))
     }
-
-    /// The URL the change stream lives on by default: the first node of the first zone.
-    pub fn first_url(&self) -> String {
-        let n = &self.zones[0].nodes[0];
-        n.replacen("redis+cluster://", "redis://", 1)
-    }
 }
 
 /// Where the source of truth lives.

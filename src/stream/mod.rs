@@ -1,198 +1,309 @@
-//! The change stream: a Redis Stream that the relay appends every change to and every
-//! node reads from its own position ([`StreamId`]).
+//! The change stream: Redis Streams the relay appends every batch of changes to and
+//! every node reads from its own position.
 //!
-//! Each entry carries one change: `k` (`m` member, `c` catalog, `r` reseed), `id` and
-//! `v` (member id and version, or catalog version), `d` (1 for a deletion), `s` (the
-//! change-log seq) and `t` (commit time, ms since the epoch). The stream is capped
-//! with `MAXLEN ~`.
+//! **Copies.** The stream has one copy per zone (on the node the zone's ring picks for
+//! the stream key, or the zone's cluster), or one per URL in `changes.stream_url`. The
+//! relay appends every entry to every copy with the *same* id, so a node reads its own
+//! zone's copy and, if that copy's Redis fails, carries on from another copy at the
+//! same id: the loss of any one Redis process loses no change.
 //!
-//! A node knows it may have missed entries, and reports a gap, when
-//! - the stream was trimmed past its position: the first entry still held is newer
-//!   than the last one it read, and entries were removed (`entries-added > length`);
-//! - it could not reach Redis for longer than its L1 TTL allows;
-//! - it could not learn a starting position before it began serving;
-//! - the stream's Redis restarted (its `run_id` changed), or the stream vanished:
-//!   entries published before and not yet read may be gone. It then reads the new
-//!   stream from its start.
-
-use std::time::Duration;
+//! **Dense ids.** Entry `k` has the id `k-0`, and ids run 1, 2, 3… with no hole: the
+//! relay keeps the counter in the store beside its position (never reusing an id, even
+//! across a failover). So a reader knows exactly when it missed something: the next
+//! entry it reads is not `last + 1` (a copy trimmed past it, or a copy that lost
+//! entries and could not be back-filled). Appends go through a script that refuses an
+//! id unless the copy's last id is the one before it; a copy that fell behind (it was
+//! unreachable, or restarted empty) is back-filled from another copy before it takes
+//! the next entry.
+//!
+//! **Entries.** One entry carries one relay batch: `m` the member changes
+//! (`id:version` or `id:version:d` for a deletion, `;`-separated), `c` the newest
+//! catalog version, `r` = `1` for a bulk reseed, `t` the newest commit time (ms since
+//! the epoch), or `f` = `1` for a filler (an id a failed relay reserved but never
+//! filled: its changes are published again under later ids). An entry this build
+//! cannot read is taken as "forget every member".
 
 mod publisher;
 mod reader;
+
+use std::time::Duration;
 
 use redis::Value;
 
 pub use publisher::StreamPublisher;
 pub use reader::StreamReader;
 
-use crate::redis_conn::Timeouts;
+use crate::config::Config;
+use crate::redis_conn::{RedisConn, Timeouts};
 use crate::store::{ChangeEvent, ChangeKind};
 
 /// Errors talking to the stream's Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("change stream {server}: {op}: {source}")]
+    #[error("change stream copy {server}: {op}: {source}")]
     Redis {
-        /// `host:port` of the stream's Redis.
+        /// `host:port` of the copy's Redis.
         server: String,
         op: &'static str,
         #[source]
         source: redis::RedisError,
     },
+    #[error("change stream copy {server}: {op}: no answer within {timeout:?}")]
+    Timeout {
+        server: String,
+        op: &'static str,
+        timeout: Duration,
+    },
+    #[error("change stream copy {server} already holds entry {id}: another relay is writing")]
+    Taken { server: String, id: u64 },
+    #[error("no copy of the change stream took entry {id}: {last}")]
+    NoCopy { id: u64, last: String },
+    #[error("no change stream copies are configured")]
+    NoCopies,
 }
 
 /// How long a read blocks waiting for new entries.
 pub(crate) const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries per read.
-pub(crate) const COUNT: usize = 1000;
-
-pub(crate) fn timeouts(response: Duration) -> Timeouts {
-    Timeouts {
-        connect: Duration::from_secs(1),
-        response,
-    }
-}
-
-/// A stream entry id, `ms-seq`, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct StreamId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl StreamId {
-    /// Parses `ms-seq` (or `ms`); anything else is `0-0`.
-    pub fn parse(id: &str) -> StreamId {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        StreamId {
-            ms: ms.parse().unwrap_or(0),
-            seq: seq.parse().unwrap_or(0),
-        }
-    }
-
-    /// One ever-rising number (`ms << 16 | seq`, seq capped), for gauges and tests.
-    pub fn progress(&self) -> u64 {
-        (self.ms << 16) | self.seq.min(0xffff)
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
+pub(crate) const COUNT: usize = 100;
 
 /// The stream key of a deployment.
 pub fn stream_key(prefix: &str) -> String {
     format!("{prefix}changes")
 }
 
-pub(crate) fn encode(ev: &ChangeEvent) -> Vec<(&'static str, String)> {
-    let mut f = Vec::with_capacity(6);
-    match &ev.kind {
-        ChangeKind::Member {
-            id,
-            version,
-            deleted,
-        } => {
-            f.push(("k", "m".to_string()));
-            f.push(("id", id.to_string()));
-            f.push(("v", version.to_string()));
-            f.push(("d", if *deleted { "1" } else { "0" }.to_string()));
+/// The id of entry `k`.
+pub fn entry_id(k: u64) -> String {
+    format!("{k}-0")
+}
+
+/// The `k` of an entry id `k-0` (anything else: `None`).
+pub fn entry_number(id: &str) -> Option<u64> {
+    let (k, seq) = id.split_once('-')?;
+    (seq == "0").then(|| k.parse().ok()).flatten()
+}
+
+/// One copy of the stream.
+pub(crate) struct Copy {
+    pub redis: RedisConn,
+}
+
+/// Where the copies are: `changes.stream_url` if set, else one per zone of
+/// `redis_urls`; each connection answers within `response`.
+pub(crate) fn copies(cfg: &Config, response: Duration) -> Result<Vec<Copy>, StreamError> {
+    let t = Timeouts {
+        connect: Duration::from_secs(1),
+        response,
+    };
+    let err = |url: &str| {
+        let server = crate::redis_conn::shown(url);
+        move |source| StreamError::Redis {
+            server,
+            op: "parse URL",
+            source,
         }
-        ChangeKind::Catalog { version } => {
-            f.push(("k", "c".to_string()));
-            f.push(("v", version.to_string()));
+    };
+    let mut out = Vec::new();
+    if !cfg.changes.stream_urls.is_empty() {
+        for url in &cfg.changes.stream_urls {
+            out.push(Copy {
+                redis: RedisConn::single(url, t).map_err(err(url))?,
+            });
         }
-        ChangeKind::MembersReseeded => f.push(("k", "r".to_string())),
+        return Ok(out);
     }
-    f.push(("s", ev.seq.to_string()));
-    f.push(("t", ev.changed_at_ms.to_string()));
+    let Some(topology) = &cfg.redis else {
+        return Ok(out);
+    };
+    let key = stream_key(&cfg.redis_prefix);
+    for z in &topology.zones {
+        let redis = if z.cluster {
+            RedisConn::cluster(&z.nodes, t).map_err(err(&z.nodes[0]))?
+        } else {
+            let ring = crate::tier::ring::Ring::new(&z.nodes);
+            let url = &z.nodes[ring.node_for(key.as_bytes())];
+            RedisConn::single(url, t).map_err(err(url))?
+        };
+        out.push(Copy { redis });
+    }
+    Ok(out)
+}
+
+/// The fields of an entry carrying `events`.
+pub fn encode(events: &[ChangeEvent]) -> Vec<(&'static str, String)> {
+    let mut members = String::new();
+    let mut catalog: Option<u64> = None;
+    let mut reseed = false;
+    let mut at = 0i64;
+    for ev in events {
+        at = at.max(ev.changed_at_ms);
+        match ev.kind {
+            ChangeKind::Member {
+                id,
+                version,
+                deleted,
+            } => {
+                if !members.is_empty() {
+                    members.push(';');
+                }
+                members.push_str(&format!("{id}:{version}"));
+                if deleted {
+                    members.push_str(":d");
+                }
+            }
+            ChangeKind::Catalog { version } => catalog = catalog.max(Some(version)),
+            ChangeKind::MembersReseeded => reseed = true,
+        }
+    }
+    let mut f = Vec::with_capacity(4);
+    if !members.is_empty() {
+        f.push(("m", members));
+    }
+    if let Some(v) = catalog {
+        f.push(("c", v.to_string()));
+    }
+    if reseed {
+        f.push(("r", "1".to_string()));
+    }
+    f.push(("t", at.to_string()));
     f
 }
 
-fn field<T: std::str::FromStr>(
-    map: &std::collections::HashMap<String, Value>,
-    name: &str,
-) -> Option<T> {
+/// The fields of a filler entry.
+pub(crate) fn filler() -> Vec<(&'static str, String)> {
+    vec![("f", "1".to_string())]
+}
+
+fn text(map: &std::collections::HashMap<String, Value>, name: &str) -> Option<String> {
     match map.get(name)? {
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        Value::Int(i) => i.to_string().parse().ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_string),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
         _ => None,
     }
 }
 
-pub(crate) fn decode(map: &std::collections::HashMap<String, Value>) -> ChangeEvent {
-    let kind = match field::<String>(map, "k").as_deref() {
-        Some("m") => match (field(map, "id"), field(map, "v")) {
-            (Some(id), Some(version)) => ChangeKind::Member {
-                id,
-                version,
-                deleted: field::<u8>(map, "d") == Some(1),
-            },
-            // A member entry without an id cannot be applied precisely: forget all.
-            _ => ChangeKind::MembersReseeded,
-        },
-        Some("c") => ChangeKind::Catalog {
-            version: field(map, "v").unwrap_or(u64::MAX),
-        },
-        // "r", or a kind this build does not know: be safe.
-        _ => ChangeKind::MembersReseeded,
-    };
-    ChangeEvent {
-        seq: field(map, "s").unwrap_or(0),
+/// The changes an entry carries (`seq` is the entry number).
+pub fn decode(k: u64, map: &std::collections::HashMap<String, Value>) -> Vec<ChangeEvent> {
+    let at = text(map, "t").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let ev = |kind| ChangeEvent {
+        seq: k,
         kind,
-        changed_at_ms: field(map, "t").unwrap_or(0),
+        changed_at_ms: at,
+    };
+    if text(map, "f").is_some() {
+        return Vec::new();
     }
+    let mut out = Vec::new();
+    let mut understood = false;
+    if let Some(m) = text(map, "m") {
+        understood = true;
+        for item in m.split(';').filter(|s| !s.is_empty()) {
+            let mut parts = item.split(':');
+            let id = parts.next().and_then(|p| p.parse().ok());
+            let version = parts.next().and_then(|p| p.parse().ok());
+            match (id, version) {
+                (Some(id), Some(version)) => out.push(ev(ChangeKind::Member {
+                    id,
+                    version,
+                    deleted: parts.next() == Some("d"),
+                })),
+                // A member change that cannot be read precisely: forget all.
+                _ => out.push(ev(ChangeKind::MembersReseeded)),
+            }
+        }
+    }
+    if let Some(c) = text(map, "c") {
+        understood = true;
+        out.push(ev(ChangeKind::Catalog {
+            version: c.parse().unwrap_or(u64::MAX),
+        }));
+    }
+    if text(map, "r").is_some() {
+        understood = true;
+        out.push(ev(ChangeKind::MembersReseeded));
+    }
+    if !understood && map.keys().any(|k| k != "t") {
+        // Written by another build: be safe.
+        out.push(ev(ChangeKind::MembersReseeded));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn map(fields: Vec<(&'static str, String)>) -> std::collections::HashMap<String, Value> {
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::BulkString(v.into_bytes())))
+            .collect()
+    }
+
     #[test]
-    fn events_round_trip_through_stream_fields() {
-        let evs = [
-            ChangeEvent {
-                seq: 7,
-                kind: ChangeKind::Member {
+    fn batches_round_trip_through_entry_fields() {
+        let ev = |seq, kind| ChangeEvent {
+            seq,
+            kind,
+            changed_at_ms: 1_700_000_000_000,
+        };
+        let events = [
+            ev(
+                7,
+                ChangeKind::Member {
                     id: 42,
                     version: 3,
                     deleted: true,
                 },
-                changed_at_ms: 1_700_000_000_000,
-            },
-            ChangeEvent {
-                seq: 8,
-                kind: ChangeKind::Catalog { version: 19 },
-                changed_at_ms: 5,
-            },
-            ChangeEvent {
-                seq: 9,
-                kind: ChangeKind::MembersReseeded,
-                changed_at_ms: 6,
-            },
+            ),
+            ev(
+                8,
+                ChangeKind::Member {
+                    id: 43,
+                    version: 9,
+                    deleted: false,
+                },
+            ),
+            ev(9, ChangeKind::Catalog { version: 19 }),
+            ev(10, ChangeKind::Catalog { version: 18 }),
+            ev(11, ChangeKind::MembersReseeded),
         ];
-        for ev in evs {
-            let map = encode(&ev)
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Value::BulkString(v.into_bytes())))
-                .collect();
-            assert_eq!(decode(&map), ev);
-        }
-        let unknown = [("k".to_string(), Value::BulkString(b"zz".to_vec()))]
-            .into_iter()
-            .collect();
-        assert_eq!(decode(&unknown).kind, ChangeKind::MembersReseeded);
+        let back = decode(5, &map(encode(&events)));
+        let kinds: Vec<_> = back.iter().map(|e| e.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                ChangeKind::Member {
+                    id: 42,
+                    version: 3,
+                    deleted: true
+                },
+                ChangeKind::Member {
+                    id: 43,
+                    version: 9,
+                    deleted: false
+                },
+                ChangeKind::Catalog { version: 19 },
+                ChangeKind::MembersReseeded,
+            ]
+        );
+        assert!(back
+            .iter()
+            .all(|e| e.seq == 5 && e.changed_at_ms == 1_700_000_000_000));
+        assert!(decode(6, &map(filler())).is_empty());
+        let unknown = map(vec![("zz", "1".into())]);
+        assert_eq!(decode(7, &unknown)[0].kind, ChangeKind::MembersReseeded);
+        let broken = map(vec![("m", "42:x".into())]);
+        assert_eq!(decode(7, &broken)[0].kind, ChangeKind::MembersReseeded);
     }
 
     #[test]
-    fn stream_ids_compare_numerically() {
-        let id = StreamId::parse;
-        assert!(id("10-0") > id("9-5"));
-        assert!(id("9-10") > id("9-9"));
-        assert_eq!(id("9-9"), id("9-9"));
-        assert_eq!(id("9-9").to_string(), "9-9");
+    fn entry_ids_are_dense_numbers() {
+        assert_eq!(entry_id(17), "17-0");
+        assert_eq!(entry_number("17-0"), Some(17));
+        assert_eq!(entry_number("17-1"), None);
+        assert_eq!(entry_number("1700000000000-3"), None);
+        assert_eq!(entry_number("x"), None);
     }
 }

@@ -1,143 +1,174 @@
-//! A node's side of the stream: reading from its position, and knowing when it
-//! cannot be sure it saw every entry.
+//! A node's side of the stream: reading its own zone's copy from its position, moving
+//! to another copy at the same id when that copy's Redis fails, and knowing exactly
+//! when it may have missed an entry.
+//!
+//! A node reports a gap (and so drops its L1) when
+//! - the next entry it reads is not `last + 1`: the copy was trimmed past it, or lost
+//!   entries no other copy could give back;
+//! - it could not reach any copy for longer than its L1 TTL;
+//! - it could not learn a starting position before it began serving.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::streams::StreamReadReply;
 use redis::Value;
 
-use super::{decode, timeouts, StreamError, StreamId, BLOCK, COUNT};
-use crate::redis_conn::{Conn, RedisConn};
+use super::{copies, decode, entry_id, entry_number, stream_key, Copy, StreamError, BLOCK, COUNT};
+use crate::config::Config;
 use crate::store::ChangeBatch;
+
+/// How long a node reads another zone's copy before trying its own again.
+const RETURN_AFTER: Duration = Duration::from_secs(10);
 
 /// A node's reader of the stream.
 pub struct StreamReader {
-    redis: RedisConn,
+    copies: Vec<Copy>,
     key: String,
+    /// This node's own copy (its zone's).
+    preferred: usize,
+    /// The copy being read.
+    current: usize,
+    /// When reading moved off the preferred copy.
+    away_since: Option<Instant>,
     /// The last entry applied; `None` until a position is known.
-    last_id: Option<StreamId>,
-    /// Set after any failure: the next read re-checks the server (restart, trim,
-    /// vanished stream) before trusting the position.
-    recheck: bool,
-    /// When Redis was last found unreachable (cleared on a good read).
+    last: Option<u64>,
+    /// When no copy could be read (cleared on a good read).
     lost_since: Option<Instant>,
-    /// The `run_id` of the Redis server the position belongs to: a different one
-    /// (a restart) may have lost entries this node never read.
-    server: Option<String>,
     /// An outage longer than this is reported as a gap.
     max_outage: Duration,
 }
 
 impl StreamReader {
-    pub fn new(url: &str, key: String, max_outage: Duration) -> Result<StreamReader, StreamError> {
-        let redis =
-            RedisConn::single(url, timeouts(BLOCK + Duration::from_secs(2))).map_err(|source| {
-                StreamError::Redis {
-                    server: crate::redis_conn::shown(url),
-                    op: "parse URL",
-                    source,
-                }
-            })?;
+    /// A reader of the copies a configuration names, preferring the copy of zone
+    /// `cfg.zone`; an outage longer than `max_outage` counts as a gap.
+    pub fn from_config(cfg: &Config, max_outage: Duration) -> Result<StreamReader, StreamError> {
+        let copies = copies(cfg, BLOCK + Duration::from_secs(2))?;
+        if copies.is_empty() {
+            return Err(StreamError::NoCopies);
+        }
+        let preferred = if copies.len() == cfg.redis.as_ref().map_or(0, |t| t.zones.len()) {
+            cfg.zone
+        } else {
+            0
+        };
         Ok(StreamReader {
-            redis,
-            key,
-            last_id: None,
-            recheck: true,
+            copies,
+            key: stream_key(&cfg.redis_prefix),
+            preferred,
+            current: preferred,
+            away_since: None,
+            last: None,
             lost_since: None,
-            server: None,
             max_outage,
         })
     }
 
     fn err(&self, op: &'static str) -> impl Fn(redis::RedisError) -> StreamError + '_ {
         move |source| StreamError::Redis {
-            server: self.redis.shown().to_string(),
+            server: self.copies[self.current].redis.shown().to_string(),
             op,
             source,
         }
     }
 
     /// The last entry read.
-    pub fn position(&self) -> Option<StreamId> {
-        self.last_id
+    pub fn position(&self) -> Option<u64> {
+        self.last
     }
 
-    /// Learns the current end of the stream, so that every later entry is read. Call
-    /// before loading anything the stream's changes apply to.
-    pub async fn start_at_head(&mut self) -> Result<(), StreamError> {
-        let mut conn = self.redis.get().await.map_err(self.err("connect"))?;
-        let info = xinfo(&mut conn, &self.key)
+    /// The number of the last entry of the copy being read (0 for none).
+    async fn top(&self) -> Result<u64, StreamError> {
+        let mut conn = self.copies[self.current]
+            .redis
+            .get()
             .await
-            .map_err(self.err("XINFO STREAM"))?;
-        self.server = run_id(&mut conn).await.ok();
-        self.last_id = Some(info.map(|i| i.last_generated).unwrap_or_default());
-        self.recheck = false;
-        Ok(())
+            .map_err(self.err("connect"))?;
+        let top: Vec<(String, HashMap<String, Value>)> = redis::cmd("XREVRANGE")
+            .arg(&self.key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(self.err("XREVRANGE"))?;
+        Ok(top
+            .first()
+            .and_then(|(id, _)| entry_number(id))
+            .unwrap_or(0))
+    }
+
+    /// Learns the current end of the stream (from the first copy that answers), so
+    /// that every later entry is read. Call before loading anything the stream's
+    /// changes apply to.
+    pub async fn start_at_head(&mut self) -> Result<(), StreamError> {
+        let mut last_err = StreamError::NoCopies;
+        for _ in 0..self.copies.len() {
+            match self.top().await {
+                Ok(top) => {
+                    self.last = Some(top);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last_err = e;
+                    self.move_on();
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Reads the next copy from now on.
+    fn move_on(&mut self) {
+        self.current = (self.current + 1) % self.copies.len();
+        if self.current == self.preferred {
+            self.away_since = None;
+        } else {
+            self.away_since.get_or_insert_with(Instant::now);
+        }
     }
 
     fn lost(&mut self, e: StreamError) -> StreamError {
-        self.recheck = true;
         self.lost_since.get_or_insert_with(Instant::now);
+        tracing::debug!(error = %e, "change stream copy failed; moving to the next copy");
+        self.move_on();
         e
-    }
-
-    /// After a failure, or before the first read: whether the position can still be
-    /// trusted on this server; `Ok(true)` means entries may have been missed.
-    async fn check_server(&mut self, conn: &mut Conn) -> Result<bool, StreamError> {
-        let mut gap = false;
-        let info = xinfo(conn, &self.key)
-            .await
-            .map_err(|e| self.err("XINFO STREAM")(e))?;
-        let server = run_id(conn).await.map_err(|e| self.err("INFO server")(e))?;
-        if let Some(since) = self.lost_since {
-            if since.elapsed() > self.max_outage {
-                tracing::warn!(outage = ?since.elapsed(), "change stream was unreachable longer than the L1 TTL");
-                gap = true;
-            }
-        }
-        let origin = StreamId::default();
-        if self.server.as_ref().is_some_and(|known| *known != server) && self.last_id.is_some() {
-            // A restarted server: entries published before the restart and not yet
-            // read are gone, and the new stream's ids owe nothing to the old ones.
-            tracing::warn!("the change stream's Redis restarted");
-            gap = true;
-            self.last_id = Some(origin);
-        } else if info.is_none() && self.last_id.is_some_and(|l| l != origin) {
-            // The stream vanished under a known position.
-            gap = true;
-            self.last_id = Some(origin);
-        }
-        self.server = Some(server);
-        match self.last_id {
-            None => {
-                // Serving began without a known position: anything may have been missed.
-                gap = true;
-                self.last_id = Some(info.map(|i| i.last_generated).unwrap_or_default());
-            }
-            Some(last) => gap |= info.is_some_and(|i| i.trimmed_past(last)),
-        }
-        Ok(gap)
     }
 
     /// Waits (up to a second) for entries after the position and returns them.
     pub async fn next_batch(&mut self) -> Result<ChangeBatch, StreamError> {
-        let mut conn = match self.redis.get().await {
+        if self
+            .away_since
+            .is_some_and(|since| since.elapsed() > RETURN_AFTER)
+        {
+            self.current = self.preferred;
+            self.away_since = None;
+        }
+        let mut gap = false;
+        let last = match self.last {
+            Some(last) => last,
+            None => {
+                // Serving began without a known position: anything may have been missed.
+                let top = match self.top().await {
+                    Ok(t) => t,
+                    Err(e) => return Err(self.lost(e)),
+                };
+                self.last = Some(top);
+                self.lost_since = None;
+                return Ok(ChangeBatch {
+                    gap: true,
+                    ..ChangeBatch::default()
+                });
+            }
+        };
+        let conn = self.copies[self.current].redis.get().await;
+        let mut conn = match conn {
             Ok(c) => c,
             Err(e) => {
                 let e = self.err("connect")(e);
                 return Err(self.lost(e));
             }
-        };
-        let mut gap = false;
-        if self.recheck || self.last_id.is_none() {
-            gap = match self.check_server(&mut conn).await {
-                Ok(gap) => gap,
-                Err(e) => return Err(self.lost(e)),
-            };
-        }
-        // Known: `check_server` sets it when it was not.
-        let Some(last) = self.last_id else {
-            return Ok(ChangeBatch::default());
         };
         let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -146,7 +177,7 @@ impl StreamReader {
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.key)
-            .arg(last.to_string())
+            .arg(entry_id(last))
             .query_async(&mut conn)
             .await;
         let reply = match reply {
@@ -156,149 +187,42 @@ impl StreamReader {
                 return Err(self.lost(e));
             }
         };
+        if let Some(since) = self.lost_since.take() {
+            if since.elapsed() > self.max_outage {
+                tracing::warn!(outage = ?since.elapsed(), "no change stream copy answered for longer than the L1 TTL");
+                gap = true;
+            }
+        }
         let mut events = Vec::new();
         let mut reached = last;
-        if let Some(reply) = reply {
-            for k in reply.keys {
-                for entry in k.ids {
-                    events.push(decode(&entry.map));
-                    reached = StreamId::parse(&entry.id);
+        let mut entries = 0;
+        for k in reply.into_iter().flat_map(|r| r.keys) {
+            for entry in k.ids {
+                entries += 1;
+                let Some(n) = entry_number(&entry.id) else {
+                    // Not an id this relay writes: the position means nothing here.
+                    gap = true;
+                    continue;
+                };
+                if n != reached + 1 {
+                    tracing::warn!(
+                        expected = reached + 1,
+                        got = n,
+                        copy = %self.copies[self.current].redis.shown(),
+                        "change stream entries missing"
+                    );
+                    gap = true;
                 }
+                reached = n.max(reached);
+                events.extend(decode(n, &entry.map));
             }
         }
-        if events.len() == COUNT {
-            // Far behind: check that nothing between the old position and these entries
-            // was trimmed away, before moving the position past them.
-            match xinfo(&mut conn, &self.key).await {
-                Ok(info) => gap |= info.is_some_and(|i| i.trimmed_past(last)),
-                Err(e) => {
-                    let e = self.err("XINFO STREAM")(e);
-                    return Err(self.lost(e));
-                }
-            }
-        }
-        self.last_id = Some(reached);
-        self.recheck = false;
-        self.lost_since = None;
+        self.last = Some(reached);
         Ok(ChangeBatch {
-            more: events.len() == COUNT,
+            more: entries == COUNT,
             gap,
             behind: None,
             events,
         })
-    }
-}
-
-/// The server's `run_id` (changes when it restarts).
-async fn run_id(conn: &mut Conn) -> redis::RedisResult<String> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .unwrap_or("")
-        .trim()
-        .to_string())
-}
-
-/// What a node needs from `XINFO STREAM`.
-#[derive(Debug)]
-struct StreamInfo {
-    last_generated: StreamId,
-    first_entry: Option<StreamId>,
-    length: i64,
-    entries_added: i64,
-}
-
-impl StreamInfo {
-    /// Whether entries after `last` may have been trimmed away unread.
-    fn trimmed_past(&self, last: StreamId) -> bool {
-        self.entries_added > self.length && self.first_entry.is_some_and(|f| f > last)
-    }
-}
-
-async fn xinfo(conn: &mut Conn, key: &str) -> redis::RedisResult<Option<StreamInfo>> {
-    let v: redis::RedisResult<Value> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(key)
-        .query_async(conn)
-        .await;
-    let v = match v {
-        Ok(v) => v,
-        // No such key: nothing was ever written (or it was deleted).
-        Err(e) if e.to_string().contains("no such key") => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let pairs: Vec<(String, Value)> = match v {
-        Value::Array(items) => items
-            .chunks(2)
-            .filter_map(|c| match (&c[0], c.get(1)) {
-                (Value::BulkString(k), Some(v)) => {
-                    Some((String::from_utf8_lossy(k).into_owned(), v.clone()))
-                }
-                (Value::SimpleString(k), Some(v)) => Some((k.clone(), v.clone())),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(items) => items
-            .into_iter()
-            .filter_map(|(k, v)| match k {
-                Value::BulkString(k) => Some((String::from_utf8_lossy(&k).into_owned(), v)),
-                Value::SimpleString(k) => Some((k, v)),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let text = |v: Option<Value>| match v {
-        Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
-        Some(Value::SimpleString(s)) => Some(s),
-        _ => None,
-    };
-    let int = |v: Option<Value>| match v {
-        Some(Value::Int(i)) => i,
-        _ => 0,
-    };
-    let first_entry = match get("first-entry") {
-        Some(Value::Array(e)) if !e.is_empty() => {
-            text(Some(e[0].clone())).map(|t| StreamId::parse(&t))
-        }
-        _ => None,
-    };
-    Ok(Some(StreamInfo {
-        last_generated: text(get("last-generated-id"))
-            .map(|t| StreamId::parse(&t))
-            .unwrap_or_default(),
-        first_entry,
-        length: int(get("length")),
-        entries_added: int(get("entries-added")),
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_trim_past_the_position_is_seen() {
-        let id = StreamId::parse;
-        let info = StreamInfo {
-            last_generated: id("20-0"),
-            first_entry: Some(id("15-0")),
-            length: 5,
-            entries_added: 9,
-        };
-        assert!(info.trimmed_past(id("12-0")));
-        assert!(!info.trimmed_past(id("15-0")));
-        let never_trimmed = StreamInfo {
-            entries_added: 5,
-            ..info
-        };
-        assert!(!never_trimmed.trimmed_past(id("0-0")));
     }
 }
