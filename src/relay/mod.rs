@@ -1,21 +1,29 @@
 //! The relay: reads the store's change log, applies every member change to each zone
 //! of the hash tier (the member's current row, or a tombstone, with a versioned set),
-//! and only then publishes the change on the change stream — so a node that drops its
+//! and only then publishes the batch on the change stream — so a node that drops its
 //! L1 entry on the event and reads the tier finds the new value there.
 //!
-//! Several relays may run; exactly one is active. The active one holds a lease row in
-//! the store (`relay_state.holder`, `lease_until`) and renews it every third of
-//! `relay.lease_ttl`; a standby tries to take it each time and succeeds once it has
-//! lapsed, so a relay that dies (even `kill -9`) is replaced within about one lease.
+//! Several relays may run; exactly one is active: the one holding the lease row in the
+//! store ([`lease`]), renewed by a task of its own. Each step, bounded to one page of
+//! the change log (at most [`crate::store::changes::PAGE`] changes):
+//! 1. retries pending tier repairs (at most 256, at most twice a second while they
+//!    keep failing); a repair made is announced in this step's entry;
+//! 2. reads the next page of the change log; a gap (the log was trimmed past the
+//!    relay) is treated as a reseed: the tier is flushed and every node drops L1;
+//! 3. applies the page to every zone ([`apply`]); failed zone writes become repairs;
+//! 4. saves, in one fenced transaction, the position *before* this page, the id `k`
+//!    it reserves for this page's stream entry, and the new repairs;
+//! 5. appends entry `k` to every copy of the stream; if no copy takes it, the page is
+//!    read again from the last published position and published under a new id.
 //!
-//! The durable position is the change-log reader's cursor, saved in the same row
-//! after each batch is published, with a fenced write (only while the saver still
-//! holds a live lease). A relay that crashes between publishing and saving repeats
-//! that batch on restart: delivery is at-least-once, and nodes apply events
-//! idempotently. If publishing fails, the reader is rebuilt from the saved cursor so
-//! the batch is read and published again.
+//! When idle, it saves the position after the last published page. A relay that
+//! crashes anywhere repeats at most one page (nodes apply events idempotently), and a
+//! successor starts above every id ever reserved, filling any reserved id no copy
+//! holds with a filler (see [`crate::stream`]).
 
-use std::collections::HashMap;
+mod apply;
+mod lease;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,13 +32,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::store::changes::TrimSchedule;
 use crate::store::{
-    ChangeEvent, ChangeKind, ChangeListener, ChangeReader, Position, RelayStore, Store, StoreError,
+    ChangeEvent, ChangeKind, ChangeListener, ChangeReader, PgPosition, Position, Progress,
+    RelayStore, Repair, Store, StoreError,
 };
-use crate::stream::{stream_key, StreamError, StreamPublisher};
+use crate::stream::{encode, StreamError, StreamPublisher};
 use crate::telemetry::RelayMetrics;
-use crate::tier::{Tier, TierEntry, TierError};
+use crate::tier::{Tier, TierError};
+use lease::Lease;
 
-/// Why a relay could not be built.
+/// Why a relay could not be built, or a step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error(transparent)]
@@ -39,25 +49,27 @@ pub enum RelayError {
     Stream(#[from] StreamError),
     #[error(transparent)]
     Tier(#[from] TierError),
-    #[error("the relay needs Redis: set redis_urls (READTIER_REDIS_URLS)")]
+    #[error("the relay needs Redis for the change stream: set redis_urls (READTIER_REDIS_URLS)")]
     NoRedis,
+    #[error("the lease was lost")]
+    LostLease,
 }
+
+/// Most repairs tried per step.
+const REPAIRS_PER_STEP: i64 = 256;
+/// Least time between tries of repairs that keep failing.
+const REPAIR_RETRY: Duration = Duration::from_millis(500);
 
 /// One relay process: active while it holds the lease, standby otherwise.
 pub struct Relay {
     /// The change log and member rows.
     store: Store,
-    /// Lease, durable position and LISTEN (PostgreSQL only).
+    /// Lease, durable state and LISTEN (PostgreSQL only).
     pg: RelayStore,
-    /// Where events go once the tier holds them.
+    /// Where entries go once the tier holds their changes.
     publisher: StreamPublisher,
     /// The hash tier every change is applied to before it is published.
     tier: Option<Arc<Tier>>,
-    /// Members whose tier write failed in some zone, with when it first failed: they
-    /// are re-read and re-applied on every pass until written (or until the tier's TTL
-    /// has expired whatever the zone held).
-    repairs: HashMap<u64, Instant>,
-    tier_ttl: Duration,
     /// This relay's name in the lease.
     holder: String,
     lease_ttl: Duration,
@@ -66,36 +78,38 @@ pub struct Relay {
     metrics: RelayMetrics,
 }
 
-/// What the relay reports as it runs (for logs and tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Standby,
-    Active,
+/// What an active relay carries from step to step.
+struct Active {
+    reader: ChangeReader,
+    /// Every change before it has been published (and, once saved, durably so).
+    published: PgPosition,
+    /// The position last saved: the log is trimmed below it, never further.
+    saved: PgPosition,
+    /// The last entry published, and the next id to use.
+    stream_seq: u64,
+    next_id: u64,
+    /// Published since the last save.
+    dirty: bool,
+    /// Repairs made and announced, to be cleared at the next save.
+    repaired: Vec<Repair>,
+    /// Pending repairs, as last counted, and when they were last tried.
+    repairs_pending: u64,
+    repairs_tried: Option<Instant>,
 }
 
 impl Relay {
     /// The relay a configuration describes, named `holder` in the lease.
     pub fn from_config(cfg: &Config, holder: String) -> Result<Relay, RelayError> {
-        let url = cfg
-            .changes
-            .stream_url
-            .as_deref()
-            .ok_or(RelayError::NoRedis)?;
+        if !cfg.has_stream() {
+            return Err(RelayError::NoRedis);
+        }
         let store = Store::open(&cfg.store)?;
         let pg = store.relay_store()?;
-        let publisher = StreamPublisher::new(
-            url,
-            stream_key(&cfg.redis_prefix),
-            cfg.changes.stream_maxlen,
-        )?;
-        let tier = Tier::from_config(cfg)?.map(Arc::new);
         Ok(Relay {
+            publisher: StreamPublisher::from_config(cfg)?,
+            tier: Tier::from_config(cfg)?.map(Arc::new),
             store,
             pg,
-            publisher,
-            tier,
-            repairs: HashMap::new(),
-            tier_ttl: cfg.l2.ttl,
             holder,
             lease_ttl: cfg.relay.lease_ttl,
             poll_interval: cfg.changes.poll_interval,
@@ -109,228 +123,226 @@ impl Relay {
         &self.store
     }
 
-    /// Applies a batch to every zone of the tier: the members' current rows (or
-    /// tombstones) with versioned sets. A zone that fails leaves the member in
-    /// `repairs`, retried on later passes.
-    async fn apply_to_tier(&mut self, events: &[ChangeEvent]) -> Result<(), StoreError> {
-        let Some(tier) = self.tier.clone() else {
-            return Ok(());
-        };
-        if events.iter().any(|e| e.kind == ChangeKind::MembersReseeded) {
-            let (removed, errors) = tier.flush_members().await;
-            tracing::info!(
-                buckets = removed,
-                failed_nodes = errors.len(),
-                "members reseeded: flushed the tier"
-            );
-        }
-        let mut latest: HashMap<u64, i64> = HashMap::new();
-        for e in events {
-            if let ChangeKind::Member { id, version, .. } = e.kind {
-                let v = latest.entry(id).or_insert(version);
-                *v = (*v).max(version);
-            }
-        }
-        let now = Instant::now();
-        self.repairs
-            .retain(|_, since| now.duration_since(*since) < self.tier_ttl);
-        for id in self.repairs.keys() {
-            latest.entry(*id).or_insert(0);
-        }
-        if latest.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<u64> = latest.keys().copied().collect();
-        let rows: HashMap<u64, _> = self
-            .store
-            .members_by_ids(ids)
-            .await?
-            .into_iter()
-            .map(|r| match r {
-                Ok(m) => (m.id, Ok(m)),
-                Err(bad) => (bad.id, Err(bad)),
-            })
-            .collect();
-        let tier_ref = &tier;
-        // An unreadable row is left as the tier has it (and logged by the store):
-        // writing a tombstone for it would pass it off as deleted.
-        let writes = latest.iter().filter_map(|(id, version)| {
-            let entry = match rows.get(id) {
-                Some(Ok(m)) => TierEntry::Member(m.clone()),
-                Some(Err(_)) => return None,
-                None => TierEntry::Gone { version: *version },
-            };
-            Some(async move { (*id, tier_ref.set_all(*id, &entry).await) })
-        });
-        for (id, failed) in futures_util::future::join_all(writes).await {
-            if failed.is_empty() {
-                self.repairs.remove(&id);
-            } else {
-                for (zone, e) in &failed {
-                    tracing::debug!(member = id, zone, error = %e, "tier write failed; will retry");
-                }
-                self.repairs.entry(id).or_insert(now);
-            }
-        }
-        self.metrics.repairs_pending.set(self.repairs.len() as f64);
-        Ok(())
-    }
-
     /// Runs until `shutdown`; gives the lease up on the way out.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let renew_every = self.lease_ttl / 3;
-        let mut role = Role::Standby;
-        let mut reader: Option<ChangeReader> = None;
-        let mut last_renew = Instant::now() - renew_every;
+        let lease = Lease::new();
+        let keeper = tokio::spawn(lease.clone().keep(
+            self.pg.clone(),
+            self.holder.clone(),
+            self.lease_ttl,
+            shutdown.clone(),
+        ));
+        let mut active: Option<Active> = None;
         let mut trims = TrimSchedule::new(self.retention);
         let mut listener: Option<ChangeListener> = None;
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            if last_renew.elapsed() >= renew_every || role == Role::Standby {
-                match self.pg.acquire_lease(&self.holder, self.lease_ttl).await {
-                    Ok(true) => {
-                        last_renew = Instant::now();
-                        if role == Role::Standby {
-                            match self.pg.saved_position().await {
-                                Ok(at) => {
-                                    tracing::info!(holder = %self.holder, horizon = at.horizon, "relay is active");
-                                    reader = Some(
-                                        self.store.change_reader(Some(Position::Postgres(at))),
-                                    );
-                                    role = Role::Active;
-                                    self.metrics.active.set(1.0);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "reading the relay cursor failed")
-                                }
-                            }
-                        }
-                    }
-                    Ok(false) => {
-                        if role == Role::Active {
-                            tracing::warn!(holder = %self.holder, "relay lost its lease; standing by");
-                        }
-                        role = Role::Standby;
-                        reader = None;
-                        self.metrics.active.set(0.0);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "relay lease check failed");
-                        if role == Role::Active && last_renew.elapsed() >= self.lease_ttl {
-                            // The lease has surely lapsed: another relay may be active.
-                            role = Role::Standby;
-                            reader = None;
-                            self.metrics.active.set(0.0);
-                        }
-                    }
+        while !shutdown.is_cancelled() {
+            if !lease.held() {
+                if active.take().is_some() {
+                    tracing::warn!(holder = %self.holder, "relay lost its lease; standing by");
+                    self.metrics.active.set(0.0);
                 }
-            }
-            if role == Role::Standby {
                 tokio::select! {
-                    _ = tokio::time::sleep(renew_every) => {}
+                    _ = lease.changed.notified() => {}
+                    _ = tokio::time::sleep(self.lease_ttl / 6) => {}
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
             }
-            let Some(r) = reader.as_mut() else { continue };
-            let mut more = false;
-            match r.next_batch().await {
-                Ok(batch) => {
-                    more = batch.more;
-                    let n = batch.events.len();
-                    if let Err(e) = self.apply_to_tier(&batch.events).await {
-                        tracing::warn!(error = %e, "reading members for the tier failed; will read the batch again");
-                        reader = self.resume().await;
-                        if reader.is_none() {
-                            role = Role::Standby;
-                        }
-                        tokio::time::sleep(self.poll_interval).await;
+            let state = match active.as_mut() {
+                Some(state) => state,
+                None => match self.take_over().await {
+                    Ok(state) => active.insert(state),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "taking over as the active relay failed; retrying");
+                        tokio::time::sleep(self.poll_interval.max(Duration::from_millis(100)))
+                            .await;
                         continue;
                     }
-                    match self.publisher.publish(&batch.events).await {
-                        Ok(()) => {
-                            self.metrics.published.increment(n as u64);
-                            let saved = match r.position() {
-                                Some(Position::Postgres(at)) => {
-                                    self.pg.save_position(&self.holder, at).await
-                                }
-                                // A PostgreSQL reader always knows its position.
-                                _ => Ok(true),
-                            };
-                            match saved {
-                                Ok(true) => {}
-                                Ok(false) => {
-                                    tracing::warn!("relay lease lapsed before the cursor was saved; standing by");
-                                    role = Role::Standby;
-                                    reader = None;
-                                    self.metrics.active.set(0.0);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "saving the relay cursor failed")
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, events = n, "publishing changes failed; will read them again");
-                            reader = self.resume().await;
-                            if reader.is_none() {
-                                role = Role::Standby;
-                            }
-                            tokio::time::sleep(self.poll_interval).await;
-                        }
-                    }
+                },
+            };
+            let more = match self.step(state).await {
+                Ok(more) => more,
+                Err(RelayError::LostLease) => {
+                    tracing::warn!(holder = %self.holder, "relay lease lapsed before its state was saved; standing by");
+                    active = None;
+                    self.metrics.active.set(0.0);
+                    continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "reading the change log failed"),
-            }
-            if role == Role::Active {
-                trims.tick(&self.store).await;
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay step failed; reading again from what was published");
+                    state.reader = self
+                        .store
+                        .change_reader(Some(Position::Postgres(state.published.clone())));
+                    tokio::time::sleep(self.poll_interval).await;
+                    continue;
+                }
+            };
+            trims
+                .tick(&self.store, Some(&Position::Postgres(state.saved.clone())))
+                .await;
             if !more {
-                // Wait for a commit (LISTEN/NOTIFY), or the poll interval at most.
-                if !listener
-                    .as_ref()
-                    .is_some_and(|l| l.alive.load(std::sync::atomic::Ordering::Relaxed))
-                {
-                    listener = match self.pg.listen().await {
-                        Ok(l) => Some(l),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "LISTEN failed; polling");
-                            None
-                        }
-                    };
-                }
-                let wake = async {
-                    match &listener {
-                        Some(l) => l.notify.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(self.poll_interval) => {}
-                    _ = wake => {}
-                    _ = shutdown.cancelled() => break,
-                }
+                self.wait_for_commit(&mut listener, &shutdown).await;
             }
         }
-        if role == Role::Active {
-            if let Err(e) = self.pg.release_lease(&self.holder).await {
-                tracing::warn!(error = %e, "releasing the relay lease failed");
-            }
-        }
+        let _ = keeper.await;
         self.metrics.active.set(0.0);
         tracing::info!(holder = %self.holder, "relay stopped");
     }
 
-    /// A reader from the saved position (after a failure: the batch is read again).
-    async fn resume(&self) -> Option<ChangeReader> {
-        match self.pg.saved_position().await {
-            Ok(at) => Some(self.store.change_reader(Some(Position::Postgres(at)))),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the relay position failed");
-                None
+    /// Becomes the active relay: reads the durable state and brings the stream's
+    /// copies level before anything is published.
+    async fn take_over(&mut self) -> Result<Active, RelayError> {
+        let saved = self.pg.saved_state().await?;
+        let next_id = self
+            .publisher
+            .sync(saved.stream_seq, saved.stream_reserved)
+            .await;
+        let (_, repairs_pending) = self.pg.repairs(0).await?;
+        tracing::info!(
+            holder = %self.holder,
+            xmax = saved.position.xmax,
+            next_entry = next_id,
+            repairs_pending,
+            "relay is active"
+        );
+        self.metrics.active.set(1.0);
+        self.metrics.repairs_pending.set(repairs_pending as f64);
+        Ok(Active {
+            reader: self
+                .store
+                .change_reader(Some(Position::Postgres(saved.position.clone()))),
+            published: saved.position.clone(),
+            saved: saved.position,
+            stream_seq: saved.stream_seq,
+            next_id,
+            dirty: false,
+            repaired: Vec::new(),
+            repairs_pending,
+            repairs_tried: None,
+        })
+    }
+
+    /// One step (see the module comment); returns whether more is waiting.
+    async fn step(&mut self, state: &mut Active) -> Result<bool, RelayError> {
+        let mut announce: Vec<ChangeEvent> = Vec::new();
+        let mut repaired_now = Vec::new();
+        if let Some(tier) = self.tier.clone() {
+            let due = state.repairs_pending > 0
+                && state
+                    .repairs_tried
+                    .is_none_or(|t| t.elapsed() >= REPAIR_RETRY);
+            if due {
+                state.repairs_tried = Some(Instant::now());
+                let (repairs, total) = self.pg.repairs(REPAIRS_PER_STEP).await?;
+                let (done, events) = apply::repair(&self.store, &tier, &repairs).await?;
+                if !done.is_empty() {
+                    // Progress: keep going without waiting.
+                    state.repairs_tried = None;
+                }
+                state.repairs_pending = total.saturating_sub(done.len() as u64);
+                repaired_now = done;
+                announce = events;
             }
+        }
+        let batch = state.reader.next_batch().await?;
+        let mut events = batch.events;
+        if batch.gap {
+            tracing::error!("the change log was trimmed past the relay's position: flushing the tier, every node drops L1");
+            events.push(ChangeEvent {
+                seq: 0,
+                kind: ChangeKind::MembersReseeded,
+                changed_at_ms: crate::store::now_ms(),
+            });
+        }
+        let failed = match &self.tier {
+            Some(tier) => apply::apply(&self.store, tier, &events).await?,
+            None => Vec::new(),
+        };
+        state.repairs_pending += failed.len() as u64;
+        self.metrics
+            .repairs_pending
+            .set(state.repairs_pending as f64);
+        // The reader's position after this page (it always knows one).
+        let after = match state.reader.position() {
+            Some(Position::Postgres(p)) => p,
+            _ => state.published.clone(),
+        };
+        events.extend(announce);
+        if events.is_empty() {
+            if state.dirty || !failed.is_empty() || !state.repaired.is_empty() {
+                self.save(state, &after, state.stream_seq, &failed).await?;
+                state.published = after;
+                state.dirty = false;
+            } else {
+                state.published = after;
+            }
+            state.repaired.extend(repaired_now);
+            return Ok(batch.more);
+        }
+        let k = state.next_id;
+        let before = state.published.clone();
+        self.save(state, &before, k, &failed).await?;
+        state.next_id = k + 1;
+        self.publisher.append(k, &encode(&events)).await?;
+        self.metrics.published.increment(events.len() as u64);
+        state.stream_seq = k;
+        state.published = after;
+        state.dirty = true;
+        state.repaired.extend(repaired_now);
+        Ok(batch.more)
+    }
+
+    /// Saves `position` with the stream counters and repairs (fenced by the lease).
+    async fn save(
+        &self,
+        state: &mut Active,
+        position: &PgPosition,
+        reserved: u64,
+        failed: &[Repair],
+    ) -> Result<(), RelayError> {
+        let progress = Progress {
+            position,
+            stream_seq: state.stream_seq,
+            stream_reserved: reserved,
+            failed,
+            repaired: &state.repaired,
+        };
+        if !self.pg.save(&self.holder, &progress).await? {
+            return Err(RelayError::LostLease);
+        }
+        state.repaired.clear();
+        state.saved = position.clone();
+        Ok(())
+    }
+
+    /// Waits for a commit (LISTEN/NOTIFY), or the poll interval at most.
+    async fn wait_for_commit(
+        &self,
+        listener: &mut Option<ChangeListener>,
+        shutdown: &CancellationToken,
+    ) {
+        if !listener
+            .as_ref()
+            .is_some_and(|l| l.alive.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            *listener = match self.pg.listen().await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::debug!(error = %e, "LISTEN failed; polling");
+                    None
+                }
+            };
+        }
+        let wake = async {
+            match listener {
+                Some(l) => l.notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(self.poll_interval) => {}
+            _ = wake => {}
+            _ = shutdown.cancelled() => {}
         }
     }
 }

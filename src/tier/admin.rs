@@ -8,28 +8,44 @@ use super::{encoding, Node, Tier, TierEntry, TierError};
 use crate::redis_conn::Conn;
 
 impl Tier {
-    /// Unconditional write in one zone (reconcile's repair of a value that is wrong
-    /// at the same or a higher version than the store's).
-    pub async fn force_in(&self, zone: usize, id: u64, entry: &TierEntry) -> Result<(), TierError> {
+    /// Compare-and-set in one zone: if the member's field still holds `expected`,
+    /// replace it with `new` (or delete it). Returns whether it did. Reconcile repairs
+    /// this way, so a newer value written meanwhile is never overwritten.
+    pub async fn cas_in(
+        &self,
+        zone: usize,
+        id: u64,
+        expected: &[u8],
+        new: Option<&TierEntry>,
+    ) -> Result<bool, TierError> {
         let (key, field) = encoding::locate(&self.prefix, self.bucket_size, id);
-        let value = encoding::encode(entry);
+        let value = new.map(encoding::encode).unwrap_or_default();
         let ttl = self.ttl_secs;
         let node = self.zones[zone].node_for(&key);
-        node.call("HSET", |mut c| async move {
-            redis::pipe()
-                .cmd("HSET")
-                .arg(&key)
-                .arg(&field)
-                .arg(&value)
-                .ignore()
-                .cmd("EXPIRE")
-                .arg(&key)
-                .arg(ttl)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let cas = &self.cas;
+        let done: i64 = node
+            .call("compare-and-set", |mut c| async move {
+                cas.key(&key)
+                    .arg(&field)
+                    .arg(expected)
+                    .arg(&value)
+                    .arg(ttl)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Every bucket number one zone holds (SCAN of each of its nodes).
+    pub async fn buckets_in(&self, zone: usize) -> Result<Vec<u64>, TierError> {
+        let mut out = Vec::new();
+        for node in 0..self.zones[zone].nodes.len() {
+            for key in self.bucket_keys(zone, node).await? {
+                out.extend(encoding::bucket_of(&self.prefix, &key));
+            }
+        }
+        Ok(out)
     }
 
     /// Everything one zone holds in one bucket: member id → raw value.
@@ -49,21 +65,6 @@ impl Tier {
             .into_iter()
             .filter_map(|(f, v)| Some((encoding::member_of(self.bucket_size, bucket, &f)?, v)))
             .collect())
-    }
-
-    /// Removes a member's field in one zone (reconcile: a record the store lacks).
-    pub async fn remove_in(&self, zone: usize, id: u64) -> Result<(), TierError> {
-        let (key, field) = encoding::locate(&self.prefix, self.bucket_size, id);
-        let node = self.zones[zone].node_for(&key);
-        node.call("HDEL", |mut c| async move {
-            redis::cmd("HDEL")
-                .arg(&key)
-                .arg(&field)
-                .query_async::<i64>(&mut c)
-                .await
-        })
-        .await
-        .map(|_| ())
     }
 
     pub fn bucket_size(&self) -> u64 {
@@ -200,38 +201,50 @@ impl Tier {
         let mut removed = 0;
         let mut errors = Vec::new();
         for zone in 0..self.zones.len() {
-            for node in 0..self.zones[zone].nodes.len() {
-                match self.bucket_keys(zone, node).await {
-                    Ok(keys) => {
-                        for chunk in keys.chunks(500) {
-                            let chunk = chunk.to_vec();
-                            let n = chunk.len() as u64;
-                            match self.zones[zone].nodes[node]
-                                .call("UNLINK", |mut c| async move {
-                                    // One key per command, and no pipeline on a cluster:
-                                    // it refuses keys of several slots in either.
-                                    if let Conn::Cluster(_) = c {
-                                        for k in &chunk {
-                                            redis::cmd("UNLINK")
-                                                .arg(k)
-                                                .query_async::<i64>(&mut c)
-                                                .await?;
-                                        }
-                                        return Ok(());
-                                    }
-                                    let mut p = redis::pipe();
-                                    for k in &chunk {
-                                        p.cmd("UNLINK").arg(k).ignore();
-                                    }
-                                    p.query_async::<()>(&mut c).await
-                                })
-                                .await
-                            {
-                                Ok(_) => removed += n,
-                                Err(e) => errors.push(e),
+            let (n, e) = self.flush_zone(zone).await;
+            removed += n;
+            errors.extend(e);
+        }
+        (removed, errors)
+    }
+
+    /// Deletes every member bucket of one zone.
+    pub async fn flush_zone(&self, zone: usize) -> (u64, Vec<TierError>) {
+        let mut removed = 0;
+        let mut errors = Vec::new();
+        for node in 0..self.zones[zone].nodes.len() {
+            let keys = match self.bucket_keys(zone, node).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            for chunk in keys.chunks(500) {
+                let chunk = chunk.to_vec();
+                let n = chunk.len() as u64;
+                let unlinked = self.zones[zone].nodes[node]
+                    .call("UNLINK", |mut c| async move {
+                        // One key per command, and no pipeline on a cluster: it refuses
+                        // keys of several slots in either.
+                        if let Conn::Cluster(_) = c {
+                            for k in &chunk {
+                                redis::cmd("UNLINK")
+                                    .arg(k)
+                                    .query_async::<i64>(&mut c)
+                                    .await?;
                             }
+                            return Ok(());
                         }
-                    }
+                        let mut p = redis::pipe();
+                        for k in &chunk {
+                            p.cmd("UNLINK").arg(k).ignore();
+                        }
+                        p.query_async::<()>(&mut c).await
+                    })
+                    .await;
+                match unlinked {
+                    Ok(()) => removed += n,
                     Err(e) => errors.push(e),
                 }
             }

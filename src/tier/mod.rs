@@ -70,6 +70,35 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 "#;
 
+/// The versioned set of many members of one bucket. KEYS[1] bucket; ARGV[1] ttl
+/// seconds, then (field, version, value) triples. Returns how many were written.
+const SET_MANY_IF_NEWER: &str = r#"
+local n = 0
+for i = 2, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local v = cur and tonumber(string.match(cur, '^(%-?%d+)|'))
+  if not (v and v >= tonumber(ARGV[i + 1])) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"#;
+
+/// Compare-and-set of one field. KEYS[1] bucket; ARGV: field, expected value, new
+/// value (empty: delete the field), ttl seconds. Returns 1 if it matched.
+const COMPARE_AND_SET: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"#;
+
 /// One zone: a ring of nodes.
 pub struct ZoneTier {
     pub name: String,
@@ -94,6 +123,10 @@ pub struct Tier {
     bucket_size: u64,
     ttl_secs: u64,
     script: Script,
+    many: Script,
+    cas: Script,
+    /// Reads that found a value older than the reader's floor (see [`Tier::get`]).
+    stale_skips: metrics::Counter,
 }
 
 impl Tier {
@@ -132,6 +165,9 @@ impl Tier {
             bucket_size: cfg.bucket_size,
             ttl_secs: cfg.ttl.as_secs().max(1),
             script: Script::new(SET_IF_NEWER),
+            many: Script::new(SET_MANY_IF_NEWER),
+            cas: Script::new(COMPARE_AND_SET),
+            stale_skips: metrics::counter!("readtier_l2_stale_skipped_total"),
         })
     }
 
@@ -179,12 +215,18 @@ impl Tier {
         Ok(entry)
     }
 
-    /// Reads a member: local zone, then the others. `Ok(None)` means no readable zone
-    /// holds it (some may have failed: that is not an error for the caller, who goes
-    /// to the store).
-    pub async fn get(self: &Arc<Self>, id: u64) -> Option<TierEntry> {
+    /// Reads a member: local zone, then the others, taking only a value at or above
+    /// `floor` (the newest version this node has answered or been told of: a zone
+    /// still holding an older one is behind, and is passed over). `None` means no
+    /// readable zone holds it (some may have failed: that is not an error for the
+    /// caller, who goes to the store).
+    pub async fn get(self: &Arc<Self>, id: u64, floor: i64) -> Option<TierEntry> {
         for zone in self.read_order() {
             match self.get_from(zone, id).await {
+                Ok(Some(entry)) if entry.version() < floor => {
+                    self.stale_skips.increment(1);
+                    continue;
+                }
                 Ok(Some(entry)) => {
                     if zone != self.local {
                         // Write back so the next read here stays in the zone.
@@ -240,6 +282,81 @@ impl Tier {
             .await
             .into_iter()
             .filter_map(|(z, r)| r.err().map(|e| (z, e)))
+            .collect()
+    }
+
+    /// Versioned sets of many members in one zone: one script call per bucket, the
+    /// calls to a node pipelined (one by one on a cluster, which refuses pipelines
+    /// across slots). Returns the members whose node failed.
+    pub async fn set_many_in(&self, zone: usize, entries: &[(u64, TierEntry)]) -> Vec<u64> {
+        let z = &self.zones[zone];
+        // Per node: bucket key -> (the members, the script's arguments).
+        type Buckets = std::collections::BTreeMap<String, (Vec<u64>, Vec<String>)>;
+        let mut plan: Vec<Buckets> = (0..z.nodes.len()).map(|_| Default::default()).collect();
+        for (id, entry) in entries {
+            let (key, field) = encoding::locate(&self.prefix, self.bucket_size, *id);
+            let node = z.ring.node_for(key.as_bytes());
+            let (ids, args) = plan[node].entry(key).or_default();
+            ids.push(*id);
+            args.extend([field, entry.version().to_string(), encoding::encode(entry)]);
+        }
+        let calls = plan.into_iter().enumerate().map(|(n, buckets)| async move {
+            if buckets.is_empty() {
+                return Vec::new();
+            }
+            let node = &z.nodes[n];
+            let ttl = self.ttl_secs;
+            let many = &self.many;
+            let cluster = node.redis.is_cluster();
+            let result = node
+                .call("set-many-if-newer", |mut c| {
+                    let buckets = &buckets;
+                    async move {
+                        if cluster {
+                            for (key, (_, args)) in buckets {
+                                let mut inv = many.key(key);
+                                inv.arg(ttl).arg(args);
+                                inv.invoke_async::<i64>(&mut c).await?;
+                            }
+                            return Ok(());
+                        }
+                        let mut pipe = redis::pipe();
+                        for (key, (_, args)) in buckets {
+                            pipe.cmd("EVALSHA")
+                                .arg(many.get_hash())
+                                .arg(1)
+                                .arg(key)
+                                .arg(ttl)
+                                .arg(args)
+                                .ignore();
+                        }
+                        match pipe.query_async::<()>(&mut c).await {
+                            Err(e)
+                                if e.kind()
+                                    == redis::ErrorKind::Server(
+                                        redis::ServerErrorKind::NoScript,
+                                    ) =>
+                            {
+                                many.prepare_invoke().load_async(&mut c).await?;
+                                pipe.query_async::<()>(&mut c).await
+                            }
+                            other => other,
+                        }
+                    }
+                })
+                .await;
+            match result {
+                Ok(()) => Vec::new(),
+                Err(e) => {
+                    tracing::debug!(zone = %z.name, error = %e, "tier batch write failed");
+                    buckets.into_values().flat_map(|(ids, _)| ids).collect()
+                }
+            }
+        });
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
             .collect()
     }
 }
