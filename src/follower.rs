@@ -10,7 +10,9 @@
 //! Whatever the source, the follower applies each change the same way:
 //! - a member change drops that member's L1 entry (the next read fetches the new row);
 //! - a catalog change builds a new snapshot from the store and swaps it in (never an
-//!   older version than the one served), and saves it to disk as the last good one;
+//!   older version than the one served), and saves it to disk as the last good one; a
+//!   reload that fails stays pending and is retried until it succeeds (also when the
+//!   node started from its disk copy because the store was down);
 //! - a bulk reseed, or an event kind this build does not know, drops the whole L1;
 //! - a **gap** (the source cannot prove nothing was missed: log or stream trimmed
 //!   past this node's position, Redis unreachable for longer than the L1 TTL) drops
@@ -60,11 +62,11 @@ impl Source {
     }
 
     /// The position reached, as one ever-rising number (see
-    /// [`crate::store::Position::progress`] and [`crate::stream::StreamId::progress`]).
+    /// [`crate::store::Position::progress`], or the number of the last stream entry).
     pub fn progress(&self) -> Option<u64> {
         match self {
             Source::Log(r) => r.position().map(|p| p.progress()),
-            Source::Stream(r) => r.position().map(|p| p.progress()),
+            Source::Stream(r) => r.position(),
         }
     }
 
@@ -90,6 +92,11 @@ pub struct Follower {
     retention: Duration,
     /// The position applied so far ([`Source::progress`]), published after applying.
     position: Arc<AtomicU64>,
+    /// The catalog must be read again (a change or gap was seen, or the node started
+    /// from its disk copy) and has not been yet.
+    reload_pending: bool,
+    /// When a pending reload was last tried.
+    reload_tried: Option<std::time::Instant>,
     metrics: ChangeMetrics,
 }
 
@@ -110,9 +117,18 @@ impl Follower {
             poll_interval: cfg.poll_interval,
             retention: cfg.retention,
             position: Arc::new(AtomicU64::new(0)),
+            reload_pending: false,
+            reload_tried: None,
             metrics: ChangeMetrics::register(),
             source,
         }
+    }
+
+    /// The catalog being served did not come from the store (it came from disk): read
+    /// it from the store as soon as the store answers.
+    pub fn reload_catalog_soon(mut self) -> Follower {
+        self.reload_pending = true;
+        self
     }
 
     /// A shared view of the position applied so far (see [`Source::progress`]).
@@ -155,9 +171,25 @@ impl Follower {
                     }
                 }
             }
-            if self.store.is_embedded() {
-                trims.tick(&self.store).await;
+            self.retry_reload().await;
+            // A node reading the log itself trims it (never past its own position).
+            if let Source::Log(r) = &self.source {
+                trims.tick(&self.store, r.position().as_ref()).await;
             }
+        }
+    }
+
+    /// Retries a pending catalog reload, at most twice a second.
+    async fn retry_reload(&mut self) {
+        if !self.reload_pending
+            || self
+                .reload_tried
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
+            return;
+        }
+        if let Err(e) = self.reload_catalog().await {
+            tracing::warn!(error = %e, "reloading the catalog failed; will retry");
         }
     }
 
@@ -174,7 +206,7 @@ impl Follower {
         let mut last_at = None;
         for ev in &batch.events {
             match ev.kind {
-                ChangeKind::Member { id, .. } => self.members.invalidate(id),
+                ChangeKind::Member { id, version, .. } => self.members.invalidate(id, version),
                 ChangeKind::Catalog { version } => {
                     reload |= version > self.catalog.load().version()
                 }
@@ -184,7 +216,9 @@ impl Follower {
             self.metrics.applied.increment(1);
         }
         if reload {
-            self.reload_catalog().await?;
+            self.reload_pending = true;
+            self.reload_tried = None;
+            self.retry_reload().await;
         }
         if let Some(p) = self.source.progress() {
             self.position.store(p, Ordering::Release);
@@ -201,8 +235,10 @@ impl Follower {
         Ok(batch.more)
     }
 
-    async fn reload_catalog(&self) -> Result<(), StoreError> {
+    async fn reload_catalog(&mut self) -> Result<(), StoreError> {
+        self.reload_tried = Some(std::time::Instant::now());
         let data = self.store.load_catalog().await?;
+        self.reload_pending = false;
         self.metrics.catalog_reloads.increment(1);
         let version = data.version;
         if self.catalog.install(Snapshot::build(&data)) {

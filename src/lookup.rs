@@ -4,27 +4,37 @@
 //! Rules:
 //! - **hit**: the entry (a record, or "no such member") is answered from memory;
 //! - **miss**: one load per member however many requests miss at once (the others
-//!   wait for it: coalescing) — from the L2 tier if it holds the member, else from the
-//!   store (at most `l2.max_store_fills` store reads in flight), filling L2; a found
-//!   record is kept for `l1.ttl`, an unknown id for `l1.negative_ttl`;
-//! - **stale**: change events drop the entry ([`Members::invalidate`]); a fill that was
-//!   in flight while any invalidation happened is not kept, so a read that raced a
-//!   commit cannot pin the old value until the TTL;
+//!   wait for it: coalescing). The load runs as a task of its own, so a request that
+//!   gives up never strands the others. It reads the L2 tier (skipping a zone that
+//!   holds a version below the member's floor), else the store (at most
+//!   `l2.max_store_fills` store reads in flight), filling L2; a found record is kept
+//!   for `l1.ttl`, an unknown id for `l1.negative_ttl`;
+//! - **stale**: a change event for version `v` drops the entry if it is older than
+//!   `v` (a duplicate or older event leaves it), and raises the member's *floor* to
+//!   `v`; a load that finishes below its member's floor (an event came while it read)
+//!   is answered but not kept. A gap (the node cannot prove it saw every event) starts
+//!   a new L1 generation: every entry becomes a miss, floors stay;
+//! - **floor**: per member, the newest version this node has answered or been told
+//!   of. Reads never take an L2 value below it, so a node never answers an older
+//!   version than it already has, even when a zone is behind (a write the relay is
+//!   still repairing, a node that was hung); it is kept while L1 remembers the member;
 //! - **expiry**: each entry carries its deadline, checked on read;
 //! - **failure**: a store error is answered as an error and nothing is cached.
 //!
-//! L1 is a `quick_cache` sync cache (bounded, CLOCK-Pro eviction, placeholder guards
-//! for coalescing): on the hit path it measured 31 ns against 154 ns for moka's sync
-//! cache and 396 ns for moka's async one driven from a future (`cargo bench --bench
-//! hot_paths`, "l1 candidates"; docs/PERFORMANCE.md); TTLs are kept in the entry,
-//! which quick_cache lacks.
+//! L1 is a `quick_cache` sync cache (bounded, CLOCK-Pro eviction): on the hit path it
+//! measured 31 ns against 154 ns for moka's sync cache and 396 ns for moka's async
+//! one driven from a future (`cargo bench --bench hot_paths`, "l1 candidates";
+//! docs/PERFORMANCE.md); TTLs are kept in the entry, which quick_cache lacks. Loads in
+//! flight and the read-modify-write of a member's slot (an event against a finishing
+//! load) are serialized by a small striped lock, off the hit path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::L1Config;
 use crate::member::Member;
@@ -50,11 +60,13 @@ impl ServedFrom {
     }
 }
 
-/// An L1 entry: a record, or the knowledge that there is none, and where it was
-/// loaded from (what a coalesced miss reports).
+/// An L1 entry: a record, or the knowledge that there is none, its version, and
+/// where it was loaded from (what a coalesced miss reports).
 #[derive(Debug)]
 pub struct Cached {
     pub member: Option<Member>,
+    /// The record's version, or the tombstone's (0: an id the store never had).
+    pub version: i64,
     pub origin: ServedFrom,
     /// The entitlement answer for this record and the catalog version it was rendered
     /// under, kept with the entry so a hit copies bytes instead of rendering; replaced
@@ -63,9 +75,10 @@ pub struct Cached {
 }
 
 impl Cached {
-    pub fn new(member: Option<Member>, origin: ServedFrom) -> Cached {
+    pub fn new(member: Option<Member>, version: i64, origin: ServedFrom) -> Cached {
         Cached {
             member,
+            version,
             origin,
             rendered: arc_swap::ArcSwapOption::empty(),
         }
@@ -74,20 +87,28 @@ impl Cached {
 
 pub type Entry = Arc<Cached>;
 
-/// What L1 holds per member: the entry and when it stops being served.
+/// What L1 holds per member.
 #[derive(Clone)]
 struct Slot {
-    entry: Entry,
+    /// The answer, or `None` when only a floor is known (an event dropped it).
+    entry: Option<Entry>,
+    /// The newest version answered or announced for this member.
+    floor: i64,
+    /// When the entry stops being served.
     expires: Instant,
+    /// The L1 generation the entry belongs to (see [`Members::invalidate_all`]).
+    generation: u32,
 }
 
-/// Why a member could not be looked up.
-#[derive(Debug, thiserror::Error)]
+/// Why a member could not be looked up (shared by every request coalesced on a load).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
     #[error("too many store reads in flight ({0}); the tier may be down")]
     Overloaded(usize),
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// How many store reads may be in flight, and how long a miss waits for one.
@@ -96,7 +117,7 @@ pub struct FillLimits {
     /// Most store reads in flight (`l2.max_store_fills`): a tier outage cannot
     /// flatten the store.
     pub max_in_flight: usize,
-    /// Longest wait for a permit (`http.request_timeout`).
+    /// Longest wait for a permit, and for a load (`http.request_timeout`).
     pub wait: Duration,
 }
 
@@ -109,6 +130,19 @@ impl FillLimits {
         }
     }
 }
+
+type LoadResult = Result<Entry, LookupError>;
+
+/// A load in flight; its waiters watch for the result.
+struct Load {
+    result: watch::Sender<Option<LoadResult>>,
+}
+
+/// Stripes of the lock that serializes loads and events per member.
+const STRIPES: usize = 64;
+
+/// One stripe: the loads in flight of the members it covers.
+type Stripe = Mutex<HashMap<u64, Arc<Load>>>;
 
 /// Member lookups: L1, then the L2 hash tier (when configured), then the store.
 pub struct Members {
@@ -125,8 +159,11 @@ pub struct Members {
     /// Bounds concurrent store reads, so an outage of the tier cannot flatten the store.
     fills: Semaphore,
     limits: FillLimits,
-    /// Raised by every invalidation; a fill that sees it move drops what it read.
-    generation: AtomicU64,
+    /// Loads in flight, by member, striped; holding a stripe also serializes the
+    /// read-modify-write of that member's slot.
+    loading: Box<[Stripe]>,
+    /// The current L1 generation; raised when all of L1 is dropped.
+    generation: AtomicU32,
     /// Store reads made by this instance (the metrics are per process).
     store_reads: AtomicU64,
     metrics: MemberMetrics,
@@ -147,10 +184,18 @@ impl Members {
             tier,
             fills: Semaphore::new(limits.max_in_flight),
             limits,
-            generation: AtomicU64::new(0),
+            loading: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            generation: AtomicU32::new(0),
             store_reads: AtomicU64::new(0),
             metrics: MemberMetrics::register(),
         }
+    }
+
+    fn stripe(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Load>>> {
+        // Never poisoned in practice (nothing panics while holding it); recover if so.
+        self.loading[(id as usize) % STRIPES]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// An L1 hit, or `None` (the caller then uses [`Members::get`]). Cheaper than
@@ -158,68 +203,100 @@ impl Members {
     #[inline]
     pub fn get_l1(&self, id: u64) -> Option<Entry> {
         let slot = self.l1.get(&id)?;
-        if slot.expires > Instant::now() {
-            self.metrics.l1_hits.increment(1);
-            Some(slot.entry)
-        } else {
-            None
+        if slot.expires > Instant::now()
+            && slot.generation == self.generation.load(Ordering::Relaxed)
+        {
+            if let Some(entry) = slot.entry {
+                self.metrics.l1_hits.increment(1);
+                return Some(entry);
+            }
         }
+        None
     }
 
     /// Looks a member up through L1, L2 and the store.
-    pub async fn get(&self, id: u64) -> Result<(Entry, ServedFrom), LookupError> {
-        let now = Instant::now();
-        match self.l1.get(&id) {
-            Some(slot) if slot.expires > now => {
-                self.metrics.l1_hits.increment(1);
-                return Ok((slot.entry, ServedFrom::L1));
-            }
-            Some(_) => {
-                // Expired: drop it (unless a fresher one replaced it meanwhile).
-                self.l1.remove_if(&id, |s| s.expires <= now);
-            }
-            None => {}
+    pub async fn get(self: &Arc<Self>, id: u64) -> Result<(Entry, ServedFrom), LookupError> {
+        if let Some(entry) = self.get_l1(id) {
+            return Ok((entry, ServedFrom::L1));
         }
         self.metrics.l1_misses.increment(1);
-        let started_at = self.generation.load(Ordering::Acquire);
-        match self.l1.get_value_or_guard_async(&id).await {
-            // Another request loaded it while this one waited: coalesced.
-            Ok(slot) => {
-                self.metrics.l1_coalesced.increment(1);
-                let origin = slot.entry.origin;
-                Ok((slot.entry, origin))
-            }
-            Err(guard) => {
-                let entry = self.load(id).await?;
-                // An invalidation that ran while this load was reading may be for a
-                // change the load predates: answer what was read (it was current when
-                // read) but do not keep it. Waiters then load again themselves.
-                if self.generation.load(Ordering::Acquire) == started_at {
-                    let ttl = if entry.member.is_some() {
-                        self.ttl
-                    } else {
-                        self.negative_ttl
-                    };
-                    let _ = guard.insert(Slot {
-                        entry: entry.clone(),
-                        expires: Instant::now() + ttl,
+        let (load, leader) = {
+            let mut loading = self.stripe(id);
+            match loading.get(&id) {
+                Some(load) => (load.clone(), false),
+                None => {
+                    let load = Arc::new(Load {
+                        result: watch::channel(None).0,
                     });
+                    loading.insert(id, load.clone());
+                    (load, true)
                 }
-                let origin = entry.origin;
-                Ok((entry, origin))
             }
+        };
+        let mut rx = load.result.subscribe();
+        if leader {
+            tokio::spawn(self.clone().run_load(id, load));
+        } else {
+            self.metrics.l1_coalesced.increment(1);
         }
+        // The load task always sends a result before it ends.
+        let result = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            Err(_) => None,
+        };
+        let entry = result.unwrap_or(Err(LookupError::Timeout(self.limits.wait)))?;
+        let origin = entry.origin;
+        Ok((entry, origin))
     }
 
-    /// An L1 miss: the tier, then the store (filling the tier).
-    async fn load(&self, id: u64) -> Result<Entry, LookupError> {
+    /// The load of one member, its result kept (if still current) and sent to every
+    /// request waiting for it.
+    async fn run_load(self: Arc<Self>, id: u64, load: Arc<Load>) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let floor = self.l1.peek(&id).map(|s| s.floor).unwrap_or(0);
+        let result = match tokio::time::timeout(self.limits.wait, self.load(id, floor)).await {
+            Ok(r) => r,
+            Err(_) => Err(LookupError::Timeout(self.limits.wait)),
+        };
+        {
+            let mut loading = self.stripe(id);
+            loading.remove(&id);
+            if let Ok(entry) = &result {
+                let current = self.l1.peek(&id);
+                let floor_now = current.as_ref().map(|s| s.floor).unwrap_or(0);
+                let kept = entry.version >= floor_now
+                    && generation == self.generation.load(Ordering::Acquire);
+                let ttl = if entry.member.is_some() {
+                    self.ttl
+                } else {
+                    self.negative_ttl
+                };
+                self.l1.insert(
+                    id,
+                    Slot {
+                        // Not kept: what it read may be older than an event that came
+                        // meanwhile, or than a gap; nothing held is served either.
+                        entry: kept.then(|| entry.clone()),
+                        floor: floor_now.max(entry.version),
+                        expires: Instant::now() + ttl,
+                        generation: self.generation.load(Ordering::Acquire),
+                    },
+                );
+            }
+        }
+        load.result.send_replace(Some(result));
+    }
+
+    /// An L1 miss: the tier (at or above `floor`), then the store (filling the tier).
+    async fn load(&self, id: u64, floor: i64) -> LoadResult {
         if let Some(tier) = &self.tier {
-            if let Some(entry) = tier.get(id).await {
+            if let Some(entry) = tier.get(id, floor).await {
+                let version = entry.version();
                 let member = match entry {
                     TierEntry::Member(m) => Some(m),
                     TierEntry::Gone { .. } => None,
                 };
-                return Ok(Arc::new(Cached::new(member, ServedFrom::L2)));
+                return Ok(Arc::new(Cached::new(member, version, ServedFrom::L2)));
             }
         }
         let _permit = match tokio::time::timeout(self.limits.wait, self.fills.acquire()).await {
@@ -232,7 +309,7 @@ impl Members {
             Ok(m) => m,
             Err(e) => {
                 self.metrics.store_errors.increment(1);
-                return Err(e.into());
+                return Err(LookupError::Store(Arc::new(e)));
             }
         };
         if let Some(tier) = &self.tier {
@@ -249,33 +326,79 @@ impl Members {
                 }
             });
         }
-        Ok(Arc::new(Cached::new(member, ServedFrom::Store)))
+        // The store is the truth: a member it does not have is gone at least as of
+        // every deletion this node has heard of.
+        let version = member.as_ref().map_or(floor, |m| m.version);
+        Ok(Arc::new(Cached::new(member, version, ServedFrom::Store)))
     }
 
     /// Puts a record into L1 as if it had just been read from the store (warm starts,
-    /// benchmarks). Versioned like a read: nothing checks it against the store.
+    /// benchmarks). Nothing checks it against the store.
     pub fn preload(&self, member: Member) {
-        let id = member.id;
+        let (id, version) = (member.id, member.version);
         self.l1.insert(
             id,
             Slot {
-                entry: Arc::new(Cached::new(Some(member), ServedFrom::Store)),
+                entry: Some(Arc::new(Cached::new(
+                    Some(member),
+                    version,
+                    ServedFrom::Store,
+                ))),
+                floor: version,
                 expires: Instant::now() + self.ttl,
+                generation: self.generation.load(Ordering::Acquire),
             },
         );
     }
 
-    /// Drops one member's entry (a change event for it arrived).
-    pub fn invalidate(&self, id: u64) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.l1.remove(&id);
-        self.metrics.l1_invalidations.increment(1);
+    /// A change event: the member is at `version` now. Drops an older entry (an entry
+    /// as new or newer stays: the event is a duplicate or old) and raises the floor,
+    /// so a load in flight that read something older is not kept.
+    pub fn invalidate(&self, id: u64, version: i64) {
+        let loading = self.stripe(id);
+        let current = self.l1.peek(&id);
+        let in_flight = loading.contains_key(&id);
+        let generation = self.generation.load(Ordering::Acquire);
+        match current {
+            Some(slot)
+                if slot.generation == generation
+                    && slot.entry.as_ref().is_some_and(|e| e.version >= version) => {}
+            Some(slot) => {
+                self.l1.insert(
+                    id,
+                    Slot {
+                        entry: None,
+                        floor: slot.floor.max(version),
+                        expires: slot.expires,
+                        generation,
+                    },
+                );
+                self.metrics.l1_invalidations.increment(1);
+            }
+            // Not held: nothing to drop, and nothing answered to stay above; a load
+            // in flight must not keep what it read, though.
+            None if in_flight => {
+                self.l1.insert(
+                    id,
+                    Slot {
+                        entry: None,
+                        floor: version,
+                        expires: Instant::now() + self.ttl,
+                        generation,
+                    },
+                );
+                self.metrics.l1_invalidations.increment(1);
+            }
+            None => {}
+        }
+        drop(loading);
     }
 
-    /// Drops every entry: the node cannot prove it saw every change.
+    /// Drops every entry (the node cannot prove it saw every change): a new
+    /// generation, so every entry is a miss; floors stay, and loads in flight are
+    /// answered but not kept.
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.l1.clear();
         self.metrics.l1_flushes.increment(1);
     }
 
@@ -284,7 +407,8 @@ impl Members {
         self.store_reads.load(Ordering::Relaxed)
     }
 
-    /// Entries currently held (expired ones included until they are read or evicted).
+    /// Entries currently held (expired, dropped and old-generation ones included until
+    /// they are evicted or replaced).
     pub fn len(&self) -> u64 {
         self.l1.len() as u64
     }

@@ -24,7 +24,7 @@ use crate::lookup::{FillLimits, Members};
 use crate::plan::{CatalogData, PlanError};
 use crate::store::seed::MemberGenerator;
 use crate::store::{Store, StoreError};
-use crate::stream::{stream_key, StreamError, StreamReader};
+use crate::stream::{StreamError, StreamReader};
 use crate::telemetry;
 use crate::tier::{Tier, TierError};
 
@@ -115,15 +115,15 @@ pub async fn seed_members_into(
 
 /// Where this node's changes come from, positioned at the current end.
 async fn change_source(cfg: &Config, store: &Store) -> Result<Source, NodeError> {
-    match &cfg.changes.stream_url {
-        Some(url) => {
-            let mut reader = StreamReader::new(url, stream_key(&cfg.redis_prefix), cfg.l1.ttl)?;
+    match cfg.has_stream() {
+        true => {
+            let mut reader = StreamReader::from_config(cfg, cfg.l1.ttl)?;
             if let Err(e) = reader.start_at_head().await {
                 tracing::warn!(error = %e, "change stream unreachable at start; L1 is dropped once it is reached");
             }
             Ok(Source::Stream(Box::new(reader)))
         }
-        None => match store.change_reader_at_head().await {
+        false => match store.change_reader_at_head().await {
             Ok(r) => Ok(Source::Log(r)),
             Err(e) => {
                 tracing::warn!(error = %e, "change log unreachable at start; L1 is dropped once it is reached");
@@ -133,20 +133,21 @@ async fn change_source(cfg: &Config, store: &Store) -> Result<Source, NodeError>
     }
 }
 
-/// The catalog from the store (saved to disk as the last good one), or from disk.
+/// The catalog from the store (saved to disk as the last good one), or from disk; and
+/// whether it came from disk (to be read from the store once it answers).
 async fn first_catalog(
     store: &Store,
     snapshot_path: &std::path::Path,
-) -> Result<CatalogData, NodeError> {
+) -> Result<(CatalogData, bool), NodeError> {
     match store.load_catalog().await {
         Ok(data) => {
             disk::save_in_background(data.clone(), snapshot_path.to_path_buf()).await;
-            Ok(data)
+            Ok((data, false))
         }
         Err(store_err) => match disk::load(snapshot_path) {
             Ok(data) => {
                 tracing::warn!(error = %store_err, version = data.version, "store unavailable: serving the last good catalog snapshot from disk");
-                Ok(data)
+                Ok((data, true))
             }
             Err(disk) => Err(NodeError::NoCatalog {
                 store: Box::new(store_err),
@@ -175,7 +176,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
 
     let source = change_source(&cfg, &store).await?;
     let snapshot_path = disk::snapshot_path(&cfg.data_dir);
-    let data = first_catalog(&store, &snapshot_path).await?;
+    let (data, from_disk) = first_catalog(&store, &snapshot_path).await?;
     let catalog = Arc::new(CatalogHandle::new(Snapshot::build(&data)));
     let tier = Tier::from_config(&cfg)?.map(Arc::new);
     let members = Arc::new(Members::new(
@@ -204,7 +205,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     telemetry::spawn_upkeep(prometheus, background.clone());
-    let follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
+    let mut follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
+    if from_disk {
+        follower = follower.reload_catalog_soon();
+    }
     let change_position = follower.position();
     let follower = tokio::spawn(follower.run(background.clone()));
     let listeners = [
