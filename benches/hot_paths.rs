@@ -83,6 +83,12 @@ fn l1(c: &mut Criterion) {
         }
     });
     let mut id = 0u64;
+    c.bench_function("members: L1 hit (Members::get_l1, the request path)", |b| {
+        b.iter(|| {
+            id = id % 1000 + 1;
+            black_box(members.get_l1(id).unwrap())
+        })
+    });
     c.bench_function("members: L1 hit (Members::get, block_on)", |b| {
         b.iter(|| {
             id = id % 1000 + 1;
@@ -163,14 +169,24 @@ fn ring(c: &mut Criterion) {
     });
 }
 
-/// Applying one member change event on a node: dropping its L1 entry.
+/// Applying one member change event on a node: dropping its L1 entry (held, with a
+/// newer version each time) and raising its floor.
 fn change_apply(c: &mut Criterion) {
     let (_dir, _rt, members) = members_over_temp_store(0);
-    let mut id = 0u64;
+    for id in 1..=1000 {
+        members.preload(Member {
+            id,
+            status: Status::Active,
+            plan_id: "premium".into(),
+            country: "US".into(),
+            version: 1,
+        });
+    }
+    let mut n = 0u64;
     c.bench_function("changes: apply a member event (L1 invalidate)", |b| {
         b.iter(|| {
-            id = id % 1000 + 1;
-            members.invalidate(black_box(id))
+            n += 1;
+            members.invalidate(black_box(n % 1000 + 1), black_box(n as i64 + 1))
         })
     });
 }

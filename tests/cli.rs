@@ -169,3 +169,73 @@ async fn serve_answers_then_exits_0_on_sigterm() {
         "the last good snapshot is on disk"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_0_on_sigint_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = common::infra::NodeProcess::start(&[
+        ("READTIER_DATA_DIR", dir.path().display().to_string()),
+        ("READTIER_SEED_MEMBERS", "100".into()),
+    ]);
+    assert_eq!(get(node.addr, "/healthz", &[]).await.status, 200);
+    node.signal("INT");
+    let status = tokio::task::spawn_blocking(move || node.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readtier_config_names_a_file_layered_under_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "seed_members = 50\n[http]\nmax_body_bytes = 100\n[l1]\nttl = \"1s\"\n",
+    )
+    .unwrap();
+    let node = common::infra::NodeProcess::start(&[
+        ("READTIER_DATA_DIR", dir.path().display().to_string()),
+        ("READTIER_CONFIG", file.display().to_string()),
+        // The environment wins over the file.
+        ("READTIER_L1_TTL", "10m".into()),
+    ]);
+    // From the file: 50 members seeded, and bodies over 100 bytes refused.
+    assert_eq!(
+        get(node.addr, "/v1/members/50/entitlement", &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(node.addr, "/v1/members/51/entitlement", &[])
+            .await
+            .status,
+        404
+    );
+    let big = format!(
+        r#"{{"member_id":1,"device_class":"tv","active_streams":0,"pad":"{}"}}"#,
+        "x".repeat(100)
+    );
+    post(
+        node.addr,
+        "/v1/playback/authorize",
+        "application/json",
+        big.as_bytes(),
+    )
+    .await
+    .assert_problem(413);
+    // From the environment: a 10 minute TTL, so a second read after 1.5 s is still L1.
+    get(node.addr, "/v1/members/7/entitlement", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = get(node.addr, "/v1/members/7/entitlement", &[]).await;
+    assert_eq!(again.header("x-served-from"), Some("l1"));
+    // A file that does not exist is an error naming it.
+    let out = readtier()
+        .env("READTIER_CONFIG", dir.path().join("missing.toml"))
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}

@@ -91,7 +91,7 @@ async fn a_trimmed_gap_drops_the_whole_l1() {
         &dir.path().join("readtier.db"),
         "UPDATE memberships SET status='paused' WHERE member_id=9",
     );
-    let trimmed = store.trim_changes(now_ms() + 60_000).await.unwrap();
+    let trimmed = store.trim_changes(now_ms() + 60_000, None).await.unwrap();
     assert!(trimmed >= 1);
     follower.poll_once().await.unwrap();
     let (m, from) = members.get(9).await.unwrap();

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -337,12 +337,9 @@ async fn limits_on_header_size_and_time() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let n = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
-    )
-    .await
-    .expect("the server closes a connection whose head stalls");
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the server closes a connection whose head stalls");
     assert!(n.is_ok());
 
     // A keep-alive connection left idle is closed after the idle timeout; one in use is not.
@@ -378,7 +375,9 @@ async fn limits_on_header_size_and_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_sql_writes_show_up_in_answers() {
-    let node = TestNode::start(&[]).await;
+    // A negative TTL far longer than the test: only the insert's change event can
+    // make the cached 404 go.
+    let node = TestNode::start(&[("READTIER_L1_NEGATIVE_TTL", "10m")]).await;
     let db = node.db();
     sql(&db, "UPDATE memberships SET status='active', plan_id='standard', country='US' WHERE member_id=42");
     node.caught_up().await;
@@ -427,6 +426,13 @@ async fn raw_sql_writes_show_up_in_answers() {
     node.get("/v1/members/5000000/entitlement")
         .await
         .assert_problem(404);
+    let cached = node.get("/v1/members/5000000/entitlement").await;
+    cached.assert_problem(404);
+    assert_eq!(
+        cached.header("x-served-from"),
+        Some("l1"),
+        "the 404 is held in L1"
+    );
     sql(&db, "INSERT INTO memberships (member_id, status, plan_id, country) VALUES (5000000, 'active', 'basic', 'FR')");
     eventually(LIMIT, "new member 5000000", || async {
         (node.get("/v1/members/5000000/entitlement").await.status == 200).then_some(())
@@ -466,39 +472,6 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ready.json()["status"], "ready");
     node.get("/metrics").await.assert_problem(404);
 
-    node.get("/v1/plans?country=US").await;
-    node.get("/v1/members/7/entitlement").await;
-    node.get("/v1/members/7/entitlement").await;
-    let m = get(node.running.admin_addr, "/metrics", &[]).await;
-    assert_eq!(m.status, 200);
-    let text = String::from_utf8(m.body).unwrap();
-    for needle in [
-        "readtier_http_requests_total{route=\"plans\",status=\"200\"}",
-        "readtier_http_request_duration_seconds_bucket{route=\"entitlement\"",
-        "readtier_l1_hits_total",
-        "readtier_l1_misses_total",
-        "readtier_l1_coalesced_total",
-        "readtier_store_reads_total",
-        "readtier_catalog_version",
-        "readtier_change_log_lag_events",
-        "readtier_l1_entries",
-    ] {
-        assert!(text.contains(needle), "metrics lack {needle}");
-    }
-    // Counters are per process (tests share it); the latency histograms are per node,
-    // so they count exactly this node's requests.
-    let count = |route: &str| -> f64 {
-        let prefix = format!("readtier_http_request_duration_seconds_count{{route=\"{route}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no latency count for {route}"))
-    };
-    assert_eq!(count("plans"), 1.0);
-    assert_eq!(count("entitlement"), 2.0);
-    let bucket =
-        "readtier_http_request_duration_seconds_bucket{route=\"entitlement\",le=\"+Inf\"} 2";
-    assert!(text.contains(bucket), "cumulative buckets end at the count");
     assert_eq!(
         get(node.running.admin_addr, "/readyz", &[]).await.status,
         200
@@ -508,7 +481,7 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_node_turns_unready_and_finishes_in_flight_requests() {
-    let node = TestNode::start(&[("READTIER_HTTP_DRAIN_DELAY", "400ms")]).await;
+    let node = TestNode::start(&[("READTIER_HTTP_DRAIN_DELAY", "300ms")]).await;
     let a = node.addr();
     // A request in flight: head sent, body not yet.
     let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
@@ -524,6 +497,14 @@ async fn draining_node_turns_unready_and_finishes_in_flight_requests() {
         200,
         "still live while draining"
     );
+    // Past the drain delay the listener closes; the open connection must live on.
+    eventually(Duration::from_secs(5), "the listener to close", || async {
+        tokio::net::TcpStream::connect(a)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
     s.write_all(br#"{"member_id":1,"device_class":"tv","active_streams":0}"#)
         .await
         .unwrap();
@@ -531,15 +512,55 @@ async fn draining_node_turns_unready_and_finishes_in_flight_requests() {
     assert_eq!(
         r.status,
         200,
-        "the in-flight request finished: {}",
+        "the in-flight request finished after the listener closed: {}",
         String::from_utf8_lossy(&r.body)
     );
+    assert_eq!(r.header("connection"), Some("close"));
     tokio::time::timeout(Duration::from_secs(10), node.running.wait())
         .await
         .expect("node stops after draining");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_in_flight_requests_at_most_the_shutdown_timeout() {
+    let node = TestNode::start(&[
+        ("READTIER_HTTP_SHUTDOWN_TIMEOUT", "700ms"),
+        // Longer than the test, so only the shutdown timeout can end the request.
+        ("READTIER_HTTP_REQUEST_TIMEOUT", "30s"),
+    ])
+    .await;
+    let mut s = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    s.write_all(b"POST /v1/playback/authorize HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 54\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    node.shutdown.cancel();
+    let TestNode {
+        running, dir: _dir, ..
+    } = node;
+    let mut wait = Box::pin(running.wait());
     assert!(
-        tokio::net::TcpStream::connect(a).await.is_err(),
-        "listener closed"
+        tokio::time::timeout(Duration::from_millis(300), &mut wait)
+            .await
+            .is_err(),
+        "the node waits for the request in flight"
+    );
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("the shutdown timeout ends the wait");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(650),
+        "stopped after {took:?}, before the shutdown timeout"
+    );
+    // The body never came: the connection was cut, not answered.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        !rest.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest)
     );
 }
 
@@ -597,4 +618,50 @@ async fn a_catalog_change_reaches_members_held_in_l1_without_dropping_them() {
         5
     );
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_this_nodes_work_exactly() {
+    // A process of its own, so every counter is this node's alone.
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::infra::NodeProcess::start(&[
+        ("READTIER_DATA_DIR", dir.path().display().to_string()),
+        ("READTIER_SEED_MEMBERS", "1000".into()),
+    ]);
+    get(node.addr, "/v1/plans?country=US", &[]).await;
+    get(node.addr, "/v1/plans?country=usa", &[]).await;
+    get(node.addr, "/v1/members/7/entitlement", &[]).await;
+    get(node.addr, "/v1/members/7/entitlement", &[]).await;
+    get(node.addr, "/v1/members/9999999/entitlement", &[]).await;
+    get(node.addr, "/metrics", &[]).await.assert_problem(404);
+    let m = get(node.admin, "/metrics", &[]).await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8(m.body).unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let req = |route: &str, status: &str| {
+        value(&format!(
+            "readtier_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"
+        ))
+    };
+    assert_eq!(req("plans", "200"), 1.0);
+    assert_eq!(req("plans", "400"), 1.0);
+    assert_eq!(req("entitlement", "200"), 2.0);
+    assert_eq!(req("entitlement", "404"), 1.0);
+    assert_eq!(req("other", "404"), 1.0);
+    assert_eq!(value("readtier_l1_hits_total"), 1.0, "the second read of 7");
+    assert_eq!(value("readtier_l1_misses_total"), 2.0, "7 and 9999999");
+    assert_eq!(value("readtier_store_reads_total"), 2.0);
+    assert_eq!(value("readtier_l1_entries"), 2.0, "7 and the unknown id");
+    assert!(value("readtier_catalog_version") >= 1.0);
+    let bucket = "readtier_http_request_duration_seconds_bucket{route=\"entitlement\",le=\"+Inf\"}";
+    assert_eq!(value(bucket), 3.0, "cumulative buckets end at the count");
+    assert_eq!(
+        value("readtier_http_request_duration_seconds_count{route=\"entitlement\"}"),
+        3.0
+    );
 }

@@ -11,7 +11,7 @@ use readtier::config::Config;
 use readtier::node::seed_members_into;
 use readtier::plan::CatalogData;
 use readtier::store::{ChangeBatch, ChangeEvent, ChangeKind, Store};
-use readtier::stream::{stream_key, StreamId, StreamPublisher};
+use readtier::stream::{encode, entry_number, stream_key, StreamPublisher};
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -72,33 +72,36 @@ async fn settle(schema: &PgSchema, redis: &RedisServer, nodes: &[&TestNode]) {
         .await
         .unwrap()
         .get(0);
+    assert!(head > 0, "settle is for after changes were made");
+    // The relay has saved a position past every transaction that wrote so far.
     eventually(LIMIT, "the relay to publish everything", || async {
-        let cursor: i64 = c
-            .query_one("SELECT cursor_txid FROM relay_state", &[])
+        let text: Option<String> = c
+            .query_one("SELECT position FROM relay_state", &[])
             .await
             .unwrap()
             .get(0);
-        (cursor > head).then_some(())
+        let p: serde_json::Value = serde_json::from_str(&text?).ok()?;
+        let pending: Vec<i64> = serde_json::from_value(p["pending"].clone()).ok()?;
+        (p["xmax"].as_i64()? > head && !pending.contains(&head) && p["scan"].is_null())
+            .then_some(())
     })
     .await;
     let mut conn = redis.conn().await;
     let key = stream_key(&format!("{}:", schema.name));
-    let last: Vec<redis::Value> = redis::cmd("XREVRANGE")
-        .arg(&key)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let Some(redis::Value::Array(entry)) = last.first() else {
-        return;
-    };
-    let Some(redis::Value::BulkString(id)) = entry.first() else {
-        return;
-    };
-    let want = StreamId::parse(std::str::from_utf8(id).unwrap()).progress();
+    let last: Vec<(String, std::collections::HashMap<String, redis::Value>)> =
+        redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    let (id, _) = last
+        .first()
+        .expect("the stream holds the published changes");
+    let want = entry_number(id).expect("a relay entry id");
     for n in nodes {
         let pos = n.running.change_position.clone();
         eventually(LIMIT, "the node to apply the stream", || async {
@@ -203,10 +206,18 @@ async fn the_log_reader_never_skips_a_late_commit() {
     };
     let first = reader.next_batch().await.unwrap();
     assert_eq!(ids(&first), [9], "the early commit is delivered at once");
-    assert!(
-        reader.pending() >= 1,
-        "and remembered while an older transaction is open"
-    );
+    let late_txid: i64 = late
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    match reader.position() {
+        Some(readtier::store::Position::Postgres(p)) => assert!(
+            p.pending.contains(&late_txid),
+            "the open transaction is remembered: {p:?}"
+        ),
+        other => panic!("a PostgreSQL position, not {other:?}"),
+    }
     let again = reader.next_batch().await.unwrap();
     assert!(ids(&again).is_empty(), "not delivered twice");
     late.batch_execute("COMMIT").await.unwrap();
@@ -390,16 +401,24 @@ async fn duplicate_and_out_of_order_events_are_harmless() {
     await_status(&n, 41, "on_hold", "on hold").await;
     settle(&schema, &redis, &[&n]).await;
     warm(&n, 41).await;
+    // The marker is held in L1 too: only an event applied after the replayed ones can
+    // change what the node answers for it.
+    let marker = warm(&n, 42).await;
+    assert_ne!(marker["status"], "paused");
 
-    // Replay old, duplicate and out-of-order events straight onto the stream.
+    // Replay old, duplicate and out-of-order events straight onto the stream, as a
+    // relay that was replaced could, while no relay runs.
+    stop_relay.cancel();
+    relay.await.unwrap();
     let cfg = config(&env);
-    let mut p = StreamPublisher::new(&redis.url(), stream_key(&cfg.redis_prefix), 1000).unwrap();
+    let mut p = StreamPublisher::from_config(&cfg).unwrap();
+    let next = p.sync(0, 0).await;
     let ev = |seq, kind| ChangeEvent {
         seq,
         kind,
         changed_at_ms: 0,
     };
-    p.publish(&[
+    let replayed = [
         ev(1, ChangeKind::Catalog { version: 1 }),
         ev(
             2,
@@ -431,9 +450,9 @@ async fn duplicate_and_out_of_order_events_are_harmless() {
                 version: version - 1,
             },
         ),
-    ])
-    .await
-    .unwrap();
+    ];
+    p.append(next, &encode(&replayed)).await.unwrap();
+    let (stop_relay, relay) = relay_task(&env, "r2");
     // A marker after them: once it is visible, the replayed events were applied too.
     schema
         .exec("UPDATE memberships SET status='paused' WHERE member_id=42")
@@ -482,6 +501,11 @@ async fn seeding_postgres_copies_members_with_plans_their_country_offers() {
         (5000, 1, 5000, 0)
     );
     // Seeding again overwrites with raised versions, and logs one reseed, not 5000 rows.
+    let highest: i64 = c
+        .query_one("SELECT max(version) FROM memberships", &[])
+        .await
+        .unwrap()
+        .get(0);
     let before: i64 = c
         .query_one("SELECT count(*) FROM change_log", &[])
         .await
@@ -496,13 +520,18 @@ async fn seeding_postgres_copies_members_with_plans_their_country_offers() {
         .unwrap()
         .get(0);
     assert_eq!(after - before, 1);
-    let v: i64 = c
-        .query_one("SELECT min(version) FROM memberships", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, 2);
-    // Triggers are back on: a raw write is logged and raises the version.
+    let (lowest, top): (i64, i64) = {
+        let r = c
+            .query_one("SELECT min(version), max(version) FROM memberships", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        lowest > highest,
+        "every reseeded row is newer than any before ({lowest} > {highest})"
+    );
+    // Triggers are back on: a raw write is logged and takes the next version.
     schema
         .exec("UPDATE memberships SET country = country WHERE member_id = 1")
         .await;
@@ -511,7 +540,7 @@ async fn seeding_postgres_copies_members_with_plans_their_country_offers() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(v, 3);
+    assert!(v > top, "{v} > {top}");
     let prices = c
         .query_one(
             "SELECT amount::text FROM plan_prices WHERE country='US' AND plan_id='premium'",
@@ -523,7 +552,7 @@ async fn seeding_postgres_copies_members_with_plans_their_country_offers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_stream_redis_makes_nodes_drop_l1_and_changes_keep_flowing() {
+async fn a_restarted_stream_redis_loses_no_change_for_a_node_that_read_everything() {
     let (schema, _store) = seeded(100).await;
     let mut redis = RedisServer::start();
     let env = env(&schema, &redis);
@@ -533,26 +562,17 @@ async fn a_restarted_stream_redis_makes_nodes_drop_l1_and_changes_keep_flowing()
         .exec("UPDATE memberships SET status='active' WHERE member_id IN (51, 52)")
         .await;
     await_status(&n, 51, "active", "initial").await;
-    await_status(&n, 52, "active", "initial").await;
     settle(&schema, &redis, &[&n]).await;
     warm(&n, 51).await;
-
-    // Redis keeps nothing on disk: a restart loses stream entries a node may not have
-    // read yet, so the node must forget what it holds.
-    redis.restart();
-    eventually(
-        LIMIT,
-        "L1 dropped after the stream's Redis restarted",
-        || async {
-            let r = n.get("/v1/members/51/entitlement").await;
-            (r.status == 200 && r.header("x-served-from") != Some("l1")).then_some(())
-        },
-    )
-    .await;
     warm(&n, 52).await;
+
+    // Redis keeps nothing on disk: the restart empties the stream. The node had read
+    // every entry, so nothing was lost to it and it keeps its L1 ...
+    redis.restart();
     schema
         .exec("UPDATE memberships SET status='paused' WHERE member_id=52")
         .await;
+    // ... and a change made after the restart reaches it, on the same dense ids.
     await_status(
         &n,
         52,
@@ -560,7 +580,62 @@ async fn a_restarted_stream_redis_makes_nodes_drop_l1_and_changes_keep_flowing()
         "a change after the restart reaches the node",
     )
     .await;
+    let r = n.get("/v1/members/51/entitlement").await;
+    assert_eq!(r.header("x-served-from"), Some("l1"), "no gap: L1 kept");
     stop_relay.cancel();
     relay.await.unwrap();
     n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_unread_entries_were_lost_reports_a_gap() {
+    let mut redis = RedisServer::start();
+    let prefix = format!("gap{}:", std::process::id());
+    let cfg = Config::from_layers(
+        None,
+        &[
+            ("READTIER_REDIS_URLS".into(), redis.url()),
+            ("READTIER_REDIS_PREFIX".into(), prefix),
+        ],
+    )
+    .unwrap();
+    let mut p = StreamPublisher::from_config(&cfg).unwrap();
+    let mut reader = readtier::stream::StreamReader::from_config(&cfg, LIMIT).unwrap();
+    let ev = |id| ChangeEvent {
+        seq: 0,
+        kind: ChangeKind::Member {
+            id,
+            version: 1,
+            deleted: false,
+        },
+        changed_at_ms: 0,
+    };
+    let first = p.sync(0, 0).await;
+    assert_eq!(first, 1);
+    p.append(1, &encode(&[ev(1)])).await.unwrap();
+    reader.start_at_head().await.unwrap();
+    assert_eq!(reader.position(), Some(1));
+    // Entry 2 is appended, and lost with a restart before the reader reads it.
+    p.append(2, &encode(&[ev(2)])).await.unwrap();
+    redis.restart();
+    // The first call after the restart may meet the dead connection (the relay then
+    // publishes again); the next reconnects.
+    let mut tries = 0;
+    while let Err(e) = p.append(3, &encode(&[ev(3)])).await {
+        tries += 1;
+        assert!(tries < 20, "append after restart keeps failing: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let batch = loop {
+        match reader.next_batch().await {
+            Ok(b) if !b.events.is_empty() || b.gap => break b,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert!(batch.gap, "entry 2 was never read: a gap");
+    assert_eq!(reader.position(), Some(3));
+    // Nothing lost afterwards: no gap.
+    p.append(4, &encode(&[ev(4)])).await.unwrap();
+    let next = reader.next_batch().await.unwrap();
+    assert!(!next.gap && next.events.len() == 1, "{next:?}");
 }

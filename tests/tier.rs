@@ -102,6 +102,28 @@ impl Cluster {
         text
     }
 
+    /// Writes `entry` into one zone as a raw HSET on the node that holds its bucket,
+    /// as an outside writer would (no version check).
+    async fn plant(&self, zone: usize, entry: &TierEntry) {
+        let id = match entry {
+            TierEntry::Member(m) => m.id,
+            TierEntry::Gone { .. } => unreachable!("plant records"),
+        };
+        let servers = if zone == 0 { &self.a } else { &self.b };
+        let urls: Vec<String> = servers.iter().map(|r| r.url()).collect();
+        let (key, field) =
+            readtier::tier::encoding::locate(&format!("{}:", self.schema.name), 100, id);
+        let node = readtier::tier::ring::Ring::new(&urls).node_for(key.as_bytes());
+        let mut c = servers[node].conn().await;
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg(&field)
+            .arg(readtier::tier::encoding::encode(entry))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+
     fn relay(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         relay_task(&self.config(&[]), "relay")
     }
@@ -212,10 +234,17 @@ async fn a_killed_node_fails_no_request_and_a_restarted_one_rejoins() {
     }
     assert_eq!(all.len(), 3008);
     let l2 = all.iter().filter(|f| *f == "l2").count();
-    assert!(
-        l2 * 2 > all.len(),
-        "most answers from l2 ({l2} of {})",
-        all.len()
+    let l1 = all.iter().filter(|f| *f == "l1").count();
+    assert_eq!(
+        l1 + l2,
+        all.len(),
+        "every answer from memory: the dead node's keys come from zone b"
+    );
+    assert!(l2 >= 3000 - 16, "each member read once from l2: {l2}");
+    assert_eq!(
+        n.running.app.members.store_reads(),
+        0,
+        "no read fell through to the store"
     );
 
     // A raw SQL write made now still reaches the node (zone b carries it).
@@ -249,17 +278,19 @@ async fn a_killed_node_fails_no_request_and_a_restarted_one_rejoins() {
     )
     .await;
 
-    // The node comes back empty; reads of its keys find them in zone b and write them back.
-    c.a[1].restart();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let fresh = c.node(&[]).await;
-    eventually(LIMIT, "the restarted node is written back to", || async {
-        read_all(&fresh, 1..=3000).await;
-        (fields_on(&c.a[1]).await > 0).then_some(())
-    })
-    .await;
+    // The node comes back empty; reads of its keys find them in zone b and write them
+    // back. The relay is stopped first, so its repairs cannot be what fills it.
     stop.cancel();
     relay.await.unwrap();
+    c.a[1].restart();
+    assert_eq!(fields_on(&c.a[1]).await, 0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let fresh = c.node(&[]).await;
+    read_all(&fresh, 1..=3000).await;
+    eventually(LIMIT, "the restarted node is written back to", || async {
+        (fields_on(&c.a[1]).await > 750).then_some(())
+    })
+    .await;
     warmup.stop().await;
     fresh.stop().await;
 }
@@ -331,7 +362,7 @@ async fn a_fill_racing_a_newer_change_loses_and_deleted_members_stay_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconcile_repairs_a_planted_stale_value() {
+async fn reconcile_repairs_planted_drift_in_the_store_and_tier_buckets() {
     let c = Cluster::new(500).await;
     let tier = c.tier();
     let current = c.store.get_member(33).await.unwrap().unwrap();
@@ -339,26 +370,21 @@ async fn reconcile_repairs_a_planted_stale_value() {
         let m = c.store.get_member(id).await.unwrap().unwrap();
         tier.set_all(id, &TierEntry::Member(m)).await;
     }
-    // Plant drift: an old version in zone b, a wrong record at the same version in
-    // zone a, and a record for a member the store does not have.
+    // Plant drift as an outside writer would (raw HSET): an old version in zone b, a
+    // wrong record at the same version in zone a, a record for a member the store
+    // does not have in a bucket it has members in, and one in a bucket where it has
+    // none at all (only a walk of the tier's own buckets finds that one).
     let mut stale = current.clone();
     stale.version -= 1;
     stale.status = Status::Cancelled;
-    tier.force_in(1, 33, &TierEntry::Member(stale))
-        .await
-        .unwrap();
+    c.plant(1, &TierEntry::Member(stale)).await;
     let mut wrong = c.store.get_member(34).await.unwrap().unwrap();
     wrong.plan_id = "mobile".into();
-    tier.force_in(0, 34, &TierEntry::Member(wrong))
-        .await
-        .unwrap();
-    tier.force_in(
-        0,
-        499_999,
-        &TierEntry::Member(member(499_999, Status::Active, 1)),
-    )
-    .await
-    .unwrap();
+    c.plant(0, &TierEntry::Member(wrong)).await;
+    c.plant(0, &TierEntry::Member(member(499_999, Status::Active, 1)))
+        .await;
+    c.plant(1, &TierEntry::Member(member(777_777, Status::Active, 1)))
+        .await;
     c.schema.exec("INSERT INTO memberships (member_id, status, plan_id, country) VALUES (499901, 'active', 'basic', 'FR')").await;
 
     let text = c.readtier(&["reconcile"]);
@@ -368,7 +394,7 @@ async fn reconcile_repairs_a_planted_stale_value() {
         "{text}"
     );
     assert!(
-        text.contains("zone b: missing 1, stale 1, repaired 1"),
+        text.contains("zone b: missing 1, stale 2, repaired 2"),
         "{text}"
     );
     assert_eq!(
@@ -382,11 +408,21 @@ async fn reconcile_repairs_a_planted_stale_value() {
         ))
     );
     assert_eq!(tier.get_from(0, 499_999).await.unwrap(), None);
-    // A second pass finds nothing stale.
-    let again = readtier::tier::reconcile::reconcile(&c.store, &tier, false)
+    assert_eq!(tier.get_from(1, 777_777).await.unwrap(), None);
+    // A second pass finds nothing stale; --fill-missing fills the cold member.
+    let again = c.readtier(&["reconcile", "--fill-missing"]);
+    assert!(
+        again.contains("zone a: missing 1, stale 0, repaired 1")
+            && again.contains("zone b: missing 1, stale 0, repaired 1"),
+        "{again}"
+    );
+    let last = readtier::tier::reconcile::reconcile(&c.store, &tier, false)
         .await
         .unwrap();
-    assert!(again.zones.iter().all(|z| z.stale == 0), "{again}");
+    assert!(
+        last.zones.iter().all(|z| z.stale == 0 && z.missing == 0),
+        "{last}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

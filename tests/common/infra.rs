@@ -310,3 +310,253 @@ pub fn relay_task(
     let handle = tokio::spawn(relay.run(token.clone()));
     (token, handle)
 }
+
+/// `readtier serve` as a process of its own: its own metrics registry, and a real
+/// process to signal or `kill -9`. Killed (SIGKILL) when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    /// Everything it printed on stderr so far is appended here by a reader thread.
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl NodeProcess {
+    /// Starts `readtier serve` with exactly these settings (the test's own
+    /// `READTIER_*` variables are not passed on) and waits until it listens.
+    pub fn start(env: &[(&str, String)]) -> NodeProcess {
+        use std::io::{BufRead, BufReader, Read};
+        let mut c = Command::new(env!("CARGO_BIN_EXE_readtier"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("READTIER_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("RUST_LOG", "warn")
+            .env("READTIER_LISTEN", "127.0.0.1:0")
+            .env("READTIER_ADMIN_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("start readtier serve");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addrs: Vec<std::net::SocketAddr> = line
+            .split("http://")
+            .skip(1)
+            .filter_map(|s| {
+                s.split(|c: char| c.is_whitespace() || c == ')')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(
+            addrs.len(),
+            2,
+            "serve printed {line:?}; stderr: {}",
+            stderr.lock().unwrap()
+        );
+        NodeProcess {
+            child,
+            addr: addrs[0],
+            admin: addrs[1],
+            stderr,
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `STOP`, `CONT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readtier did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A PostgreSQL server of its own (initdb in a temporary directory, a free port), for
+/// tests that kill and restart the store. Runs as the `postgres` user when the tests
+/// run as root (PostgreSQL refuses root). Killed when dropped.
+pub struct PrivatePg {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivatePg {
+    pub fn start() -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries (.ci/run installs them)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").exists())
+            .max()
+            .expect("a PostgreSQL version under /usr/lib/postgresql");
+        let dir = tempfile::Builder::new().prefix("rt-pg").tempdir().unwrap();
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if is_root {
+            let ok = Command::new("chown")
+                .args(["postgres", &dir.path().display().to_string()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown the data directory to postgres");
+        }
+        let data = dir.path().join("data");
+        let out = Self::as_pg(is_root, &bin.join("initdb"))
+            .args(["-D", &data.display().to_string()])
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = PrivatePg {
+            port: free_port(),
+            dir,
+            bin,
+            child: None,
+        };
+        pg.spawn();
+        pg
+    }
+
+    fn as_pg(is_root: bool, program: &std::path::Path) -> Command {
+        if is_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn spawn(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let data = self.dir.path().join("data").display().to_string();
+        let sock = self.dir.path().display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut c = Self::as_pg(is_root, &self.bin.join("postgres"));
+            c.args(["-D", &data, "-p", &self.port.to_string(), "-k", &sock])
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                .args(["-c", "max_connections=200"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0);
+            let mut child = c.spawn().expect("start postgres");
+            // Ready when it accepts a query; a start right after a kill may fail while
+            // the old backends exit: try again.
+            let up = loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break false;
+                }
+                let ok = Command::new(self.bin.join("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                if ok {
+                    break true;
+                }
+                if Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if up {
+                self.child = Some(child);
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(Instant::now() < deadline, "private postgres did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The `postgres` database of this server.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// SIGKILL to the postmaster and every backend at once (their process group).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{}", c.id())])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and data (crash recovery runs first).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
