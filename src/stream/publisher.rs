@@ -42,6 +42,22 @@ return {'ok', ARGV[2]}
 /// Longest wait for one copy to answer.
 const RESPONSE: Duration = Duration::from_secs(2);
 
+/// Once one copy holds an entry, how much longer an append waits for the others
+/// before it moves on (they catch up by back-fill on a later append).
+const STRAGGLER: Duration = Duration::from_millis(20);
+
+/// A copy that failed is skipped for this long, doubling per failure up to
+/// [`MAX_SKIP`]: a dead Redis process costs an append nothing while it is skipped.
+const MIN_SKIP: Duration = Duration::from_millis(100);
+const MAX_SKIP: Duration = Duration::from_secs(2);
+
+/// What the publisher knows of a copy's health.
+#[derive(Default, Clone, Copy)]
+struct Health {
+    failures: u32,
+    skip_until: Option<std::time::Instant>,
+}
+
 /// What a copy answered to an append.
 enum Outcome {
     Ok,
@@ -59,6 +75,7 @@ pub struct StreamPublisher {
     /// Ids reserved but never published by this or an earlier relay: a copy that
     /// lacks one may take a filler there.
     fillable: BTreeSet<u64>,
+    health: Vec<Health>,
 }
 
 type Entry = (u64, Vec<(String, Vec<u8>)>);
@@ -70,6 +87,7 @@ impl StreamPublisher {
             return Err(StreamError::NoCopies);
         }
         Ok(StreamPublisher {
+            health: vec![Health::default(); copies.len()],
             copies,
             key: stream_key(&cfg.redis_prefix),
             maxlen: cfg.changes.stream_maxlen,
@@ -272,6 +290,58 @@ impl StreamPublisher {
         }
     }
 
+    /// Appends entry `k` to the copies `tried` at once; once one holds it, waits at
+    /// most [`STRAGGLER`] for the rest.
+    async fn append_all(
+        &self,
+        tried: &[usize],
+        k: u64,
+        fields: &[(String, Vec<u8>)],
+    ) -> Vec<(usize, Result<(), StreamError>)> {
+        use futures_util::StreamExt;
+        let mut pending: futures_util::stream::FuturesUnordered<_> = tried
+            .iter()
+            .map(|&c| async move { (c, self.append_to(c, k, fields).await) })
+            .collect();
+        let mut results: Vec<(usize, Result<(), StreamError>)> = Vec::new();
+        let mut held = 0;
+        while let Some((c, r)) = pending.next().await {
+            held += usize::from(r.is_ok());
+            results.push((c, r));
+            if held > 0 {
+                // Stragglers get a little longer; an append cut short is safe (the
+                // next one finds the copy behind or level, and back-fills).
+                let rest = tokio::time::timeout(STRAGGLER, async {
+                    let mut rest = Vec::new();
+                    while let Some(x) = pending.next().await {
+                        rest.push(x);
+                    }
+                    rest
+                })
+                .await;
+                match rest {
+                    Ok(rest) => results.extend(rest),
+                    Err(_) => {
+                        drop(pending);
+                        let answered: BTreeSet<usize> = results.iter().map(|(c, _)| *c).collect();
+                        for &c in tried.iter().filter(|c| !answered.contains(c)) {
+                            results.push((
+                                c,
+                                Err(StreamError::Timeout {
+                                    server: self.copies[c].redis.shown().to_string(),
+                                    op: "append",
+                                    timeout: STRAGGLER,
+                                }),
+                            ));
+                        }
+                    }
+                }
+                break;
+            }
+        }
+        results
+    }
+
     /// Appends entry `k` to every copy; returns how many hold it. Fails only if none
     /// does (the caller then publishes the batch again under a new id, and `k` becomes
     /// fillable).
@@ -284,18 +354,33 @@ impl StreamPublisher {
             .iter()
             .map(|(f, v)| (f.to_string(), v.clone().into_bytes()))
             .collect();
-        let results = futures_util::future::join_all(
-            (0..self.copies.len()).map(|c| self.append_to(c, k, &fields)),
-        )
-        .await;
+        let now = std::time::Instant::now();
+        let mut tried: Vec<usize> = (0..self.copies.len())
+            .filter(|&c| self.health[c].skip_until.is_none_or(|t| now >= t))
+            .collect();
+        if tried.is_empty() {
+            // Every copy is being skipped: try them all rather than publish nowhere.
+            tried = (0..self.copies.len()).collect();
+        }
+        let results = self.append_all(&tried, k, &fields).await;
         let mut held = 0;
         let mut last_err = String::new();
-        for (c, r) in results.into_iter().enumerate() {
+        let now = std::time::Instant::now();
+        for (c, r) in results {
+            let h = &mut self.health[c];
             match r {
-                Ok(()) => held += 1,
+                Ok(()) => {
+                    held += 1;
+                    *h = Health::default();
+                }
                 Err(e) => {
                     tracing::debug!(copy = %self.copies[c].redis.shown(), error = %e, "change stream copy missed an entry");
                     last_err = e.to_string();
+                    h.failures = h.failures.saturating_add(1);
+                    let skip = MIN_SKIP
+                        .saturating_mul(1 << h.failures.min(5))
+                        .min(MAX_SKIP);
+                    h.skip_until = Some(now + skip / 2);
                 }
             }
         }

@@ -21,6 +21,9 @@ use crate::store::ChangeBatch;
 /// How long a node reads another zone's copy before trying its own again.
 const RETURN_AFTER: Duration = Duration::from_secs(10);
 
+/// How long this zone's copy may take to answer a probe before a return to it.
+const PROBE: Duration = Duration::from_millis(100);
+
 /// A node's reader of the stream.
 pub struct StreamReader {
     copies: Vec<Copy>,
@@ -142,8 +145,20 @@ impl StreamReader {
             .away_since
             .is_some_and(|since| since.elapsed() > RETURN_AFTER)
         {
-            self.current = self.preferred;
-            self.away_since = None;
+            // Back to this zone's copy only if it answers at once: a copy still down
+            // must not stall reading for its reconnect backoff.
+            let copy = &self.copies[self.preferred].redis;
+            let probe = tokio::time::timeout(PROBE, async {
+                let mut conn = copy.get().await?;
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            })
+            .await;
+            if matches!(probe, Ok(Ok(()))) {
+                self.current = self.preferred;
+                self.away_since = None;
+            } else {
+                self.away_since = Some(Instant::now());
+            }
         }
         let mut gap = false;
         let last = match self.last {

@@ -264,10 +264,16 @@ pub fn relay_process(id: &str, env: &[(&str, String)]) -> Proc {
             c.env_remove(k);
         }
     }
+    // RELAY_LOG=<filter> shows the relay's log on the test's stderr (for debugging).
+    let log = std::env::var("RELAY_LOG").ok();
     c.args(["relay", "--id", id])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log.as_deref().unwrap_or("warn"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(if log.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     for (k, v) in env {
         c.env(k, v);
     }
@@ -332,11 +338,14 @@ impl NodeProcess {
                 c.env_remove(k);
             }
         }
-        c.env("RUST_LOG", "warn")
-            .env("READTIER_LISTEN", "127.0.0.1:0")
-            .env("READTIER_ADMIN_LISTEN", "127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.env(
+            "RUST_LOG",
+            std::env::var("NODE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("READTIER_LISTEN", "127.0.0.1:0")
+        .env("READTIER_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             c.env(k, v);
         }
