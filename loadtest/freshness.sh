@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Commit-to-visible on two nodes under load, PostgreSQL + Redis + relay, as
+# docs/PERFORMANCE.md reports it:
+#
+#   loadtest/freshness.sh [seconds=20] [rate=8000] [writes_per_second=20]
+#
+# Starts a private redis-server on a free port, a database of its own in the
+# PostgreSQL at $PG (default postgres://postgres@127.0.0.1:5432; the database is
+# dropped afterwards), seeds 200,000 members, one relay and two nodes (zones a and b of
+# one Redis each, pinned to core 0), and runs loadtest from core 1: open loop at the
+# rate, the probe committing status flips and polling both nodes until they answer the
+# committed version. BIN=dir picks the binaries (default: target/release, built
+# first). Writes the report to $OUT (default docs/figures/freshness-pg.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-20}
+RATE=${2:-8000}
+WRITES=${3:-20}
+PG=${PG:-postgres://postgres@127.0.0.1:5432}
+OUT=${OUT:-docs/figures/freshness-pg.json}
+for t in redis-server psql python3 curl; do
+  command -v "$t" >/dev/null || { echo "freshness.sh needs $t" >&2; exit 1; }
+done
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p readtier -p loadtest
+  BIN=target/release
+fi
+BIN=$(cd "$BIN" && pwd)
+tmp=$(mktemp -d)
+db=rt_fresh_$$
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.2; done; echo "nothing on port $1" >&2; exit 1; }
+
+RA=$(port); RB=$(port)
+for p in $RA $RB; do
+  redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    >"$tmp/redis-$p.log" 2>&1 &
+  pids+=($!)
+done
+psql "$PG/postgres" -qc "CREATE DATABASE $db" >/dev/null
+export READTIER_STORE_URL="$PG/$db"
+export READTIER_REDIS_URLS="a=redis://127.0.0.1:$RA;b=redis://127.0.0.1:$RB"
+export RUST_LOG=warn
+"$BIN/readtier" migrate >/dev/null
+"$BIN/readtier" seed --members 200000 >/dev/null
+taskset -c 0 "$BIN/readtier" relay --id fresh >"$tmp/relay.log" 2>&1 &
+pids+=($!)
+targets=()
+for zone in a b; do
+  p=$(port); a=$(port)
+  READTIER_ZONE=$zone READTIER_LISTEN=127.0.0.1:$p READTIER_ADMIN_LISTEN=127.0.0.1:$a \
+    READTIER_DATA_DIR="$tmp/$zone" taskset -c 0 "$BIN/readtier" serve >"$tmp/node-$zone.log" 2>&1 &
+  pids+=($!)
+  wait_port "$p"
+  targets+=("http://127.0.0.1:$p")
+done
+mkdir -p "$(dirname "$OUT")"
+taskset -c 1 "$BIN/loadtest" --target "$(IFS=,; echo "${targets[*]}")" --connections 32 \
+  --rate "$RATE" --duration "${SECS}s" --members 200000 --write-rate "$WRITES" \
+  --store-url "$READTIER_STORE_URL" --progress 0 --json "$OUT"
+echo "report: $OUT"
