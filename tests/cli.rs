@@ -57,6 +57,26 @@ fn invalid_configuration_exits_64_naming_the_key() {
 }
 
 #[test]
+fn kubernetes_service_variables_do_not_stop_a_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = readtier()
+        .env("READTIER_DATA_DIR", dir.path())
+        .env("READTIER_PORT", "tcp://10.0.0.1:8080")
+        .env("READTIER_PORT_8080_TCP_ADDR", "10.0.0.1")
+        .env("READTIER_SERVICE_HOST", "10.0.0.1")
+        .env("READTIER_SERVICE_PORT", "8080")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate under Kubernetes variables: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("migrated"));
+}
+
+#[test]
 fn migrate_and_seed_report_what_they_did() {
     let dir = tempfile::tempdir().unwrap();
     let out = readtier()

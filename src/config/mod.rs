@@ -129,6 +129,15 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value
     }
 }
 
+/// Whether `name` is one of the variables Kubernetes injects into every pod for a
+/// Service named `readtier` (`READTIER_PORT=tcp://…`, `READTIER_PORT_8080_TCP_ADDR`,
+/// `READTIER_SERVICE_HOST`, …): not configuration, and no key of ours has that shape
+/// (there is no `port` key, and no key under `service`).
+fn is_kubernetes_service_variable(name: &str) -> bool {
+    let rest = &name[ENV_PREFIX.len()..];
+    rest == "PORT" || rest.starts_with("PORT_") || rest.starts_with("SERVICE_")
+}
+
 /// `l1.ttl` → `READTIER_L1_TTL`.
 pub fn env_name_of(key: &str) -> String {
     format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
@@ -203,6 +212,10 @@ impl Config {
 
         for (name, text) in env {
             if !name.starts_with(ENV_PREFIX) || name == ENV_CONFIG_FILE {
+                continue;
+            }
+            if is_kubernetes_service_variable(name) {
+                tracing::debug!(variable = %name, "ignoring a Kubernetes service variable");
                 continue;
             }
             let source_name = format!("environment variable {name}");

@@ -165,3 +165,29 @@ fn zones_and_the_stream_resolve_from_the_topology() {
         .to_string()
         .contains("`l2.write_only_zones`"));
 }
+
+#[test]
+fn kubernetes_service_variables_are_ignored_and_other_unknown_keys_still_fail() {
+    // What Kubernetes injects for a Service named `readtier`.
+    let k8s = env(&[
+        ("READTIER_PORT", "tcp://10.0.0.1:8080"),
+        ("READTIER_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+        ("READTIER_PORT_8080_TCP_ADDR", "10.0.0.1"),
+        ("READTIER_PORT_8080_TCP_PORT", "8080"),
+        ("READTIER_PORT_8080_TCP_PROTO", "tcp"),
+        ("READTIER_SERVICE_HOST", "10.0.0.1"),
+        ("READTIER_SERVICE_PORT", "8080"),
+        ("READTIER_SERVICE_PORT_HTTP", "8080"),
+        ("READTIER_L1_TTL", "7s"),
+    ]);
+    let cfg = Config::from_layers(None, &k8s).expect("Kubernetes variables are not config");
+    assert_eq!(cfg.l1.ttl, std::time::Duration::from_secs(7));
+    for bad in ["READTIER_PORTS", "READTIER_SERVICES", "READTIER_L1_TTLS"] {
+        let err = Config::from_layers(None, &env(&[(bad, "1")])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&bad["READTIER_".len()..].to_ascii_lowercase()),
+            "{bad}: {text}"
+        );
+    }
+}
