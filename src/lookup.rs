@@ -100,6 +100,14 @@ struct Slot {
     generation: u32,
 }
 
+/// A "no such member" answer held in the negative cache.
+#[derive(Clone)]
+struct Negative {
+    entry: Entry,
+    expires: Instant,
+    generation: u32,
+}
+
 /// Why a member could not be looked up (shared by every request coalesced on a load).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
@@ -146,8 +154,11 @@ type Stripe = Mutex<HashMap<u64, Arc<Load>>>;
 
 /// Member lookups: L1, then the L2 hash tier (when configured), then the store.
 pub struct Members {
-    /// The in-process cache.
+    /// The in-process cache of records (and of floors).
     l1: Cache<u64, Slot>,
+    /// "No such member" answers, apart (`l1.negative_capacity`): unknown ids cannot
+    /// evict records.
+    negative: Cache<u64, Negative>,
     /// How long a record is served from L1.
     ttl: Duration,
     /// How long "no such member" is served from L1.
@@ -178,6 +189,7 @@ impl Members {
     ) -> Members {
         Members {
             l1: Cache::new(cfg.capacity.min(usize::MAX as u64) as usize),
+            negative: Cache::new(cfg.negative_capacity.min(usize::MAX as u64) as usize),
             ttl: cfg.ttl,
             negative_ttl: cfg.negative_ttl,
             store,
@@ -202,14 +214,20 @@ impl Members {
     /// `get` on the hit path: no future, no timer.
     #[inline]
     pub fn get_l1(&self, id: u64) -> Option<Entry> {
-        let slot = self.l1.get(&id)?;
-        if slot.expires > Instant::now()
-            && slot.generation == self.generation.load(Ordering::Relaxed)
-        {
-            if let Some(entry) = slot.entry {
-                self.metrics.l1_hits.increment(1);
-                return Some(entry);
+        let now = Instant::now();
+        let generation = self.generation.load(Ordering::Relaxed);
+        if let Some(slot) = self.l1.get(&id) {
+            if slot.expires > now && slot.generation == generation {
+                if let Some(entry) = slot.entry {
+                    self.metrics.l1_hits.increment(1);
+                    return Some(entry);
+                }
             }
+        }
+        let negative = self.negative.get(&id)?;
+        if negative.expires > now && negative.generation == generation {
+            self.metrics.l1_hits.increment(1);
+            return Some(negative.entry);
         }
         None
     }
@@ -266,22 +284,43 @@ impl Members {
                 let floor_now = current.as_ref().map(|s| s.floor).unwrap_or(0);
                 let kept = entry.version >= floor_now
                     && generation == self.generation.load(Ordering::Acquire);
-                let ttl = if entry.member.is_some() {
-                    self.ttl
+                let generation_now = self.generation.load(Ordering::Acquire);
+                if entry.member.is_some() {
+                    self.l1.insert(
+                        id,
+                        Slot {
+                            // Not kept: what it read may be older than an event that
+                            // came meanwhile, or than a gap; nothing held is served.
+                            entry: kept.then(|| entry.clone()),
+                            floor: floor_now.max(entry.version),
+                            expires: Instant::now() + self.ttl,
+                            generation: generation_now,
+                        },
+                    );
                 } else {
-                    self.negative_ttl
-                };
-                self.l1.insert(
-                    id,
-                    Slot {
-                        // Not kept: what it read may be older than an event that came
-                        // meanwhile, or than a gap; nothing held is served either.
-                        entry: kept.then(|| entry.clone()),
-                        floor: floor_now.max(entry.version),
-                        expires: Instant::now() + ttl,
-                        generation: self.generation.load(Ordering::Acquire),
-                    },
-                );
+                    // "No such member" goes to the negative cache; the records' cache
+                    // is touched only to keep a floor it already holds.
+                    if let Some(slot) = current {
+                        self.l1.insert(
+                            id,
+                            Slot {
+                                entry: None,
+                                floor: floor_now.max(entry.version),
+                                ..slot
+                            },
+                        );
+                    }
+                    if kept {
+                        self.negative.insert(
+                            id,
+                            Negative {
+                                entry: entry.clone(),
+                                expires: Instant::now() + self.negative_ttl,
+                                generation: generation_now,
+                            },
+                        );
+                    }
+                }
             }
         }
         load.result.send_replace(Some(result));
@@ -312,13 +351,11 @@ impl Members {
                 return Err(LookupError::Store(Arc::new(e)));
             }
         };
-        if let Some(tier) = &self.tier {
-            // Fill every zone; versioned, so this never replaces a newer value. An
-            // unknown member is a tombstone at version 0: any insert outranks it.
-            let entry = match &member {
-                Some(m) => TierEntry::Member(m.clone()),
-                None => TierEntry::Gone { version: 0 },
-            };
+        if let (Some(tier), Some(m)) = (&self.tier, &member) {
+            // Fill every zone; versioned, so this never replaces a newer value. A
+            // member the store does not have is not written at all: unknown ids cost
+            // the tier nothing (a deletion's tombstone is the relay's to write).
+            let entry = TierEntry::Member(m.clone());
             let tier = tier.clone();
             tokio::spawn(async move {
                 for (zone, e) in tier.set_all(id, &entry).await {
@@ -356,6 +393,15 @@ impl Members {
     /// so a load in flight that read something older is not kept.
     pub fn invalidate(&self, id: u64, version: i64) {
         let loading = self.stripe(id);
+        // A change to an id answered "no such member" (an insert): drop that answer.
+        if self
+            .negative
+            .peek(&id)
+            .is_some_and(|n| n.entry.version < version)
+        {
+            self.negative.remove(&id);
+            self.metrics.l1_invalidations.increment(1);
+        }
         let current = self.l1.peek(&id);
         let in_flight = loading.contains_key(&id);
         let generation = self.generation.load(Ordering::Acquire);
@@ -407,10 +453,15 @@ impl Members {
         self.store_reads.load(Ordering::Relaxed)
     }
 
-    /// Entries currently held (expired, dropped and old-generation ones included until
+    /// Records and floors currently held (expired, dropped and old-generation ones included until
     /// they are evicted or replaced).
     pub fn len(&self) -> u64 {
         self.l1.len() as u64
+    }
+
+    /// "No such member" answers held (in their own cache).
+    pub fn negative_len(&self) -> u64 {
+        self.negative.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {

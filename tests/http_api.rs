@@ -656,7 +656,12 @@ async fn metrics_count_this_nodes_work_exactly() {
     assert_eq!(value("readtier_l1_hits_total"), 1.0, "the second read of 7");
     assert_eq!(value("readtier_l1_misses_total"), 2.0, "7 and 9999999");
     assert_eq!(value("readtier_store_reads_total"), 2.0);
-    assert_eq!(value("readtier_l1_entries"), 2.0, "7 and the unknown id");
+    assert_eq!(value("readtier_l1_entries"), 1.0, "member 7");
+    assert_eq!(
+        value("readtier_l1_negative_entries"),
+        1.0,
+        "the unknown id, held apart"
+    );
     assert!(value("readtier_catalog_version") >= 1.0);
     let bucket = "readtier_http_request_duration_seconds_bucket{route=\"entitlement\",le=\"+Inf\"}";
     assert_eq!(value(bucket), 3.0, "cumulative buckets end at the count");

@@ -554,3 +554,68 @@ async fn a_whole_zone_down_fails_no_request() {
     warmup.stop().await;
     n.stop().await;
 }
+
+/// Issue 10: a flood of unknown ids costs the tier nothing and cannot evict members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_write_nothing_to_the_tier_and_evict_no_member() {
+    let c = Cluster::new(200).await;
+    let node = c
+        .node(&[
+            ("READTIER_L1_CAPACITY", "1000"),
+            ("READTIER_L1_NEGATIVE_CAPACITY", "500"),
+            ("READTIER_L1_NEGATIVE_TTL", "10m"),
+        ])
+        .await;
+    // 200 members held in L1.
+    read_all(&node, 1..=200).await;
+    assert!(read_all(&node, 1..=200).await.iter().all(|f| f == "l1"));
+    let mut before = 0;
+    for r in c.a.iter().chain(&c.b) {
+        before += fields_on(r).await;
+    }
+    assert_eq!(before, 400, "each member filled into both zones");
+    // 5,000 unknown ids, 5× the L1 capacity and 10× the negative capacity.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..5000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = 1_000_000 + x % (1 << 50);
+        let r = node.get(&format!("/v1/members/{id}/entitlement")).await;
+        assert_eq!(r.status, 404, "member {id}");
+    }
+    let mut after = 0;
+    for r in c.a.iter().chain(&c.b) {
+        after += fields_on(r).await;
+    }
+    assert_eq!(after, before, "unknown ids wrote nothing to the tier");
+    let from = read_all(&node, 1..=200).await;
+    assert!(
+        from.iter().all(|f| f == "l1"),
+        "every member still in L1 after the flood: {:?}",
+        from.iter().filter(|f| *f != "l1").count()
+    );
+    // An unknown id answered from the negative cache, then inserted, becomes known.
+    let r = node.get("/v1/members/5000000/entitlement").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        node.get("/v1/members/5000000/entitlement")
+            .await
+            .header("x-served-from"),
+        Some("l1")
+    );
+    let (stop, relay) = c.relay();
+    c.schema
+        .exec(
+            "INSERT INTO memberships (member_id, status, plan_id, country) \
+             VALUES (5000000, 'active', 'premium', 'US')",
+        )
+        .await;
+    eventually(LIMIT, "the inserted member becomes known", || async {
+        (node.get("/v1/members/5000000/entitlement").await.status == 200).then_some(())
+    })
+    .await;
+    stop.cancel();
+    relay.await.unwrap();
+    node.stop().await;
+}

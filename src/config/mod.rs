@@ -291,6 +291,7 @@ impl Config {
         };
 
         positive("l1.capacity", raw.l1.capacity)?;
+        positive("l1.negative_capacity", raw.l1.negative_capacity)?;
         nonzero("l1.ttl", raw.l1.ttl)?;
 
         if raw.l2.ttl < Duration::from_secs(1) {

@@ -41,6 +41,9 @@ pub struct L1Config {
     /// How long "no such member" is served.
     #[serde(deserialize_with = "duration")]
     pub negative_ttl: Duration,
+    /// Most "no such member" answers held, apart from the records: a flood of
+    /// unknown ids evicts only other unknown ids.
+    pub negative_capacity: u64,
 }
 
 /// `[l2]`: the Redis hash tier.
