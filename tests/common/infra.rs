@@ -123,6 +123,17 @@ impl RedisServer {
         s
     }
 
+    /// A redis-server started with extra arguments (e.g. `--requirepass`).
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let mut s = RedisServer {
+            port: free_port(),
+            child: None,
+            extra: args.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
     /// A node of a Redis Cluster (its cluster state file in `dir`); see [`create_cluster`].
     pub fn start_cluster_node(dir: &std::path::Path) -> RedisServer {
         let port = free_port();

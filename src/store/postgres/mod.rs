@@ -44,14 +44,20 @@ impl PgStore {
         let cfg: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        // Host:port and database only: never the user's password (logs, errors).
+        let ports = cfg.get_ports();
         let shown = format!(
             "postgres://{}/{}",
             cfg.get_hosts()
                 .iter()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
-                    #[cfg(unix)]
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                .enumerate()
+                .map(|(i, h)| {
+                    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                    match h {
+                        tokio_postgres::config::Host::Tcp(s) => format!("{s}:{port}"),
+                        #[cfg(unix)]
+                        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(","),
