@@ -56,7 +56,9 @@ async fn passwords_never_reach_metrics_or_the_log() {
             assert!(
                 !text.contains(secret),
                 "a password reached the {what}: {}",
-                text.lines().find(|l| l.contains(secret)).unwrap_or_default()
+                text.lines()
+                    .find(|l| l.contains(secret))
+                    .unwrap_or_default()
             );
         }
     }

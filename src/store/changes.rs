@@ -257,10 +257,8 @@ impl ChangeReader {
                     Some(scan) => scan,
                     None => {
                         let (xmax, running) = store.snapshot().await?;
-                        // Rows this reader still needs may have been trimmed away (0:
-                        // nothing was ever trimmed; no transaction has id 0).
-                        let trimmed = store.trimmed_through().await?;
-                        if trimmed > 0 && trimmed >= next.low_water() {
+                        // Rows this reader still needs may have been trimmed away.
+                        if store.trim_point().await?.missed_by(&next) {
                             gap = true;
                         }
                         PgScan {

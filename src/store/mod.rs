@@ -257,7 +257,7 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => blocking(s, move |s| s.trim_changes(older_than_ms)).await,
             Backend::Postgres(p) => match reached {
-                Some(Position::Postgres(at)) => p.trim_changes(older_than_ms, at.low_water()).await,
+                Some(Position::Postgres(at)) => p.trim_changes(older_than_ms, at).await,
                 _ => Ok(0),
             },
         }

@@ -27,15 +27,20 @@ impl PgStore {
         Ok((row.get(0), row.get(1)))
     }
 
-    /// Every change-log row of a transaction at or below this is gone (trimmed).
-    pub(crate) async fn trimmed_through(&self) -> Result<i64, StoreError> {
+    /// What trimming has removed from the log so far.
+    pub(crate) async fn trim_point(&self) -> Result<TrimPoint, StoreError> {
         let c = self.client().await?;
-        Ok(
-            c.query_one("SELECT trimmed_through FROM relay_state WHERE id = 1", &[])
-                .await
-                .map_err(self.err("read trim point"))?
-                .get(0),
-        )
+        let row = c
+            .query_one(
+                "SELECT trimmed_through, trim_kept FROM relay_state WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(self.err("read trim point"))?;
+        Ok(TrimPoint {
+            through: row.get(0),
+            kept: row.get(1),
+        })
     }
 
     /// Up to `limit` rows, in `(txid, seq)` order after `scan.after`, of the
@@ -116,37 +121,174 @@ impl PgStore {
             .collect())
     }
 
-    /// Deletes change-log rows older than `older_than_ms` of transactions below
-    /// `below` (a reader's low water: everything below it has been read), recording
-    /// the trim point so a reader behind it knows it missed changes.
+    /// Deletes change-log rows older than `older_than_ms` that the reader at `at` has
+    /// read (transactions below its `xmax`, except its pending ones: a transaction
+    /// still open does not hold back the rows committed after it), recording what was
+    /// trimmed so that a reader that had not read a deleted row knows it missed it.
+    ///
+    /// The record is a trim point `m` and the transactions at or below it whose rows
+    /// were kept: every other row of a transaction at or below `m` may be gone.
     pub(crate) async fn trim_changes(
         &self,
         older_than_ms: i64,
-        below: i64,
+        at: &PgPosition,
     ) -> Result<u64, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(self.err("trim changes"))?;
         let upto: Option<i64> = tx
             .query_one(
                 "SELECT max(txid) FROM change_log
-                  WHERE txid < $1 AND changed_at < to_timestamp($2::double precision / 1000)",
-                &[&below, &(older_than_ms as f64)],
+                  WHERE txid < $1 AND NOT (txid = ANY($2))
+                    AND changed_at < to_timestamp($3::double precision / 1000)",
+                &[&at.xmax, &at.pending, &(older_than_ms as f64)],
             )
             .await
             .map_err(self.err("find trim point"))?
             .get(0);
         let Some(upto) = upto else { return Ok(0) };
+        let before = tx
+            .query_one(
+                "SELECT trimmed_through, trim_kept FROM relay_state WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(self.err("read trim point"))?;
+        let old = TrimPoint {
+            through: before.get(0),
+            kept: before.get(1),
+        };
+        let kept: Vec<i64> = at.pending.iter().copied().filter(|t| *t <= upto).collect();
         let n = tx
-            .execute("DELETE FROM change_log WHERE txid <= $1", &[&upto])
+            .execute(
+                "DELETE FROM change_log WHERE txid <= $1 AND NOT (txid = ANY($2))",
+                &[&upto, &kept],
+            )
             .await
             .map_err(self.err("trim changes"))?;
+        let merged = old.merge(&TrimPoint {
+            through: upto,
+            kept,
+        });
         tx.execute(
-            "UPDATE relay_state SET trimmed_through = GREATEST(trimmed_through, $1) WHERE id = 1",
-            &[&upto],
+            "UPDATE relay_state SET trimmed_through = $1, trim_kept = $2 WHERE id = 1",
+            &[&merged.through, &merged.kept],
         )
         .await
         .map_err(self.err("record trim"))?;
         tx.commit().await.map_err(self.err("trim commit"))?;
         Ok(n)
+    }
+}
+
+/// What trimming has removed: every row of a transaction at or below `through`, except
+/// the transactions in `kept` (still running when they were trimmed around).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TrimPoint {
+    pub through: i64,
+    pub kept: Vec<i64>,
+}
+
+impl TrimPoint {
+    /// Whether a reader at `at` may have missed a trimmed row: it has not read every
+    /// transaction up to the trim point, or one it still waits for was trimmed.
+    pub fn missed_by(&self, at: &PgPosition) -> bool {
+        self.through > 0
+            && (at.xmax <= self.through
+                || at
+                    .pending
+                    .iter()
+                    .any(|t| *t <= self.through && !self.kept.contains(t)))
+    }
+
+    /// Two trims one after the other: a transaction is kept only if neither removed it.
+    pub fn merge(&self, next: &TrimPoint) -> TrimPoint {
+        let kept_by = |p: &TrimPoint, t: i64| t > p.through || p.kept.contains(&t);
+        let mut kept: Vec<i64> = self
+            .kept
+            .iter()
+            .chain(&next.kept)
+            .copied()
+            .filter(|&t| kept_by(self, t) && kept_by(next, t))
+            .collect();
+        kept.sort_unstable();
+        kept.dedup();
+        TrimPoint {
+            through: self.through.max(next.through),
+            kept,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(xmax: i64, pending: &[i64]) -> PgPosition {
+        PgPosition::at(xmax, pending.to_vec())
+    }
+
+    #[test]
+    fn a_trim_around_an_open_transaction_is_a_gap_only_for_readers_that_miss_rows() {
+        // Trimmed through 100 around transaction 40, still open then.
+        let t = TrimPoint {
+            through: 100,
+            kept: vec![40],
+        };
+        assert!(
+            !t.missed_by(&at(101, &[40])),
+            "waits for 40, which was kept"
+        );
+        assert!(!t.missed_by(&at(150, &[])), "read everything");
+        assert!(t.missed_by(&at(100, &[])), "had not read 100");
+        assert!(
+            t.missed_by(&at(120, &[60])),
+            "waits for 60, which was trimmed"
+        );
+        assert!(
+            !TrimPoint::default().missed_by(&at(1, &[])),
+            "nothing trimmed"
+        );
+    }
+
+    #[test]
+    fn merged_trims_keep_only_what_neither_removed() {
+        let a = TrimPoint {
+            through: 100,
+            kept: vec![40, 90],
+        };
+        // The second trim removed 40's rows (it had ended), kept 90 and 130.
+        let b = TrimPoint {
+            through: 200,
+            kept: vec![90, 130],
+        };
+        assert_eq!(
+            a.merge(&b),
+            TrimPoint {
+                through: 200,
+                kept: vec![90, 130]
+            }
+        );
+        // An older trim point after a newer one changes nothing it removed.
+        let c = TrimPoint {
+            through: 50,
+            kept: vec![],
+        };
+        assert_eq!(
+            b.merge(&c),
+            TrimPoint {
+                through: 200,
+                kept: vec![90, 130]
+            }
+        );
+        assert_eq!(
+            a.merge(&TrimPoint {
+                through: 50,
+                kept: vec![]
+            }),
+            TrimPoint {
+                through: 100,
+                kept: vec![90]
+            }
+        );
     }
 }

@@ -57,6 +57,9 @@ INSERT INTO relay_state (id, cursor_txid) VALUES (1, 0) ON CONFLICT (id) DO NOTH
 -- store::changes::PgPosition), the last change-stream batch whose position is saved,
 -- and the highest batch id it ever reserved (no id is used twice across failovers).
 ALTER TABLE relay_state ADD COLUMN IF NOT EXISTS position TEXT;
+-- Transactions at or below trimmed_through whose rows trimming kept (they were still
+-- running): see store::postgres::changes::TrimPoint.
+ALTER TABLE relay_state ADD COLUMN IF NOT EXISTS trim_kept BIGINT[] NOT NULL DEFAULT '{}';
 ALTER TABLE relay_state ADD COLUMN IF NOT EXISTS stream_seq BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE relay_state ADD COLUMN IF NOT EXISTS stream_reserved BIGINT NOT NULL DEFAULT 0;
 -- Tier writes that failed in a zone, kept until a pass writes them (member_id 0: the
