@@ -201,7 +201,20 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "relay".into());
-        format!("{host}-{}", std::process::id())
+        // Host and pid alone are not unique: two containers both run as pid 1 on
+        // hosts of the same name. A random suffix makes the lease's fencing real.
+        let nonce = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            h.finish() as u32
+        };
+        format!("{host}-{}-{nonce:08x}", std::process::id())
     });
     let relay = Relay::from_config(cfg, holder.clone())?;
     relay.store().migrate().await?;

@@ -639,3 +639,44 @@ async fn a_reader_whose_unread_entries_were_lost_reports_a_gap() {
     let next = reader.next_batch().await.unwrap();
     assert!(!next.gap && next.events.len() == 1, "{next:?}");
 }
+
+/// Two relays started without `--id` (as two containers would be: same hostname, both
+/// pid 1 in theirs) name themselves apart, and exactly one holds the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_started_without_an_id_name_themselves_apart() {
+    use std::io::{BufRead, BufReader};
+    let (schema, _store) = seeded(10).await;
+    let redis = RedisServer::start();
+    let start = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_readtier"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("READTIER_") {
+                c.env_remove(k);
+            }
+        }
+        c.arg("relay")
+            .envs(env(&schema, &redis))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = Proc(c.spawn().unwrap());
+        let mut line = String::new();
+        BufReader::new(child.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let holder = line
+            .strip_prefix("readtier relay ")
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("relay printed {line:?}"))
+            .to_string();
+        (child, holder)
+    };
+    let (_a, first) = start();
+    let (_b, second) = start();
+    assert_ne!(first, second, "two relays, two names");
+    let holder = eventually(LIMIT, "one relay holds the lease", || async {
+        lease_holder(&schema).await
+    })
+    .await;
+    assert!(holder == first || holder == second, "{holder}");
+}
