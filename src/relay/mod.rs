@@ -135,6 +135,9 @@ impl Relay {
         let mut active: Option<Active> = None;
         let mut trims = TrimSchedule::new(self.retention);
         let mut listener: Option<ChangeListener> = None;
+        // Steps failed in a row: retries back off (jittered) while the store or Redis
+        // is down.
+        let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             if !lease.held() {
                 if active.take().is_some() {
@@ -169,14 +172,16 @@ impl Relay {
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "relay step failed; reading again from what was published");
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "relay step failed; reading again from what was published");
                     state.reader = self
                         .store
                         .change_reader(Some(Position::Postgres(state.published.clone())));
-                    tokio::time::sleep(self.poll_interval).await;
+                    tokio::time::sleep(crate::follower::retry_delay(failures)).await;
                     continue;
                 }
             };
+            failures = 0;
             trims
                 .tick(&self.store, Some(&Position::Postgres(state.saved.clone())))
                 .await;

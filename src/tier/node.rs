@@ -2,9 +2,11 @@
 //! connection, its per-call timeout and its circuit breaker.
 //!
 //! A node that fails `l2.breaker_failures` calls in a row has its circuit opened for
-//! `l2.breaker_cooldown` and is skipped meanwhile, so a dead node costs nothing per
-//! request; after the cool-down calls are let through again and the first success
-//! closes it.
+//! about `l2.breaker_cooldown` (jittered between 0.5× and 1.5×, so a fleet does not
+//! probe in step) and is skipped meanwhile, so a dead node costs nothing per request.
+//! After the cool-down the circuit is half-open: exactly one call goes through as a
+//! probe while the others keep skipping the node for another cool-down; the probe's
+//! success closes the circuit, its failure opens it again.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,9 +41,37 @@ impl Breaker {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether a call may go to the node (closed, or half-open after the cool-down).
+    /// A cool-down between 0.5× and 1.5× the configured one.
+    fn jittered_ms(&self) -> u64 {
+        let base = self.cooldown.as_millis() as u64;
+        // Any cheap varying bits do: this spreads nodes and processes apart.
+        let mut x = self.epoch.elapsed().as_nanos() as u64 ^ (self as *const _ as u64);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        base / 2 + x % (base + 1)
+    }
+
+    /// Whether a call may go to the node: closed, or the one probe of a half-open
+    /// circuit.
     pub(crate) fn allow(&self) -> bool {
-        self.now_ms() >= self.open_until.load(Ordering::Relaxed)
+        let until = self.open_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now = self.now_ms();
+        if now < until {
+            return false;
+        }
+        // Half-open: the caller that moves the deadline on is the probe.
+        self.open_until
+            .compare_exchange(
+                until,
+                now + self.jittered_ms(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Records a success; returns whether the circuit had recorded failures.
@@ -55,10 +85,9 @@ impl Breaker {
     pub(crate) fn failure(&self) -> bool {
         let f = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if f >= self.threshold {
-            self.open_until.store(
-                self.now_ms() + self.cooldown.as_millis() as u64,
-                Ordering::Relaxed,
-            );
+            // At least 1: 0 means closed.
+            let until = (self.now_ms() + self.jittered_ms()).max(1);
+            self.open_until.store(until, Ordering::Relaxed);
             return true;
         }
         false
@@ -190,5 +219,34 @@ mod tests {
         assert!(!b.allow(), "open during the cool-down");
         assert!(b.success());
         assert!(b.allow());
+    }
+
+    #[test]
+    fn a_half_open_breaker_lets_exactly_one_probe_through() {
+        let b = Breaker::new(1, Duration::from_millis(20));
+        assert!(b.failure());
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(35));
+        let admitted = (0..1000).filter(|_| b.allow()).count();
+        assert_eq!(admitted, 1, "one probe, the others keep skipping the node");
+        // The probe fails: open again.
+        assert!(b.failure());
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(35));
+        assert!(b.allow(), "the next probe");
+        assert!(b.success(), "the probe succeeds: closed");
+        assert_eq!((0..100).filter(|_| b.allow()).count(), 100);
+    }
+
+    #[test]
+    fn cool_downs_are_jittered_within_half_to_one_and_a_half() {
+        let b = Breaker::new(1, Duration::from_millis(1000));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let j = b.jittered_ms();
+            assert!((500..=1500).contains(&j), "{j}");
+            seen.insert(j / 100);
+        }
+        assert!(seen.len() >= 5, "spread: {seen:?}");
     }
 }
