@@ -146,6 +146,10 @@ struct Load {
     result: watch::Sender<Option<LoadResult>>,
 }
 
+/// Longest a store fill waits for one of the `l2.max_store_fills` permits before the
+/// lookup is shed (503, Retry-After): past the limit, queueing only adds latency.
+const FILL_QUEUE: Duration = Duration::from_millis(50);
+
 /// Stripes of the lock that serializes loads and events per member.
 const STRIPES: usize = 64;
 
@@ -338,7 +342,9 @@ impl Members {
                 return Ok(Arc::new(Cached::new(member, version, ServedFrom::L2)));
             }
         }
-        let _permit = match tokio::time::timeout(self.limits.wait, self.fills.acquire()).await {
+        // Shed rather than queue: a fill waits for a permit only briefly.
+        let queue = self.limits.wait.min(FILL_QUEUE);
+        let _permit = match tokio::time::timeout(queue, self.fills.acquire()).await {
             Ok(Ok(p)) => p,
             _ => return Err(LookupError::Overloaded(self.limits.max_in_flight)),
         };

@@ -328,6 +328,8 @@ impl Config {
             ));
         }
         positive("http.max_body_bytes", raw.http.max_body_bytes as u64)?;
+        positive("http.max_connections", raw.http.max_connections as u64)?;
+        positive("http.max_waiting", raw.http.max_waiting as u64)?;
         nonzero("http.request_timeout", raw.http.request_timeout)?;
         nonzero("http.idle_timeout", raw.http.idle_timeout)?;
 

@@ -84,6 +84,12 @@ pub struct HttpConfig {
     pub drain_delay: Duration,
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Most open connections on the public listener; past it a new connection gets
+    /// one 503 and is closed.
+    pub max_connections: usize,
+    /// Most requests waiting on Redis or the store at once; past it such a request
+    /// gets an immediate 503 (answers from memory are not counted, and not shed).
+    pub max_waiting: usize,
 }
 
 /// `[changes]` as written; [`ChangesConfig`] once the stream URL is resolved.

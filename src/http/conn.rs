@@ -61,6 +61,26 @@ pub async fn serve(
             _ = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        // Bounded connections on the public listener: one 503, then close.
+        let counted = if kind == Listener::Public {
+            if app.connections.fetch_add(1, Ordering::AcqRel) >= app.limits.max_connections {
+                app.connections.fetch_sub(1, Ordering::AcqRel);
+                app.shed_connection();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        let _ = stream.write_all(super::problem::OVER_CONNECTIONS).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
+                });
+                continue;
+            }
+            Some(ConnectionSlot(app.clone()))
+        } else {
+            None
+        };
         let (stream, closer) = match with_closer(stream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -93,8 +113,28 @@ pub async fn serve(
                         Either::Left(std::future::ready(Ok::<_, Infallible>(resp)))
                     }
                     Err(later) => {
+                        // Waiting is bounded on the public listener: past
+                        // `http.max_waiting`, shed at once.
+                        let admitted = if kind == Listener::Public {
+                            app.admit_waiting()
+                        } else {
+                            None
+                        };
+                        if kind == Listener::Public && admitted.is_none() {
+                            drop(req);
+                            let resp = app.finish(
+                                later.route(),
+                                super::problem::overloaded(
+                                    "too many requests waiting on the tier or the store; retry shortly",
+                                ),
+                                started,
+                            );
+                            drop(in_flight);
+                            return Either::Left(std::future::ready(Ok::<_, Infallible>(resp)));
+                        }
                         let app = app.clone();
                         Either::Right(async move {
+                            let _admitted = admitted;
                             let (route, resp) = app.route_later(req, later).await;
                             let resp = app.finish(route, resp, started);
                             drop(in_flight);
@@ -111,7 +151,17 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             state.closed.store(true, Ordering::Relaxed);
+            drop(counted);
         });
+    }
+}
+
+/// One counted connection of the public listener; uncounted when dropped.
+struct ConnectionSlot(Arc<App>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -14,13 +14,13 @@ use hyper::body::Incoming;
 use super::params::{
     country_param, etag_matches, parse_member_id, read_body, valid_device_class, AuthorizeRequest,
 };
-use super::problem::{method_not_allowed, only_get, problem};
+use super::problem::{method_not_allowed, only_get, overloaded, problem};
 use super::render::{
     json_ok, json_string, render_entitlement, with_member_headers, FROM_SNAPSHOT, JSON,
     X_CATALOG_VERSION, X_SERVED_FROM,
 };
 use super::{App, Body, Later};
-use crate::lookup::{Entry, ServedFrom};
+use crate::lookup::{Entry, LookupError, ServedFrom};
 use crate::member::{self, Reason};
 
 impl App {
@@ -226,6 +226,9 @@ impl App {
         }
         match tokio::time::timeout(self.limits.request_timeout, self.members.get(id)).await {
             Ok(Ok(found)) => Ok(found),
+            Ok(Err(LookupError::Overloaded(n))) => Err(overloaded(&format!(
+                "{n} store reads are in flight already; retry shortly"
+            ))),
             Ok(Err(e)) => {
                 tracing::warn!(member = id, error = %e, "member lookup failed");
                 Err(problem(

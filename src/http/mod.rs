@@ -23,7 +23,7 @@ pub mod params;
 pub mod problem;
 pub mod render;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,6 +63,17 @@ pub enum Later {
     Metrics,
 }
 
+impl Later {
+    /// The route it answers, for counting.
+    pub fn route(&self) -> Route {
+        match self {
+            Later::Entitlement(_) => Route::Entitlement,
+            Later::Authorize => Route::Authorize,
+            Later::Metrics => Route::Metrics,
+        }
+    }
+}
+
 /// What every request handler shares.
 pub struct App {
     pub catalog: Arc<CatalogHandle>,
@@ -72,6 +83,21 @@ pub struct App {
     pub limits: HttpConfig,
     prometheus: PrometheusHandle,
     metrics: HttpMetrics,
+    /// Open connections on the public listener (`http.max_connections`).
+    pub(crate) connections: AtomicUsize,
+    /// Requests waiting on Redis or the store (`http.max_waiting`).
+    waiting: AtomicUsize,
+    shed_connections: metrics::Counter,
+    shed_waiting: metrics::Counter,
+}
+
+/// A request admitted to wait on Redis or the store; counts until dropped.
+pub(crate) struct Waiting(Arc<App>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl App {
@@ -88,7 +114,28 @@ impl App {
             limits,
             prometheus,
             metrics: HttpMetrics::register(),
+            connections: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            shed_connections: metrics::counter!("readtier_http_shed_total", "reason" => "connections"),
+            shed_waiting: metrics::counter!("readtier_http_shed_total", "reason" => "waiting"),
         }
+    }
+
+    /// Admits a request that will wait on Redis or the store, or `None` when
+    /// `http.max_waiting` are waiting already (the caller sheds it).
+    pub(crate) fn admit_waiting(self: &Arc<Self>) -> Option<Waiting> {
+        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let guard = Waiting(self.clone());
+        if before >= self.limits.max_waiting {
+            self.shed_waiting.increment(1);
+            return None;
+        }
+        Some(guard)
+    }
+
+    /// Counts a connection refused over `http.max_connections`.
+    pub(crate) fn shed_connection(&self) {
+        self.shed_connections.increment(1);
     }
 
     /// Counts and times an answer, and asks the client to close once draining.

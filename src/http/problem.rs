@@ -24,6 +24,26 @@ pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Res
     resp
 }
 
+/// The answer to a request shed under overload: try again in a second.
+pub fn overloaded(detail: &str) -> Response<Body> {
+    let mut resp = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "Overloaded",
+        detail,
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// The whole HTTP/1.1 answer written to a connection over `http.max_connections`
+/// before it is closed.
+pub const OVER_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\n\
+content-length: 128\r\n\r\n\
+{\"type\":\"urn:readtier:problem:overloaded\",\"title\":\"Overloaded\",\"status\":503,\"detail\":\"too many open connections; retry shortly\"}";
+
 pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut resp = problem(
         StatusCode::METHOD_NOT_ALLOWED,
