@@ -44,7 +44,9 @@ pub async fn serve(
 ) {
     let mut builder = http1::Builder::new();
     builder
-        .max_buf_size(app.limits.max_header_bytes)
+        // Twice the limit: heads up to it are answered by `App::route_now` with a
+        // problem JSON; only heads past twice the limit get hyper's bare 431.
+        .max_buf_size(app.limits.max_header_bytes.saturating_mul(2).max(8192))
         .keep_alive(true);
     let builder = Arc::new(builder);
     loop {

@@ -158,6 +158,20 @@ impl App {
         listener: Listener,
     ) -> Result<(Route, Response<Body>), Later> {
         let path = req.uri().path();
+        if head_size(req) > self.limits.max_header_bytes {
+            let mut resp = problem(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header-too-large",
+                "Request head too large",
+                &format!(
+                    "the request line and headers may take at most {} bytes",
+                    self.limits.max_header_bytes
+                ),
+            );
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok((Route::Other, resp));
+        }
         if listener == Listener::Public {
             if path == "/v1/plans" {
                 return Ok((Route::Plans, self.plans(req)));
@@ -214,4 +228,20 @@ impl App {
             Later::Metrics => (Route::Metrics, self.metrics_text().await),
         }
     }
+}
+
+/// The size of a request's head as sent: request line and header lines.
+///
+/// hyper's own limit (its read buffer, twice `http.max_header_bytes`, see `conn`)
+/// answers a bare 431; below it this check answers the problem JSON every other error
+/// gets. A handful of additions per header, on every request.
+#[inline]
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path().len()
+        + 12
+        + req.uri().query().map_or(0, |q| q.len() + 1);
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
