@@ -30,6 +30,9 @@ use tokio::net::TcpStream;
 
 /// Members the writers change and the readers read.
 const HOT: u64 = 200;
+/// Members written exactly once, during the fault (ids `HOT + 1 ..= HOT + WINDOW`):
+/// a change to one of them that is lost is never covered by a later one.
+const WINDOW: u64 = 100;
 /// Longest time, after writers stop and the fault has healed or failed over, for every
 /// node to answer exactly the store's state.
 const CONVERGE: Duration = Duration::from_secs(2);
@@ -83,8 +86,11 @@ struct Rig {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     writes: Arc<AtomicU64>,
-    /// Members checked for convergence: the hot ones, and any a scenario adds.
+    /// Members checked for convergence: the hot ones, the window ones, and any a
+    /// scenario adds.
     check: Vec<u64>,
+    /// Times the relay's saved position went backwards (sampled).
+    regressions: Arc<Mutex<Vec<String>>>,
 }
 
 impl Rig {
@@ -107,7 +113,8 @@ impl Rig {
             stop: Arc::new(AtomicBool::new(false)),
             tasks: Vec::new(),
             writes: Arc::new(AtomicU64::new(0)),
-            check: (1..=HOT).collect(),
+            check: (1..=HOT + WINDOW).collect(),
+            regressions: Arc::new(Mutex::new(Vec::new())),
         };
         rig.relays.push(relay_process("r1", &rig.env(None)));
         rig.await_lease("r1").await;
@@ -124,7 +131,39 @@ impl Rig {
             rig.start_node(&mut slot);
             rig.nodes.push(slot);
         }
+        // Every checked member held in both nodes' L1 before anything happens.
+        rig.converge("warming", Duration::from_secs(30)).await;
         rig
+    }
+
+    /// Flips each window member once, one commit each (during a fault).
+    async fn write_window(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut c = loop {
+            match tokio_postgres::connect(&self.pg.url(), tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    break c;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "store unreachable: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        for id in HOT + 1..=HOT + WINDOW {
+            let r = c
+                .execute(
+                    "UPDATE memberships SET status = CASE WHEN status = 'active' THEN 'paused' \
+                     ELSE 'active' END WHERE member_id = $1",
+                    &[&(id as i64)],
+                )
+                .await;
+            assert!(r.is_ok(), "window write of {id}: {r:?}");
+        }
+        let _ = &mut c;
     }
 
     fn redis_urls(&self) -> String {
@@ -188,7 +227,13 @@ impl Rig {
         let url = self.pg.url();
         let stop = self.stop.clone();
         let writes = self.writes.clone();
-        self.tasks.push(tokio::spawn(writer(url, stop, writes)));
+        self.tasks
+            .push(tokio::spawn(writer(url.clone(), stop.clone(), writes)));
+        self.tasks.push(tokio::spawn(watch_position(
+            url,
+            stop,
+            self.regressions.clone(),
+        )));
         for slot in &self.nodes {
             for first in [1, HOT / 2] {
                 self.tasks.push(tokio::spawn(reader(
@@ -201,7 +246,7 @@ impl Rig {
         }
     }
 
-    /// Stops writers and readers and waits for them.
+    /// Stops writers and readers (and the position watcher) and waits for them.
     async fn stop_load(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks.drain(..) {
@@ -370,6 +415,14 @@ impl Rig {
                 self.name, slot.zone, seen.answers
             );
         }
+        let regressions = self.regressions.lock().unwrap();
+        assert!(
+            regressions.is_empty(),
+            "{}: the relay's saved position went backwards: {:?}",
+            self.name,
+            &regressions[..regressions.len().min(5)]
+        );
+        drop(regressions);
         assert!(
             self.writes.load(Ordering::Relaxed) > 50,
             "{}: writers committed only {}",
@@ -426,6 +479,48 @@ async fn seed(url: &str, members: u64) {
     .unwrap();
 }
 
+/// Samples the relay's saved position (its `xmax`) and stream counter every 20 ms and
+/// records any step back; reconnects when the store goes away.
+async fn watch_position(url: String, stop: Arc<AtomicBool>, regressions: Arc<Mutex<Vec<String>>>) {
+    let mut last: (i64, i64) = (0, 0);
+    let mut client: Option<tokio_postgres::Client> = None;
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let c = match &client {
+            Some(c) if !c.is_closed() => c,
+            _ => match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    client.insert(c)
+                }
+                Err(_) => continue,
+            },
+        };
+        let Ok(row) = c
+            .query_one(
+                "SELECT coalesce(position, '{}'), stream_seq FROM relay_state WHERE id = 1",
+                &[],
+            )
+            .await
+        else {
+            client = None;
+            continue;
+        };
+        let position: serde_json::Value =
+            serde_json::from_str(&row.get::<_, String>(0)).unwrap_or_default();
+        let now = (position["xmax"].as_i64().unwrap_or(0), row.get::<_, i64>(1));
+        if now.0 < last.0 || now.1 < last.1 {
+            regressions
+                .lock()
+                .unwrap()
+                .push(format!("(xmax, stream_seq) {last:?} then {now:?}"));
+        }
+        last = (last.0.max(now.0), last.1.max(now.1));
+    }
+}
+
 /// Toggles hot members between active and paused with raw SQL, one commit each, until
 /// stopped; reconnects when the store goes away.
 async fn writer(url: String, stop: Arc<AtomicBool>, writes: Arc<AtomicU64>) {
@@ -447,8 +542,9 @@ async fn writer(url: String, stop: Arc<AtomicBool>, writes: Arc<AtomicU64>) {
                 }
             },
         };
-        id = id * 7 % HOT + 1 + (id % 3);
-        let member = (id % HOT) as i64 + 1;
+        // 37 is prime to 200: every hot member in turn.
+        id += 1;
+        let member = ((id * 37) % HOT) as i64 + 1;
         let r = c
             .execute(
                 "UPDATE memberships SET status = CASE WHEN status = 'active' THEN 'paused' \
@@ -619,6 +715,7 @@ async fn a_the_redis_holding_a_copy_of_the_stream_killed() {
     tokio::time::sleep(BEFORE).await;
     let holder = rig.stream_holder(0).await;
     rig.redis[holder].kill9();
+    rig.write_window().await;
     tokio::time::sleep(DURING).await;
     // Fails over with the process still dead: the other zone's copy carries the stream.
     rig.stop_load().await;
@@ -639,6 +736,7 @@ async fn b_a_whole_zone_killed() {
     tokio::time::sleep(BEFORE).await;
     rig.redis[0].kill9();
     rig.redis[1].kill9();
+    rig.write_window().await;
     tokio::time::sleep(DURING).await;
     rig.stop_load().await;
     rig.converge("zone a dead", CONVERGE).await;
@@ -657,9 +755,39 @@ async fn c_the_active_relay_killed() {
     rig.run_load();
     tokio::time::sleep(BEFORE).await;
     rig.relays[0].kill9();
+    // Written while no relay is active: the standby must deliver them.
+    rig.write_window().await;
     rig.await_lease("r2").await;
     tokio::time::sleep(DURING).await;
     finish(rig, "standby took over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h_the_active_relay_paused_past_its_lease_then_resumed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::start("fence", false, 1000).await;
+    rig.run_load();
+    tokio::time::sleep(BEFORE).await;
+    // SIGSTOP: r1 stops mid-whatever-it-was-doing, still believing it holds the lease.
+    let r1 = rig.relays[0].0.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &r1])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    rig.write_window().await;
+    rig.await_lease("r2").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // r1 wakes up with a lapsed lease: whatever it saves or publishes now must be
+    // refused (fenced), and r2 stays the holder.
+    signal("-CONT");
+    tokio::time::sleep(DURING).await;
+    assert_eq!(rig.lease_holder().await.as_deref(), Some("r2"));
+    finish(rig, "a paused relay resumed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,6 +802,8 @@ async fn d_postgresql_killed_and_restarted() {
     pg.kill9();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     pg.restart();
+    // Written right after the restart (nothing could be written while it was down).
+    rig.write_window().await;
     tokio::time::sleep(DURING).await;
     finish(rig, "store restarted").await;
 }
@@ -687,6 +817,8 @@ async fn e_a_node_killed_and_restarted() {
     let mut slot = rig.nodes.remove(1);
     *slot.addr.lock().unwrap() = None;
     slot.proc.as_mut().unwrap().kill9();
+    // Written while the node is down: the restarted node must not serve older.
+    rig.write_window().await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     rig.start_node(&mut slot);
     rig.nodes.insert(1, slot);
@@ -702,6 +834,7 @@ async fn f_a_redis_restarted_empty() {
     tokio::time::sleep(BEFORE).await;
     let holder = rig.stream_holder(1).await;
     rig.redis[holder].restart();
+    rig.write_window().await;
     tokio::time::sleep(DURING).await;
     finish(rig, "redis back empty").await;
 }
