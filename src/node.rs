@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -204,6 +204,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let background = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
+    // Cancelled when the shutdown timeout runs out: connections still open are cut.
+    let cut = CancellationToken::new();
     telemetry::spawn_upkeep(prometheus, background.clone());
     let mut follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
     if from_disk {
@@ -218,6 +220,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             Listener::Public,
             stop_accepting.clone(),
             connections.clone(),
+            cut.clone(),
         )),
         tokio::spawn(http::serve(
             admin,
@@ -225,6 +228,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             Listener::Admin,
             stop_accepting.clone(),
             connections.clone(),
+            cut.clone(),
         )),
     ];
 
@@ -244,7 +248,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             .await
             .is_err()
         {
-            tracing::warn!("in-flight requests did not finish within the shutdown timeout");
+            tracing::warn!(
+                "in-flight requests did not finish within the shutdown timeout; cutting them"
+            );
+            cut.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
         }
         background.cancel();
         let _ = follower.await;

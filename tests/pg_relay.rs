@@ -102,6 +102,31 @@ async fn settle(schema: &PgSchema, redis: &RedisServer, nodes: &[&TestNode]) {
         .first()
         .expect("the stream holds the published changes");
     let want = entry_number(id).expect("a relay entry id");
+    // Every entry the relay recorded as published is in the stream, densely: none
+    // skipped (a relay that published only some entries would leave holes).
+    let saved: i64 = c
+        .query_one("SELECT stream_seq FROM relay_state", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        want >= saved as u64,
+        "the stream ends at {want}, the relay saved {saved} as published"
+    );
+    let all: Vec<(String, std::collections::HashMap<String, redis::Value>)> = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids: Vec<u64> = all.iter().filter_map(|(id, _)| entry_number(id)).collect();
+    let first = ids.first().copied().unwrap_or(1);
+    assert_eq!(
+        ids,
+        (first..=want).collect::<Vec<_>>(),
+        "the stream's entries are dense"
+    );
     for n in nodes {
         let pos = n.running.change_position.clone();
         eventually(LIMIT, "the node to apply the stream", || async {

@@ -41,6 +41,7 @@ pub async fn serve(
     kind: Listener,
     stop: CancellationToken,
     tracker: TaskTracker,
+    cut: CancellationToken,
 ) {
     let mut builder = http1::Builder::new();
     builder
@@ -98,10 +99,11 @@ pub async fn serve(
                 app.limits.request_timeout,
                 app.limits.idle_timeout,
             )
-            .run(stop.clone()),
+            .run(stop.clone(), cut.clone()),
         );
         let app = app.clone();
         let builder = builder.clone();
+        let cut = cut.clone();
         tracker.spawn(async move {
             let svc_state = state.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
@@ -149,8 +151,17 @@ pub async fn serve(
                 inner: stream,
                 state: state.clone(),
             });
-            if let Err(e) = builder.serve_connection(io, svc).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // Served until it ends, or until the shutdown timeout cuts it (dropping
+            // the connection closes its socket).
+            tokio::select! {
+                served = builder.serve_connection(io, svc) => {
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = cut.cancelled() => {
+                    tracing::debug!(%peer, "connection cut at the shutdown timeout");
+                }
             }
             state.closed.store(true, Ordering::Relaxed);
             drop(counted);
@@ -237,7 +248,7 @@ impl Watchdog {
         }
     }
 
-    async fn run(mut self, stop: CancellationToken) {
+    async fn run(mut self, stop: CancellationToken, cut: CancellationToken) {
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + self.period, self.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -246,6 +257,11 @@ impl Watchdog {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled(), if !draining => draining = true,
+                _ = cut.cancelled() => {
+                    // The shutdown timeout ran out: close whatever is still open.
+                    let _ = self.closer.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
             }
             if self.state.closed.load(Ordering::Relaxed) {
                 return;
