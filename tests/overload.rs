@@ -134,3 +134,30 @@ async fn store_fills_past_their_limit_are_shed_not_queued() {
     assert_eq!(node.get("/v1/members/3/entitlement").await.status, 200);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_store_statement_is_cancelled_by_the_statement_timeout() {
+    let (schema, _store) = seeded_pg(100).await;
+    let node = TestNode::start(&[
+        ("READTIER_STORE_URL", &schema.url()),
+        ("READTIER_STORE_STATEMENT_TIMEOUT", "300ms"),
+        ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
+    ])
+    .await;
+    let mut locker = schema.client().await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = node.get("/v1/members/5/entitlement").await;
+    let took = started.elapsed();
+    r.assert_problem(503);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "cancelled by the server after the statement timeout: {took:?}"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(node.get("/v1/members/5/entitlement").await.status, 200);
+    node.stop().await;
+}

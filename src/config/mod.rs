@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use sections::{ChangesConfig, HttpConfig, L1Config, RelayConfig, TierConfig};
-pub use values::{parse_duration, RedisTopology, StoreUrl, Zone};
+pub use values::{parse_duration, PgTarget, RedisTopology, StoreUrl, Zone};
 
 /// The default file, with every key documented.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -271,8 +271,13 @@ impl Config {
                 Ok(())
             }
         };
-        let store = values::parse_store_url(&raw.store_url, &raw.data_dir)
+        let mut store = values::parse_store_url(&raw.store_url, &raw.data_dir)
             .map_err(|r| layers.invalid("store_url", r))?;
+        nonzero("store_connect_timeout", raw.store_connect_timeout)?;
+        if let StoreUrl::Postgres(target) = &mut store {
+            target.connect_timeout = raw.store_connect_timeout;
+            target.statement_timeout = raw.store_statement_timeout;
+        }
         let redis =
             RedisTopology::parse(&raw.redis_urls).map_err(|r| layers.invalid("redis_urls", r))?;
         let zone = match (&redis, raw.zone.trim()) {

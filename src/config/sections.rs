@@ -18,6 +18,10 @@ pub struct RawConfig {
     pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub store_url: String,
+    #[serde(deserialize_with = "duration")]
+    pub store_connect_timeout: std::time::Duration,
+    #[serde(deserialize_with = "duration")]
+    pub store_statement_timeout: std::time::Duration,
     pub redis_urls: String,
     pub zone: String,
     pub redis_prefix: String,

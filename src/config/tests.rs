@@ -191,3 +191,26 @@ fn kubernetes_service_variables_are_ignored_and_other_unknown_keys_still_fail() 
         );
     }
 }
+
+#[test]
+fn store_time_limits_reach_the_postgres_target() {
+    let cfg = Config::from_layers(
+        None,
+        &env(&[
+            ("READTIER_STORE_URL", "postgres://u:secret@db:5432/x"),
+            ("READTIER_STORE_CONNECT_TIMEOUT", "2s"),
+            ("READTIER_STORE_STATEMENT_TIMEOUT", "250ms"),
+        ]),
+    )
+    .unwrap();
+    match cfg.store {
+        StoreUrl::Postgres(t) => {
+            assert_eq!(t.connect_timeout, std::time::Duration::from_secs(2));
+            assert_eq!(t.statement_timeout, std::time::Duration::from_millis(250));
+        }
+        other => panic!("{other:?}"),
+    }
+    let err =
+        Config::from_layers(None, &env(&[("READTIER_STORE_CONNECT_TIMEOUT", "0s")])).unwrap_err();
+    assert!(err.to_string().contains("`store_connect_timeout`"), "{err}");
+}

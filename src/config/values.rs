@@ -95,8 +95,18 @@ impl RedisTopology {
 pub enum StoreUrl {
     /// An SQLite database file (the embedded default).
     Sqlite(PathBuf),
-    /// A PostgreSQL (wire-compatible) database URL.
-    Postgres(String),
+    /// A PostgreSQL (wire-compatible) database.
+    Postgres(PgTarget),
+}
+
+/// A PostgreSQL database and the time limits its connections get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    pub url: String,
+    /// `store_connect_timeout`.
+    pub connect_timeout: std::time::Duration,
+    /// `store_statement_timeout` (zero: none).
+    pub statement_timeout: std::time::Duration,
 }
 
 /// The store named by `store_url`; empty means the embedded file under `data_dir`.
@@ -114,7 +124,11 @@ pub fn parse_store_url(text: &str, data_dir: &Path) -> Result<StoreUrl, String> 
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         text.parse::<tokio_postgres::Config>()
             .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
-        return Ok(StoreUrl::Postgres(text.to_string()));
+        return Ok(StoreUrl::Postgres(PgTarget {
+            url: text.to_string(),
+            connect_timeout: std::time::Duration::from_secs(5),
+            statement_timeout: std::time::Duration::from_secs(10),
+        }));
     }
     if text.contains("://") {
         let scheme = text.split("://").next().unwrap_or_default();

@@ -115,7 +115,7 @@ impl Store {
     pub fn open(url: &StoreUrl) -> Result<Store, StoreError> {
         let backend = match url {
             StoreUrl::Sqlite(path) => Backend::Sqlite(Arc::new(SqliteStore::open(path)?)),
-            StoreUrl::Postgres(url) => Backend::Postgres(Arc::new(PgStore::open(url)?)),
+            StoreUrl::Postgres(target) => Backend::Postgres(Arc::new(PgStore::open(target)?)),
         };
         Ok(Store { backend })
     }

@@ -135,6 +135,10 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(self.err("trim changes"))?;
+        // A first trim after a long outage may delete a big backlog at once.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(self.err("trim changes"))?;
         let upto: Option<i64> = tx
             .query_one(
                 "SELECT max(txid) FROM change_log

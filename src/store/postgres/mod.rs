@@ -40,8 +40,9 @@ pub struct PgStore {
 
 impl PgStore {
     /// Builds the pool; connections are made on first use (`migrate` checks one).
-    pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        let cfg: tokio_postgres::Config = url
+    pub fn open(target: &crate::config::PgTarget) -> Result<PgStore, StoreError> {
+        let cfg: tokio_postgres::Config = target
+            .url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
         // Host:port and database only: never the user's password (logs, errors).
@@ -65,7 +66,16 @@ impl PgStore {
         );
         let mut cfg = cfg;
         if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(Duration::from_secs(5));
+            cfg.connect_timeout(target.connect_timeout);
+        }
+        if !target.statement_timeout.is_zero() {
+            // Added to whatever options the URL carries (a search path, say).
+            let options = format!(
+                "{} -c statement_timeout={}",
+                cfg.get_options().unwrap_or(""),
+                target.statement_timeout.as_millis()
+            );
+            cfg.options(options.trim());
         }
         let mgr = Manager::from_config(
             cfg.clone(),
@@ -113,6 +123,10 @@ impl PgStore {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(self.err("migrate"))?;
+        // Bulk work, run by an operator: not bounded by `store_statement_timeout`.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(self.err("migrate"))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
             .await
             .map_err(self.err("migrate lock"))?;
@@ -192,6 +206,10 @@ impl PgStore {
         let rows = rows.into_iter();
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(self.err("seed members"))?;
+        // Bulk work, run by an operator: not bounded by `store_statement_timeout`.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(self.err("seed members"))?;
         tx.batch_execute("ALTER TABLE memberships DISABLE TRIGGER USER")
             .await
             .map_err(self.err("disable member triggers"))?;
