@@ -172,7 +172,7 @@ pub struct Members {
     /// The L2 hash tier, if Redis is configured.
     tier: Option<Arc<Tier>>,
     /// Bounds concurrent store reads, so an outage of the tier cannot flatten the store.
-    fills: Semaphore,
+    fills: Arc<Semaphore>,
     limits: FillLimits,
     /// Loads in flight, by member, striped; holding a stripe also serializes the
     /// read-modify-write of that member's slot.
@@ -198,7 +198,7 @@ impl Members {
             negative_ttl: cfg.negative_ttl,
             store,
             tier,
-            fills: Semaphore::new(limits.max_in_flight),
+            fills: Arc::new(Semaphore::new(limits.max_in_flight)),
             limits,
             loading: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             generation: AtomicU32::new(0),
@@ -344,13 +344,27 @@ impl Members {
         }
         // Shed rather than queue: a fill waits for a permit only briefly.
         let queue = self.limits.wait.min(FILL_QUEUE);
-        let _permit = match tokio::time::timeout(queue, self.fills.acquire()).await {
+        let permit = match tokio::time::timeout(queue, self.fills.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
             _ => return Err(LookupError::Overloaded(self.limits.max_in_flight)),
         };
         self.store_reads.fetch_add(1, Ordering::Relaxed);
         self.metrics.store_reads.increment(1);
-        let member = match self.store.get_member(id).await {
+        // The read runs as a task of its own that holds the permit until the store
+        // has answered: a lookup that times out stops waiting, but its query still
+        // runs in the store (until `store_statement_timeout`), and still counts
+        // against `l2.max_store_fills`.
+        let store = self.store.clone();
+        let read = tokio::spawn(async move {
+            let _permit = permit;
+            store.get_member(id).await
+        });
+        let read = match read.await {
+            Ok(r) => r,
+            // The read task panicked: report it as a store failure, not a crash.
+            Err(e) => Err(StoreError::Task(format!("member read: {e}"))),
+        };
+        let member = match read {
             Ok(m) => m,
             Err(e) => {
                 self.metrics.store_errors.increment(1);

@@ -277,6 +277,7 @@ impl Config {
         if let StoreUrl::Postgres(target) = &mut store {
             target.connect_timeout = raw.store_connect_timeout;
             target.statement_timeout = raw.store_statement_timeout;
+            target.member_reads = raw.l2.max_store_fills;
         }
         let redis =
             RedisTopology::parse(&raw.redis_urls).map_err(|r| layers.invalid("redis_urls", r))?;

@@ -107,6 +107,8 @@ pub struct PgTarget {
     pub connect_timeout: std::time::Duration,
     /// `store_statement_timeout` (zero: none).
     pub statement_timeout: std::time::Duration,
+    /// Connections for member reads: `l2.max_store_fills`.
+    pub member_reads: usize,
 }
 
 /// The store named by `store_url`; empty means the embedded file under `data_dir`.
@@ -128,6 +130,7 @@ pub fn parse_store_url(text: &str, data_dir: &Path) -> Result<StoreUrl, String> 
             url: text.to_string(),
             connect_timeout: std::time::Duration::from_secs(5),
             statement_timeout: std::time::Duration::from_secs(10),
+            member_reads: 64,
         }));
     }
     if text.contains("://") {

@@ -32,6 +32,8 @@ const MIGRATE_LOCK: i64 = 0x7265_6164_7469_6572;
 /// A PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
+    /// Member reads only (see `open`).
+    reads: Pool,
     /// For connections outside the pool (LISTEN).
     pub(super) config: tokio_postgres::Config,
     /// The URL without credentials, for messages.
@@ -77,22 +79,30 @@ impl PgStore {
             );
             cfg.options(options.trim());
         }
-        let mgr = Manager::from_config(
-            cfg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(16)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let build = |size: usize| {
+            let mgr = Manager::from_config(
+                cfg.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(mgr)
+                .max_size(size)
+                .wait_timeout(Some(Duration::from_secs(5)))
+                .create_timeout(Some(target.connect_timeout))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::Config(e.to_string()))
+        };
+        // Member reads (request fills) get a pool of their own, as large as
+        // `l2.max_store_fills`: however many of them are stuck in a slow store, the
+        // change log, the catalog and the relay keep their connections.
+        let pool = build(16)?;
+        let reads = build(target.member_reads.max(1))?;
         Ok(PgStore {
             pool,
+            reads,
             config: cfg,
             shown,
         })
@@ -111,6 +121,14 @@ impl PgStore {
             op,
             source,
         }
+    }
+
+    /// A connection for a member read (its own pool).
+    async fn read_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.reads.get().await.map_err(|e| StoreError::Pool {
+            url: self.shown.clone(),
+            reason: e.to_string(),
+        })
     }
 
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -356,7 +374,7 @@ impl PgStore {
         let Ok(id) = i64::try_from(id) else {
             return Ok(None);
         };
-        let c = self.client().await?;
+        let c = self.read_client().await?;
         let st = c
             .prepare_cached(&format!(
                 "SELECT {MEMBER_COLUMNS} FROM memberships WHERE member_id = $1"
