@@ -39,53 +39,11 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::L1Config;
 use crate::member::Member;
 use crate::store::{Store, StoreError};
+
+mod entry;
 use crate::telemetry::MemberMetrics;
 use crate::tier::{Tier, TierEntry};
-
-/// Where a member answer came from (`x-served-from`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServedFrom {
-    L1,
-    L2,
-    Store,
-}
-
-impl ServedFrom {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServedFrom::L1 => "l1",
-            ServedFrom::L2 => "l2",
-            ServedFrom::Store => "store",
-        }
-    }
-}
-
-/// An L1 entry: a record, or the knowledge that there is none, its version, and
-/// where it was loaded from (what a coalesced miss reports).
-#[derive(Debug)]
-pub struct Cached {
-    pub member: Option<Member>,
-    /// The record's version, or the tombstone's (0: an id the store never had).
-    pub version: i64,
-    pub origin: ServedFrom,
-    /// The entitlement answer for this record and the catalog version it was rendered
-    /// under, kept with the entry so a hit copies bytes instead of rendering; replaced
-    /// when a request finds the catalog has moved on (see `http::render`).
-    pub rendered: arc_swap::ArcSwapOption<(u64, bytes::Bytes)>,
-}
-
-impl Cached {
-    pub fn new(member: Option<Member>, version: i64, origin: ServedFrom) -> Cached {
-        Cached {
-            member,
-            version,
-            origin,
-            rendered: arc_swap::ArcSwapOption::empty(),
-        }
-    }
-}
-
-pub type Entry = Arc<Cached>;
+pub use entry::{Cached, Entry, FillLimits, LookupError, ServedFrom};
 
 /// What L1 holds per member.
 #[derive(Clone)]
@@ -106,37 +64,6 @@ struct Negative {
     entry: Entry,
     expires: Instant,
     generation: u32,
-}
-
-/// Why a member could not be looked up (shared by every request coalesced on a load).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LookupError {
-    #[error(transparent)]
-    Store(Arc<StoreError>),
-    #[error("too many store reads in flight ({0}); the tier may be down")]
-    Overloaded(usize),
-    #[error("the store did not answer within {0:?}")]
-    Timeout(Duration),
-}
-
-/// How many store reads may be in flight, and how long a miss waits for one.
-#[derive(Debug, Clone, Copy)]
-pub struct FillLimits {
-    /// Most store reads in flight (`l2.max_store_fills`): a tier outage cannot
-    /// flatten the store.
-    pub max_in_flight: usize,
-    /// Longest wait for a permit, and for a load (`http.request_timeout`).
-    pub wait: Duration,
-}
-
-impl FillLimits {
-    /// The limits a configuration sets.
-    pub fn of(cfg: &crate::config::Config) -> FillLimits {
-        FillLimits {
-            max_in_flight: cfg.l2.max_store_fills,
-            wait: cfg.http.request_timeout,
-        }
-    }
 }
 
 type LoadResult = Result<Entry, LookupError>;
