@@ -174,6 +174,11 @@ impl Members {
             match loading.get(&id) {
                 Some(load) => (load.clone(), false),
                 None => {
+                    // A load may have finished between the L1 miss above and taking
+                    // the stripe (it fills L1 under this lock): look again first.
+                    if let Some(entry) = self.get_l1(id) {
+                        return Ok((entry, ServedFrom::L1));
+                    }
                     let load = Arc::new(Load {
                         result: watch::channel(None).0,
                     });
