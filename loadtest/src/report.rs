@@ -376,8 +376,10 @@ pub struct Report {
     /// When the window opened, seconds since the Unix epoch (to line up runs from
     /// several generator machines).
     pub window_start_unix_s: f64,
-    /// From the start of the process to the report.
+    /// From the start of the process to the report; of which opening the connections,
+    /// before the schedule started.
     pub wall_seconds: f64,
+    pub connect_seconds: f64,
     /// Sends per second the schedule asked for over the window (open loop).
     pub offered_rps: Option<f64>,
     /// Answers completed inside the window ÷ the window.
