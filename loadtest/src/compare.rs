@@ -87,19 +87,22 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// Older reports: `throughput_rps` was the offered rate in open loop.
+/// Older reports: `throughput_rps` was the offered rate in open loop (every send was
+/// made, after the window if need be), and answers ÷ window in closed loop.
 fn upgrade(v: &mut Value) -> Option<String> {
-    if v.get("achieved_rps").is_none() {
-        let t = v.get("throughput_rps").cloned()?;
-        let open = v.get("mode").and_then(Value::as_str) == Some("open-loop");
-        v["achieved_rps"] = t;
-        return Some(if open {
-            "an older report: its open-loop throughput_rps is the offered rate, not achieved".into()
-        } else {
-            "an older report: achieved req/s is its throughput_rps".into()
-        });
+    if v.get("achieved_rps").is_some() {
+        return None;
     }
-    None
+    let t = v.get("throughput_rps").cloned()?;
+    if v.get("mode").and_then(Value::as_str) == Some("open-loop") {
+        v["offered_rps"] = t;
+        return Some(
+            "an older report: its open-loop throughput_rps was the offered rate; it has no achieved rate"
+                .into(),
+        );
+    }
+    v["achieved_rps"] = t;
+    Some("an older report: achieved req/s is its throughput_rps".into())
 }
 
 /// The comparison as text.
@@ -184,11 +187,11 @@ mod tests {
         .unwrap();
         let out = compare(&a, &b).unwrap();
         assert!(out.contains("A is an older report"), "{out}");
-        let achieved = out
-            .lines()
-            .find(|l| l.starts_with("achieved req/s"))
-            .unwrap();
-        assert!(achieved.ends_with("0.200"), "{achieved}");
+        // The old open-loop figure was the offered rate: it is shown as that.
+        let row = |label: &str| out.lines().find(|l| l.starts_with(label)).unwrap();
+        assert!(row("offered req/s").ends_with("1.000"), "{out}");
+        let achieved: Vec<&str> = row("achieved req/s").split_whitespace().collect();
+        assert_eq!(achieved[2..], ["-", "60000", "-"], "{out}");
         let p99 = out
             .lines()
             .find(|l| l.starts_with("latency p99 ms"))
