@@ -5,10 +5,12 @@
 #
 # Starts readtier (embedded default: SQLite, 1,000,000 members) pinned to core 0, runs
 #   loadtest --connections C --rate R --duration Ss --warmup 0s
-# pinned to core 1, and samples the node's readtier_http_requests_total every 200 ms
-# meanwhile. Prints the command's wall time, what the report says, and what the node
-# really answered: inside the report's window when the report says where its window
-# was (window_start_unix_s), else over the whole run.
+# pinned to core 1, and samples the node's readtier_http_requests_total every 100 ms
+# meanwhile (each sample stamped at the middle of its scrape, which waits behind the
+# load). Prints the command's wall time, what the report says, and the node's own rate
+# while loaded: from the samples inside the report's window (window_start_unix_s) but
+# 0.3 s clear of its edges, where the rate steps; an older report has no window, so the
+# samples inside the command's run are used.
 #
 # LOADTEST=path runs another loadtest binary (an older build kept for comparison);
 # BIN=dir takes readtier from there instead of building this checkout.
@@ -41,7 +43,7 @@ answered() {
   curl -s "http://127.0.0.1:$ADMIN/metrics" |
     awk '/^readtier_http_requests_total/ && $0 !~ /route="metrics"/ {s += $2} END {printf "%d", s}'
 }
-(while :; do echo "$(date +%s.%N) $(answered)"; sleep 0.2; done) >"$tmp/samples" &
+(while :; do a=$(date +%s.%N); n=$(answered); echo "$a $(date +%s.%N) $n"; sleep 0.1; done) >"$tmp/samples" &
 pids+=($!)
 sleep 1
 t0=$(date +%s.%N)
@@ -59,8 +61,8 @@ tmp, t0, t1, secs, rate, conns = sys.argv[1], float(sys.argv[2]), float(sys.argv
 samples = []
 for line in open(f"{tmp}/samples"):
     p = line.split()
-    if len(p) == 2 and p[1].isdigit():
-        samples.append((float(p[0]), int(p[1])))
+    if len(p) == 3 and p[2].isdigit():
+        samples.append(((float(p[0]) + float(p[1])) / 2, int(p[2])))
 
 def at(t):
     """The node's answer count at time t, interpolated between samples."""
@@ -68,6 +70,12 @@ def at(t):
         if ta <= t <= tb:
             return na + (nb - na) * (t - ta) / (tb - ta)
     raise SystemExit(f"no samples around {t}")
+
+def steady(a, b):
+    """The node's answers per second from the samples between a + 0.3 s and b - 0.3 s."""
+    inside = [(t, n) for t, n in samples if a + 0.3 <= t <= b - 0.3]
+    (ta, na), (tb, nb) = inside[0], inside[-1]
+    return (nb - na) / (tb - ta)
 
 r = json.load(open(f"{tmp}/report.json"))
 wall = t1 - t0
@@ -77,7 +85,7 @@ print(f"wall time of the command: {wall:.2f} s" + (f" (opening the connections: 
 print(f"node answered during the command: {run:.0f} ({run / wall:.0f}/s of wall time)")
 if "achieved_rps" in r:
     ws = r["window_start_unix_s"]
-    inside = at(ws + secs) - at(ws)
+    node = steady(ws, ws + secs)
     s = r["sends"]
     print(f"report: offered_rps {r['offered_rps']:.0f}, achieved_rps {r['achieved_rps']:.0f} "
           f"(ratio {r['achieved_ratio']:.4f}), sends offered {s['offered']}, sent {s['sent']}, "
@@ -85,10 +93,10 @@ if "achieved_rps" in r:
           f"in grace {r['answers']['after_window_in_grace']}, unanswered {r['answers']['unanswered']}")
     print(f"report: latency p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms; "
           f"send lag p99 {r['generator']['send_lag_ms']['p99']:.3f} ms; generator CPU {r['generator']['cpu_utilisation']}")
-    print(f"node answered inside the report's window: {inside:.0f} = {inside / secs:.0f}/s; "
-          f"report achieved / node = {r['achieved_rps'] / (inside / secs):.4f}")
+    print(f"node's own rate inside the window: {node:.0f}/s; report achieved / node = {r['achieved_rps'] / node:.4f}")
 else:
     print(f"report (old): throughput_rps {r['throughput_rps']:.0f} over measured_seconds "
           f"{r['measured_seconds']:g}, requests {r['requests']}, latency p50 {r['latency_ms']['p50']:.1f} ms")
-    print(f"report throughput / node's real rate over the command = {r['throughput_rps'] / (run / wall):.2f}")
+    node = steady(t0, t1)
+    print(f"node's own rate while loaded: {node:.0f}/s; report throughput / node = {r['throughput_rps'] / node:.2f}")
 EOF
