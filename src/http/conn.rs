@@ -103,12 +103,24 @@ pub async fn serve(
         );
         let app = app.clone();
         let builder = builder.clone();
-        let cut = cut.clone();
         tracker.spawn(async move {
             let svc_state = state.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
                 let in_flight = InFlight::start(svc_state.clone());
                 let started = Instant::now();
+                // A head over the limit can only come with more bytes than the limit
+                // since the last request: two loads and a store on every request, the
+                // walk over the headers only then.
+                let bytes = svc_state.bytes_in.load(Ordering::Relaxed);
+                let fresh = bytes - svc_state.bytes_at_request.swap(bytes, Ordering::Relaxed);
+                if fresh > app.limits.max_header_bytes as u64
+                    && super::head_size(&req) > app.limits.max_header_bytes
+                {
+                    drop(req);
+                    let resp = app.finish(crate::telemetry::Route::Other, app.head_too_large(), started);
+                    drop(in_flight);
+                    return Either::Left(std::future::ready(Ok::<_, Infallible>(resp)));
+                }
                 match app.route_now(&req, kind) {
                     Ok((route, resp)) => {
                         drop(req);
@@ -151,17 +163,11 @@ pub async fn serve(
                 inner: stream,
                 state: state.clone(),
             });
-            // Served until it ends, or until the shutdown timeout cuts it (dropping
-            // the connection closes its socket).
-            tokio::select! {
-                served = builder.serve_connection(io, svc) => {
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = cut.cancelled() => {
-                    tracing::debug!(%peer, "connection cut at the shutdown timeout");
-                }
+            // Served until it ends; at the shutdown timeout the watchdog shuts the
+            // socket down, which ends it (no per-poll `select!` here: it costs every
+            // request).
+            if let Err(e) = builder.serve_connection(io, svc).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             state.closed.store(true, Ordering::Relaxed);
             drop(counted);
@@ -192,6 +198,8 @@ fn with_closer(
 #[derive(Default)]
 struct ConnState {
     bytes_in: AtomicU64,
+    /// `bytes_in` when the last request started (for the head-size check).
+    bytes_at_request: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicU64,
     closed: AtomicBool,

@@ -149,6 +149,22 @@ impl App {
         resp
     }
 
+    /// The answer to a request head over `http.max_header_bytes`.
+    pub(crate) fn head_too_large(&self) -> Response<Body> {
+        let mut resp = problem(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header-too-large",
+            "Request head too large",
+            &format!(
+                "the request line and headers may take at most {} bytes",
+                self.limits.max_header_bytes
+            ),
+        );
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+
     /// Answers at once whatever needs no waiting: plans, health, readiness, L1 hits and
     /// every rejection. Answering here lets the connection drop the request before its
     /// answer is written, which hyper rewards (its read buffer is reused in place).
@@ -158,20 +174,6 @@ impl App {
         listener: Listener,
     ) -> Result<(Route, Response<Body>), Later> {
         let path = req.uri().path();
-        if head_size(req) > self.limits.max_header_bytes {
-            let mut resp = problem(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "header-too-large",
-                "Request head too large",
-                &format!(
-                    "the request line and headers may take at most {} bytes",
-                    self.limits.max_header_bytes
-                ),
-            );
-            resp.headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok((Route::Other, resp));
-        }
         if listener == Listener::Public {
             if path == "/v1/plans" {
                 return Ok((Route::Plans, self.plans(req)));
@@ -234,9 +236,9 @@ impl App {
 ///
 /// hyper's own limit (its read buffer, twice `http.max_header_bytes`, see `conn`)
 /// answers a bare 431; below it this check answers the problem JSON every other error
-/// gets. A handful of additions per header, on every request.
-#[inline]
-fn head_size<B>(req: &Request<B>) -> usize {
+/// gets. Only called when the connection received more than the limit since its last
+/// request (`conn`), so a normal request never pays for the walk over its headers.
+pub(crate) fn head_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len()
         + req.uri().path().len()
         + 12
