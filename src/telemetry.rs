@@ -114,6 +114,10 @@ impl LatencyHistogram {
 pub struct HttpMetrics {
     requests: Vec<Counter>,
     latency: Arc<Vec<LatencyHistogram>>,
+    /// Connections refused over `http.max_connections`.
+    pub shed_connections: Counter,
+    /// Requests shed over `http.max_waiting`.
+    pub shed_waiting: Counter,
 }
 
 impl HttpMetrics {
@@ -130,7 +134,12 @@ impl HttpMetrics {
             }
         }
         let latency = Arc::new(ROUTES.iter().map(|_| LatencyHistogram::new()).collect());
-        HttpMetrics { requests, latency }
+        HttpMetrics {
+            requests,
+            latency,
+            shed_connections: metrics::counter!("readtier_http_shed_total", "reason" => "connections"),
+            shed_waiting: metrics::counter!("readtier_http_shed_total", "reason" => "waiting"),
+        }
     }
 
     #[inline]

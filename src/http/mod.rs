@@ -87,8 +87,6 @@ pub struct App {
     pub(crate) connections: AtomicUsize,
     /// Requests waiting on Redis or the store (`http.max_waiting`).
     waiting: AtomicUsize,
-    shed_connections: metrics::Counter,
-    shed_waiting: metrics::Counter,
 }
 
 /// A request admitted to wait on Redis or the store; counts until dropped.
@@ -116,8 +114,6 @@ impl App {
             metrics: HttpMetrics::register(),
             connections: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            shed_connections: metrics::counter!("readtier_http_shed_total", "reason" => "connections"),
-            shed_waiting: metrics::counter!("readtier_http_shed_total", "reason" => "waiting"),
         }
     }
 
@@ -127,7 +123,7 @@ impl App {
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
         let guard = Waiting(self.clone());
         if before >= self.limits.max_waiting {
-            self.shed_waiting.increment(1);
+            self.metrics.shed_waiting.increment(1);
             return None;
         }
         Some(guard)
@@ -135,7 +131,7 @@ impl App {
 
     /// Counts a connection refused over `http.max_connections`.
     pub(crate) fn shed_connection(&self) {
-        self.shed_connections.increment(1);
+        self.metrics.shed_connections.increment(1);
     }
 
     /// Counts and times an answer, and asks the client to close once draining.
