@@ -66,4 +66,6 @@ mkdir -p "$(dirname "$OUT")"
 taskset -c 1 "$BIN/loadtest" --target "$(IFS=,; echo "${targets[*]}")" --connections 32 \
   --rate "$RATE" --duration "${SECS}s" --members 200000 --write-rate "$WRITES" \
   --store-url "$READTIER_STORE_URL" --progress 0 --json "$OUT"
-echo "report: $OUT"
+python3 loadtest/draw_freshness.py "$OUT" "${OUT%.json}.svg" \
+  "Commit to visible, two nodes, PostgreSQL + relay, ${RATE} req/s"
+echo "report: $OUT, picture: ${OUT%.json}.svg"

@@ -57,8 +57,9 @@ impl Pg {
 /// What readers saw on one node.
 #[derive(Default)]
 struct Seen {
-    /// Highest version answered per member by the current process.
-    versions: HashMap<u64, i64>,
+    /// Highest version answered per member by the current process, and when the
+    /// first answer with it arrived.
+    versions: HashMap<u64, (i64, Instant)>,
     /// Failures of reads of a member this process had already answered.
     failed: Vec<String>,
     /// Versions that went backwards.
@@ -581,7 +582,9 @@ async fn reader(
             Some(c) if c.addr == now => c,
             _ => client.insert(Client::new(now)),
         };
+        let sent = Instant::now();
         let got = c.entitlement(id).await;
+        let done = Instant::now();
         // A node taken down (addr cleared) or replaced meanwhile: not this read's fault.
         if *addr.lock().unwrap() != Some(now) {
             client = None;
@@ -591,11 +594,21 @@ async fn reader(
         match got {
             Ok((200, _, v)) => {
                 s.answers += 1;
-                let before = s.versions.insert(id, v);
-                if let Some(b) = before {
-                    if v < b {
-                        s.backwards.push(format!("member {id}: v{b} then v{v}"));
-                        s.versions.insert(id, b);
+                match s.versions.get(&id).copied() {
+                    // Older than an answer that had arrived before this request was
+                    // sent: the node went back. (Two readers' requests in flight at
+                    // once are not ordered, so an older answer to a request sent
+                    // earlier is not a step back.)
+                    Some((b, b_done)) if v < b && sent > b_done => {
+                        s.backwards.push(format!(
+                            "member {id}: v{b}, then v{v} to a request sent {:?} later, answered in {:?}",
+                            sent - b_done,
+                            done - sent
+                        ));
+                    }
+                    Some((b, _)) if v <= b => {}
+                    _ => {
+                        s.versions.insert(id, (v, done));
                     }
                 }
             }

@@ -106,6 +106,7 @@ pub async fn probe(
     let mut rng = Rng::new(0xf7e5);
     let mut writes = 0;
     let mut unseen = 0;
+    let mut samples_ms = Vec::new();
     tokio::time::sleep_until(from.into()).await;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut tasks = Vec::new();
@@ -161,6 +162,7 @@ pub async fn probe(
             unseen += 1;
         } else {
             let _ = all.record((worst.as_micros() as u64).max(1));
+            samples_ms.push(worst.as_secs_f64() * 1000.0);
         }
     }
     Ok(Freshness {
@@ -171,5 +173,6 @@ pub async fn probe(
             .iter()
             .map(|(k, h)| (k.clone(), Percentiles::of(h)))
             .collect(),
+        samples_ms,
     })
 }

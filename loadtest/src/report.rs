@@ -298,6 +298,9 @@ pub struct Freshness {
     pub unseen: u64,
     pub commit_to_visible_ms: Percentiles,
     pub per_node: BTreeMap<String, Percentiles>,
+    /// Every write's commit-to-visible on the slowest node, in milliseconds, in order
+    /// of commit: the raw distribution (`loadtest/draw_freshness.py` draws it).
+    pub samples_ms: Vec<f64>,
 }
 
 /// Accounting of the sends due in the window (or a stage).

@@ -11,15 +11,18 @@
 //! 2. reads the next page of the change log; a gap (the log was trimmed past the
 //!    relay) is treated as a reseed: the tier is flushed and every node drops L1;
 //! 3. applies the page to every zone ([`apply`]); failed zone writes become repairs;
-//! 4. saves, in one fenced transaction, the position *before* this page, the id `k`
-//!    it reserves for this page's stream entry, and the new repairs;
+//! 4. saves, in one fenced transaction, the position *before* this page, the stream
+//!    ids it reserves (a block of [`RESERVE_BLOCK`], so that most pages need no save)
+//!    and the new repairs — before publishing whenever there are new repairs, the
+//!    page's id `k` is past the reserved block, or [`SAVE_EVERY`] has passed;
 //! 5. appends entry `k` to every copy of the stream; if no copy takes it, the page is
 //!    read again from the last published position and published under a new id.
 //!
 //! When idle, it saves the position after the last published page. A relay that
-//! crashes anywhere repeats at most one page (nodes apply events idempotently), and a
-//! successor starts above every id ever reserved, filling any reserved id no copy
-//! holds with a filler (see [`crate::stream`]).
+//! crashes anywhere repeats at most [`SAVE_EVERY`] of pages (nodes apply events
+//! idempotently), and a successor starts above every id ever reserved, filling any
+//! reserved id no copy holds with a filler (see [`crate::stream`]): a reader sees no
+//! gap for the ids a relay reserved and never used.
 
 mod apply;
 mod lease;
@@ -54,6 +57,13 @@ pub enum RelayError {
     #[error("the lease was lost")]
     LostLease,
 }
+
+/// Stream ids reserved by one save: a page whose id is inside the block is published
+/// without a save before it (one PostgreSQL round trip off the commit-to-visible path).
+const RESERVE_BLOCK: u64 = 64;
+
+/// Longest the saved position may trail what was published under load.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
 
 /// Most repairs tried per step.
 const REPAIRS_PER_STEP: i64 = 256;
@@ -90,6 +100,9 @@ struct Active {
     next_id: u64,
     /// Published since the last save.
     dirty: bool,
+    /// The highest stream id reserved by a save, and when the last save was.
+    reserved: u64,
+    last_save: Instant,
     /// Repairs made and announced, to be cleared at the next save.
     repaired: Vec<Repair>,
     /// Pending repairs, as last counted, and when they were last tried.
@@ -221,6 +234,9 @@ impl Relay {
             stream_seq: saved.stream_seq,
             next_id,
             dirty: false,
+            // Below `next_id`: the first page reserves a block.
+            reserved: 0,
+            last_save: Instant::now(),
             repaired: Vec::new(),
             repairs_pending,
             repairs_tried: None,
@@ -286,7 +302,11 @@ impl Relay {
         }
         let k = state.next_id;
         let before = state.published.clone();
-        self.save(state, &before, k, &failed).await?;
+        if !failed.is_empty() || k > state.reserved || state.last_save.elapsed() >= SAVE_EVERY {
+            let reserve = state.reserved.max(k + RESERVE_BLOCK - 1);
+            self.save(state, &before, reserve, &failed).await?;
+            state.reserved = reserve;
+        }
         state.next_id = k + 1;
         self.publisher.append(k, &encode(&events)).await?;
         self.metrics.published.increment(events.len() as u64);
@@ -317,6 +337,7 @@ impl Relay {
         }
         state.repaired.clear();
         state.saved = position.clone();
+        state.last_save = Instant::now();
         Ok(())
     }
 
