@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Overload: a node driven at 3x its measured capacity sheds instead of queueing.
+#
+#   loadtest/shed.sh [seconds=20]
+#
+# One node on core 0 (embedded default, 1,000,000 members, L1 of 20,000 entries, so
+# uniform member reads are store reads: the expensive path, and the one shed first),
+# loadtest on core 1, entitlement reads of uniform random members:
+#   1. closed loop, 8 s: the node's capacity C (answers per second);
+#   2. open loop at 0.8 C, 10 s: the admitted p99 at 80% load;
+#   3. open loop, stages: SECONDS at 3 C, then 5 s at 0.8 C (recovery), while /healthz
+#      on the admin listener is timed every 100 ms and the node's RSS sampled each
+#      second.
+# Prints the figures and writes the reports to $OUT (default docs/figures/shed-*.json).
+# BIN=dir picks the binaries (default target/release, built first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-20}
+OUT=${OUT:-docs/figures}
+if [ -z "${BIN:-}" ]; then cargo build --release -q -p readtier -p loadtest; BIN=target/release; fi
+BIN=$(cd "$BIN" && pwd)
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$tmp"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+P=$(port); A=$(port)
+READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$P READTIER_ADMIN_LISTEN=127.0.0.1:$A \
+  READTIER_L1_CAPACITY=20000 RUST_LOG=warn taskset -c 0 "$BIN/readtier" >"$tmp/node.log" 2>&1 &
+NODE=$!
+pids+=($NODE)
+for _ in $(seq 1 120); do curl -s -o /dev/null "http://127.0.0.1:$P/healthz" && break; sleep 0.5; done
+mkdir -p "$OUT"
+lt() { taskset -c 1 "$BIN/loadtest" --target "http://127.0.0.1:$P" --mix plans=0,entitlement=1,authorize=0 \
+  --zipf 0 --members 1000000 --progress 0 "$@"; }
+lt --connections 64 --duration 8s --warmup 2s --json "$OUT/shed-capacity.json" >/dev/null
+C=$(python3 -c "import json; print(int(json.load(open('$OUT/shed-capacity.json'))['achieved_rps']))")
+lt --connections 256 --rate $((C * 8 / 10)) --duration 10s --warmup 2s --json "$OUT/shed-80.json" >/dev/null
+# Health probe and memory sampler during the overload.
+( while kill -0 $NODE 2>/dev/null; do
+    curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$A/healthz" || echo fail
+    sleep 0.1
+  done ) >"$tmp/health.txt" &
+pids+=($!)
+( while kill -0 $NODE 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$NODE/status; sleep 1; done ) >"$tmp/rss.txt" &
+pids+=($!)
+lt --connections 1024 --stages "${SECS}s@$((C * 3)),5s@$((C * 8 / 10))" --warmup 1s \
+  --json "$OUT/shed-3x.json" --svg "$OUT/shed-3x.svg" >/dev/null || true
+python3 - "$OUT" "$C" "$tmp/health.txt" "$tmp/rss.txt" <<'PY'
+import json, sys
+out, cap, health, rss = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+r80 = json.load(open(f"{out}/shed-80.json"))
+r3 = json.load(open(f"{out}/shed-3x.json"))
+h = [l.strip() for l in open(health) if l.strip()]
+hs = sorted(float(x) * 1000 for x in h if x != "fail")
+m = [int(x) for x in open(rss) if x.strip()]
+over, after = r3["stages"][0], r3["stages"][1]
+tl = r3["timeline"]
+summary = {
+    "capacity_rps": cap,
+    "p99_ms_at_80pct": r80["latency_ms"]["p99"],
+    "overload": {
+        "offered_rps": over.get("offered_rps"),
+        "answered_ok_rps": over.get("achieved_rps"),
+        "admitted_p99_ms": over["latency_ms"]["p99"],
+        "shed": over["answers"]["shed"],
+        "shed_p99_ms": over["shed_latency_ms"]["p99"],
+        "errors": over.get("errors"),
+    },
+    "after": {"offered_rps": after.get("offered_rps"), "achieved_rps": after.get("achieved_rps"),
+              "p99_ms": after["latency_ms"]["p99"]},
+    "healthz_ms": {"probes": len(h), "failed": h.count("fail"),
+                   "p99": hs[int(len(hs) * 0.99) - 1] if hs else None, "max": hs[-1] if hs else None},
+    "rss_kib": {"first": m[0] if m else None, "max": max(m) if m else None, "last": m[-1] if m else None},
+    "timeline": [{k: t.get(k) for k in ("t", "offered", "sent", "completed", "p99_ms")} for t in tl],
+}
+json.dump(summary, open(f"{out}/shed-summary.json", "w"), indent=1)
+s = {k: v for k, v in summary.items() if k != "timeline"}
+print(json.dumps(s, indent=1))
+PY
