@@ -269,3 +269,24 @@ impl RelayMetrics {
         }
     }
 }
+
+/// The catalog version a node serves (`readtier_catalog_version`).
+pub fn set_catalog_version(version: u64) {
+    metrics::gauge!("readtier_catalog_version").set(version as f64);
+}
+
+/// What L1 holds: records (and floors), and "no such member" answers.
+pub fn set_l1_sizes(entries: u64, negative: u64) {
+    metrics::gauge!("readtier_l1_entries").set(entries as f64);
+    metrics::gauge!("readtier_l1_negative_entries").set(negative as f64);
+}
+
+/// A store row that could not be read (`readtier_store_bad_rows_total`).
+pub fn count_store_bad_row() {
+    metrics::counter!("readtier_store_bad_rows_total").increment(1);
+}
+
+/// Tier reads that skipped a zone holding a version below the member's floor.
+pub fn l2_stale_skips() -> Counter {
+    metrics::counter!("readtier_l2_stale_skipped_total")
+}

@@ -236,7 +236,7 @@ pub struct CatalogHandle {
 
 impl CatalogHandle {
     pub fn new(first: Snapshot) -> CatalogHandle {
-        metrics::gauge!("readtier_catalog_version").set(first.version() as f64);
+        crate::telemetry::set_catalog_version(first.version());
         CatalogHandle {
             current: ArcSwap::from_pointee(first),
         }
@@ -264,7 +264,7 @@ impl CatalogHandle {
             }
         });
         if installed {
-            metrics::gauge!("readtier_catalog_version").set(next.version() as f64);
+            crate::telemetry::set_catalog_version(next.version());
         }
         installed
     }

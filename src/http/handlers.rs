@@ -268,8 +268,7 @@ impl App {
     }
 
     pub(super) async fn metrics_text(&self) -> Response<Body> {
-        metrics::gauge!("readtier_l1_entries").set(self.members.len() as f64);
-        metrics::gauge!("readtier_l1_negative_entries").set(self.members.negative_len() as f64);
+        crate::telemetry::set_l1_sizes(self.members.len(), self.members.negative_len());
         let mut text = self.prometheus.render();
         self.metrics.render_latency(&mut text);
         let mut resp = Response::new(Full::new(Bytes::from(text)));

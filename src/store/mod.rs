@@ -93,7 +93,7 @@ fn noted(rows: Vec<MemberRow>) -> Vec<MemberRow> {
 }
 
 fn note_bad_row(bad: &BadRow) {
-    metrics::counter!("readtier_store_bad_rows_total").increment(1);
+    crate::telemetry::count_store_bad_row();
     tracing::warn!(member = bad.id, reason = %bad.reason, "unreadable member row");
 }
 

@@ -167,7 +167,7 @@ impl Tier {
             script: Script::new(SET_IF_NEWER),
             many: Script::new(SET_MANY_IF_NEWER),
             cas: Script::new(COMPARE_AND_SET),
-            stale_skips: metrics::counter!("readtier_l2_stale_skipped_total"),
+            stale_skips: crate::telemetry::l2_stale_skips(),
         })
     }
 
