@@ -160,48 +160,6 @@ async fn held(server: &RedisServer, prefix: &str, id: u64) -> Option<TierEntry> 
     raw.and_then(|v| encoding::decode(id, &v))
 }
 
-/// The process id of a redis-server.
-async fn redis_pid(r: &RedisServer) -> u32 {
-    let mut c = r.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// A process stopped with SIGSTOP (a hung Redis: connections stay open, nothing is
-/// answered); continued when dropped.
-struct Stopped(u32);
-
-impl Stopped {
-    fn new(pid: u32) -> Stopped {
-        signal(pid, "STOP");
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal(self.0, "CONT");
-    }
-}
-
-fn signal(pid: u32, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name} {pid}");
-}
-
 /// Sets `min-replicas-to-write` on a Redis: with 1 (and no replica) it refuses every
 /// write, scripts included, and still answers reads with what it holds.
 async fn refuse_writes(r: &RedisServer, refuse: bool) {
@@ -1118,7 +1076,7 @@ async fn a_node_never_answers_older_than_it_did_when_its_zone_hangs() {
     assert_eq!(version_of(&r), new.version);
     assert_eq!(r.header("x-served-from"), Some("l2"));
 
-    let hung = Stopped::new(redis_pid(&za).await);
+    let hung = Stopped::new(za.pid());
     let mut answers = Vec::new();
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -96,50 +96,6 @@ fn patient_tier(env: &Env) -> Tier {
     Tier::from_config(&config(&env)).unwrap().unwrap()
 }
 
-/// The process id of a redis-server.
-async fn redis_pid(r: &RedisServer) -> u32 {
-    let mut c = r.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn signal(pid: u32, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name} {pid}");
-}
-
-/// A process hung with SIGSTOP (its connections stay open, nothing is answered);
-/// continued with SIGCONT when dropped, so a failing test leaves nothing stopped.
-struct Hung(u32);
-
-impl Hung {
-    fn new(pid: u32) -> Hung {
-        signal(pid, "STOP");
-        Hung(pid)
-    }
-}
-
-impl Drop for Hung {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
-
 /// The value of an unlabelled metric on a node's admin listener.
 async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
     let r = get(admin, "/metrics", &[]).await;
@@ -297,7 +253,7 @@ async fn a_hung_redis_node_costs_reads_at_most_its_timeout_then_is_skipped_and_u
 
     // Zone a's only node hangs. 8 clients read 400 members none of them has read
     // before (so every read is an L1 miss that goes to the tier).
-    let hung = Hung::new(redis_pid(&za).await);
+    let hung = Stopped::new(za.pid());
     let mut clients = Vec::new();
     for k in 0..8u64 {
         let n = n.clone();
@@ -741,8 +697,7 @@ async fn a_change_stream_trimmed_past_a_paused_node_makes_it_drop_l1_and_serve_n
     // The node stops reading; the changes go out as entries of their own, and more
     // entries follow until the stream no longer holds the ones right after the node's
     // position (it may still take the one its blocked read was handed).
-    node.signal("STOP");
-    let paused = Hung(node.child.id());
+    let paused = Stopped::new(node.child.id());
     let pg = schema.client().await;
     for id in &changed {
         commit_and_publish(&pg, &r, &prefix, *id).await;

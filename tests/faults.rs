@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::infra::{relay_process, NodeProcess, PgSchema, PrivatePg, Proc, RedisServer};
+use common::infra::{relay_process, NodeProcess, PgSchema, PrivatePg, Proc, RedisServer, Stopped};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -792,22 +792,13 @@ async fn h_the_active_relay_paused_past_its_lease_then_resumed() {
     rig.run_load();
     tokio::time::sleep(BEFORE).await;
     // SIGSTOP: r1 stops mid-whatever-it-was-doing, still believing it holds the lease.
-    let r1 = rig.relays[0].0.id().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &r1])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
-    signal("-STOP");
+    let r1 = Stopped::new(rig.relays[0].0.id());
     rig.write_window().await;
     rig.await_lease("r2").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // r1 wakes up with a lapsed lease: whatever it saves or publishes now must be
     // refused (fenced), and r2 stays the holder.
-    signal("-CONT");
+    drop(r1);
     tokio::time::sleep(DURING).await;
     assert_eq!(
         rig.last_holder().await.as_deref(),

@@ -123,6 +123,11 @@ impl RedisServer {
         s
     }
 
+    /// The server's process id (for signals such as SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server running").id()
+    }
+
     /// A redis-server started with extra arguments (e.g. `--requirepass`).
     pub fn start_with(args: &[&str]) -> RedisServer {
         let mut s = RedisServer {
@@ -405,12 +410,7 @@ impl NodeProcess {
 
     /// Sends a signal by name (`TERM`, `INT`, `STOP`, `CONT`, `KILL`).
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name}");
+        signal(self.child.id(), name);
     }
 
     /// Waits for the process to exit, at most `limit`.
@@ -578,5 +578,35 @@ impl PrivatePg {
 impl Drop for PrivatePg {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Sends a signal by name (`STOP`, `CONT`, `TERM`, …) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
+
+/// A process stopped with SIGSTOP (hung: its connections stay open, nothing is
+/// answered); continued with SIGCONT when dropped, so a failing test leaves nothing
+/// stopped.
+pub struct Stopped(u32);
+
+impl Stopped {
+    pub fn new(pid: u32) -> Stopped {
+        signal(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
     }
 }
