@@ -362,11 +362,7 @@ async fn max_store_fills_caps_the_store_reads_in_flight() {
     let n = node(&env).await;
     // Another session holds memberships exclusively: every member read blocks in
     // PostgreSQL, where it is counted.
-    let locker = schema.client().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = schema.lock_members().await;
     let watcher = schema.client().await;
     // 12 clients keep asking for members not read before, each one after the other.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -390,7 +386,7 @@ async fn max_store_fills_caps_the_store_reads_in_flight() {
     let p = shed.assert_problem(503);
     assert_eq!(p["type"], "urn:readtier:problem:overloaded", "{p}");
     assert_eq!(shed.header("retry-after"), Some("1"));
-    locker.batch_execute("COMMIT").await.unwrap();
+    locker.release().await;
     let mut answers = std::collections::BTreeMap::new();
     for c in clients {
         for (status, took) in c.await.unwrap() {
@@ -459,11 +455,7 @@ async fn max_store_fills_caps_store_reads_in_flight_even_when_they_time_out() {
         ("READTIER_HTTP_REQUEST_TIMEOUT", "300ms".into()),
     ];
     let n = node(&env).await;
-    let locker = schema.client().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = schema.lock_members().await;
     let watcher = schema.client().await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients = keep_missing(n.addr(), 12, stop.clone());
@@ -474,7 +466,7 @@ async fn max_store_fills_caps_store_reads_in_flight_even_when_they_time_out() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    locker.batch_execute("COMMIT").await.unwrap();
+    locker.release().await;
     let mut answered = 0;
     for c in clients {
         let answers = c.await.unwrap();
@@ -507,11 +499,7 @@ async fn timed_out_member_reads_do_not_stall_the_change_follower() {
     let n = node(&env).await;
     let version = |r: Resp| r.header("x-catalog-version").map(str::to_string);
     let v0 = version(get(n.addr(), "/v1/plans?country=US", &[]).await);
-    let locker = schema.client().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = schema.lock_members().await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients = keep_missing(n.addr(), 12, stop.clone());
     // Member loads time out for a second; then a price changes (plan_prices is not
@@ -530,7 +518,7 @@ async fn timed_out_member_reads_do_not_stall_the_change_follower() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    locker.batch_execute("COMMIT").await.unwrap();
+    locker.release().await;
     for c in clients {
         c.await.unwrap();
     }
@@ -555,11 +543,7 @@ async fn a_store_that_does_not_answer_is_a_503_problem_within_the_request_timeou
         ("READTIER_HTTP_REQUEST_TIMEOUT", "1s".into()),
     ];
     let n = node(&env).await;
-    let locker = schema.client().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = schema.lock_members().await;
     // Two requests for one member (coalesced on one load) and two for others.
     let mut requests = Vec::new();
     for id in [7u64, 7, 8, 9] {
@@ -587,7 +571,7 @@ async fn a_store_that_does_not_answer_is_a_503_problem_within_the_request_timeou
             "member {id}: 503 after {took:?}, want the 1 s request timeout (plus scheduling)"
         );
     }
-    locker.batch_execute("COMMIT").await.unwrap();
+    locker.release().await;
     // Nothing was cached from the failure.
     let r = entitlement(n.addr(), 7).await;
     assert_eq!((r.status, served_from(&r).as_str()), (200, "store"));

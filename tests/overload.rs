@@ -62,11 +62,7 @@ async fn requests_past_max_waiting_are_shed_at_once_while_memory_answers_go_on()
     .await;
     assert_eq!(node.get("/v1/members/1/entitlement").await.status, 200);
     // The store stops answering member reads.
-    let mut locker = schema.client().await;
-    let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = schema.lock_members().await;
     let addr = node.addr();
     let misses: Vec<_> = (2..=11u64)
         .map(|id| {
@@ -83,7 +79,7 @@ async fn requests_past_max_waiting_are_shed_at_once_while_memory_answers_go_on()
     assert_eq!(hit.status, 200);
     assert_eq!(hit.header("x-served-from"), Some("l1"));
     assert_eq!(node.get("/v1/plans?country=US").await.status, 200);
-    tx.commit().await.unwrap();
+    locker.release().await;
     let mut shed = 0;
     let mut served = 0;
     for m in misses {
@@ -115,11 +111,7 @@ async fn store_fills_past_their_limit_are_shed_not_queued() {
         ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
     ])
     .await;
-    let mut locker = schema.client().await;
-    let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = schema.lock_members().await;
     let addr = node.addr();
     let first = tokio::spawn(async move { get(addr, "/v1/members/2/entitlement", &[]).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -129,7 +121,7 @@ async fn store_fills_past_their_limit_are_shed_not_queued() {
     assert_eq!(second.status, 503, "the one fill permit is taken");
     assert_eq!(second.header("retry-after"), Some("1"));
     assert!(took < Duration::from_millis(500), "not queued: {took:?}");
-    tx.commit().await.unwrap();
+    locker.release().await;
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(node.get("/v1/members/3/entitlement").await.status, 200);
     node.stop().await;
@@ -144,11 +136,7 @@ async fn a_stuck_store_statement_is_cancelled_by_the_statement_timeout() {
         ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
     ])
     .await;
-    let mut locker = schema.client().await;
-    let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = schema.lock_members().await;
     let started = Instant::now();
     let r = node.get("/v1/members/5/entitlement").await;
     let took = started.elapsed();
@@ -157,7 +145,7 @@ async fn a_stuck_store_statement_is_cancelled_by_the_statement_timeout() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "cancelled by the server after the statement timeout: {took:?}"
     );
-    tx.commit().await.unwrap();
+    locker.release().await;
     assert_eq!(node.get("/v1/members/5/entitlement").await.status, 200);
     node.stop().await;
 }

@@ -53,6 +53,25 @@ impl PgSchema {
     pub async fn client(&self) -> tokio_postgres::Client {
         pg_client(&self.url()).await
     }
+
+    /// Holds `memberships` locked exclusively (a store whose member reads block)
+    /// until [`MembersLocked::release`], or until dropped (the connection closes).
+    pub async fn lock_members(&self) -> MembersLocked {
+        let c = self.client().await;
+        c.batch_execute("BEGIN; LOCK TABLE memberships IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        MembersLocked(c)
+    }
+}
+
+/// See [`PgSchema::lock_members`].
+pub struct MembersLocked(tokio_postgres::Client);
+
+impl MembersLocked {
+    pub async fn release(self) {
+        self.0.batch_execute("COMMIT").await.unwrap();
+    }
 }
 
 impl Drop for PgSchema {
