@@ -137,34 +137,33 @@ impl Rig {
         rig
     }
 
+    /// A rig of its own (scenarios run one at a time: the guard), 1,000 members,
+    /// writers and readers running for [`BEFORE`] already.
+    async fn under_load(
+        name: &'static str,
+        private_pg: bool,
+    ) -> (tokio::sync::MutexGuard<'static, ()>, Rig) {
+        let one = ONE_AT_A_TIME.lock().await;
+        let mut rig = Rig::start(name, private_pg, 1000).await;
+        rig.run_load();
+        tokio::time::sleep(BEFORE).await;
+        (one, rig)
+    }
+
     /// Flips each window member once, one commit each (during a fault).
     async fn write_window(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut c = loop {
-            match tokio_postgres::connect(&self.pg.url(), tokio_postgres::NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    break c;
-                }
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "store unreachable: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+        let c = loop {
+            if let Some(c) = try_connect(&self.pg.url()).await {
+                break c;
             }
+            assert!(Instant::now() < deadline, "store unreachable for 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         for id in HOT + 1..=HOT + WINDOW {
-            let r = c
-                .execute(
-                    "UPDATE memberships SET status = CASE WHEN status = 'active' THEN 'paused' \
-                     ELSE 'active' END WHERE member_id = $1",
-                    &[&(id as i64)],
-                )
-                .await;
+            let r = c.execute(FLIP, &[&(id as i64)]).await;
             assert!(r.is_ok(), "window write of {id}: {r:?}");
         }
-        let _ = &mut c;
     }
 
     fn redis_urls(&self) -> String {
@@ -359,14 +358,7 @@ impl Rig {
     /// Commits one update of `id` and returns how long until every node answers it.
     async fn one_update_visible(&self, id: u64, limit: Duration) -> Duration {
         let c = self.client().await;
-        let row = c
-            .query_one(
-                "UPDATE memberships SET status = CASE WHEN status = 'active' THEN 'paused' \
-                 ELSE 'active' END WHERE member_id = $1 RETURNING status, version",
-                &[&(id as i64)],
-            )
-            .await
-            .unwrap();
+        let row = c.query_one(FLIP_RETURNING, &[&(id as i64)]).await.unwrap();
         let started = Instant::now();
         let (status, version): (String, i64) = (row.get(0), row.get(1));
         for slot in &self.nodes {
@@ -490,6 +482,24 @@ async fn seed(url: &str, members: u64) {
     .unwrap();
 }
 
+/// Flips a member between active and paused, as another service's raw SQL would.
+const FLIP: &str = "UPDATE memberships SET status = CASE WHEN status = 'active' THEN 'paused' \
+                    ELSE 'active' END WHERE member_id = $1";
+const FLIP_RETURNING: &str =
+    "UPDATE memberships SET status = CASE WHEN status = 'active' THEN 'paused' \
+     ELSE 'active' END WHERE member_id = $1 RETURNING status, version";
+
+/// A plain connection to the store, or `None` while it is down.
+async fn try_connect(url: &str) -> Option<tokio_postgres::Client> {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(c)
+}
+
 /// Samples the relay's saved position (its `xmax`) and stream counter every 20 ms and
 /// records any step back; reconnects when the store goes away.
 async fn watch_position(url: String, stop: Arc<AtomicBool>, regressions: Arc<Mutex<Vec<String>>>) {
@@ -499,14 +509,9 @@ async fn watch_position(url: String, stop: Arc<AtomicBool>, regressions: Arc<Mut
         tokio::time::sleep(Duration::from_millis(20)).await;
         let c = match &client {
             Some(c) if !c.is_closed() => c,
-            _ => match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    client.insert(c)
-                }
-                Err(_) => continue,
+            _ => match try_connect(&url).await {
+                Some(c) => client.insert(c),
+                None => continue,
             },
         };
         let Ok(row) = c
@@ -540,14 +545,9 @@ async fn writer(url: String, stop: Arc<AtomicBool>, writes: Arc<AtomicU64>) {
     while !stop.load(Ordering::SeqCst) {
         let c = match &client {
             Some(c) if !c.is_closed() => c,
-            _ => match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    client.insert(c)
-                }
-                Err(_) => {
+            _ => match try_connect(&url).await {
+                Some(c) => client.insert(c),
+                None => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -556,13 +556,7 @@ async fn writer(url: String, stop: Arc<AtomicBool>, writes: Arc<AtomicU64>) {
         // 37 is prime to 200: every hot member in turn.
         id += 1;
         let member = ((id * 37) % HOT) as i64 + 1;
-        let r = c
-            .execute(
-                "UPDATE memberships SET status = CASE WHEN status = 'active' THEN 'paused' \
-                 ELSE 'active' END WHERE member_id = $1",
-                &[&member],
-            )
-            .await;
+        let r = c.execute(FLIP, &[&member]).await;
         match r {
             Ok(_) => {
                 writes.fetch_add(1, Ordering::Relaxed);
@@ -732,10 +726,7 @@ async fn finish(mut rig: Rig, what: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_the_redis_holding_a_copy_of_the_stream_killed() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start("stream-copy", false, 1000).await;
-    rig.run_load();
-    tokio::time::sleep(BEFORE).await;
+    let (_one, mut rig) = Rig::under_load("stream-copy", false).await;
     let holder = rig.stream_holder(0).await;
     rig.redis[holder].kill9();
     rig.write_window().await;
@@ -753,10 +744,7 @@ async fn a_the_redis_holding_a_copy_of_the_stream_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_a_whole_zone_killed() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start("zone", false, 1000).await;
-    rig.run_load();
-    tokio::time::sleep(BEFORE).await;
+    let (_one, mut rig) = Rig::under_load("zone", false).await;
     rig.redis[0].kill9();
     rig.redis[1].kill9();
     rig.write_window().await;
@@ -773,10 +761,7 @@ async fn b_a_whole_zone_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_the_active_relay_killed() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start("relay", false, 1000).await;
-    rig.run_load();
-    tokio::time::sleep(BEFORE).await;
+    let (_one, mut rig) = Rig::under_load("relay", false).await;
     rig.relays[0].kill9();
     // Written while no relay is active: the standby must deliver them.
     rig.write_window().await;
@@ -787,10 +772,7 @@ async fn c_the_active_relay_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h_the_active_relay_paused_past_its_lease_then_resumed() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start("fence", false, 1000).await;
-    rig.run_load();
-    tokio::time::sleep(BEFORE).await;
+    let (_one, rig) = Rig::under_load("fence", false).await;
     // SIGSTOP: r1 stops mid-whatever-it-was-doing, still believing it holds the lease.
     let r1 = Stopped::new(rig.relays[0].0.id());
     rig.write_window().await;
@@ -810,10 +792,7 @@ async fn h_the_active_relay_paused_past_its_lease_then_resumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d_postgresql_killed_and_restarted() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start("store", true, 1000).await;
-    rig.run_load();
-    tokio::time::sleep(BEFORE).await;
+    let (_one, mut rig) = Rig::under_load("store", true).await;
     let Pg::Private(pg) = &mut rig.pg else {
         unreachable!("started with a private server")
     };
@@ -828,10 +807,7 @@ async fn d_postgresql_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_a_node_killed_and_restarted() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start("node", false, 1000).await;
-    rig.run_load();
-    tokio::time::sleep(BEFORE).await;
+    let (_one, mut rig) = Rig::under_load("node", false).await;
     let mut slot = rig.nodes.remove(1);
     *slot.addr.lock().unwrap() = None;
     slot.proc.as_mut().unwrap().kill9();
@@ -846,10 +822,7 @@ async fn e_a_node_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_a_redis_restarted_empty() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start("empty", false, 1000).await;
-    rig.run_load();
-    tokio::time::sleep(BEFORE).await;
+    let (_one, mut rig) = Rig::under_load("empty", false).await;
     let holder = rig.stream_holder(1).await;
     rig.redis[holder].restart();
     rig.write_window().await;
