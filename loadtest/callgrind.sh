@@ -22,17 +22,7 @@ CLIENT_CORE=${CLIENT_CORE:-1}
 for t in wrk valgrind callgrind_control curl python3; do
   command -v "$t" >/dev/null || { echo "callgrind.sh needs $t" >&2; exit 1; }
 done
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p readtier -p loadtest
-  BIN=target/release
-fi
-BIN=$(cd "$BIN" && pwd)
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$tmp"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.2; done; echo "nothing on port $1" >&2; exit 1; }
+. loadtest/lib.sh
 
 # Seed the store natively first (valgrind would take minutes), then serve it under valgrind.
 RT=$(port); ADMIN=$(port)

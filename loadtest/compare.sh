@@ -19,16 +19,8 @@ CLIENT_CORE=${CLIENT_CORE:-1}
 command -v wrk >/dev/null || { echo "compare.sh needs wrk (apt-get install -y wrk)" >&2; exit 1; }
 
 # BIN=dir runs prebuilt binaries (say, an older build) instead of building this checkout.
-if [ -n "${BIN:-}" ]; then bin=$BIN; else
-  cargo build --release -q -p readtier -p loadtest
-  bin=target/release
-fi
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. loadtest/lib.sh
+bin=$BIN
 RT=$(port); ADMIN=$(port); BP=$(port); BE=$(port)
 
 READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$RT READTIER_ADMIN_LISTEN=127.0.0.1:$ADMIN RUST_LOG=warn \

@@ -21,23 +21,9 @@ OUT=${OUT:-docs/figures/freshness-pg.json}
 for t in redis-server psql python3 curl; do
   command -v "$t" >/dev/null || { echo "freshness.sh needs $t" >&2; exit 1; }
 done
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p readtier -p loadtest
-  BIN=target/release
-fi
-BIN=$(cd "$BIN" && pwd)
-tmp=$(mktemp -d)
+. loadtest/lib.sh
 db=rt_fresh_$$
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.2; done; echo "nothing on port $1" >&2; exit 1; }
+cleanup_extra() { psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true; }
 
 RA=$(port); RB=$(port)
 for p in $RA $RB; do

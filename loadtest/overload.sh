@@ -21,17 +21,9 @@ CONNS=${2:-1024}
 SECS=${3:-5}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
-if [ -n "${BIN:-}" ]; then bin=$BIN; else
-  cargo build --release -q -p readtier -p loadtest
-  bin=target/release
-fi
+. loadtest/lib.sh
+bin=$BIN
 LOADTEST=${LOADTEST:-$bin/loadtest}
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RT=$(port); ADMIN=$(port)
 READTIER_DATA_DIR=${DATA_DIR:-$tmp} READTIER_LISTEN=127.0.0.1:$RT READTIER_ADMIN_LISTEN=127.0.0.1:$ADMIN RUST_LOG=warn \
   taskset -c "$SERVER_CORE" $bin/readtier >"$tmp/readtier.out" 2>&1 &

@@ -17,13 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-20}
 OUT=${OUT:-docs/figures}
-if [ -z "${BIN:-}" ]; then cargo build --release -q -p readtier -p loadtest; BIN=target/release; fi
-BIN=$(cd "$BIN" && pwd)
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$tmp"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. loadtest/lib.sh
 P=$(port); A=$(port)
 READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$P READTIER_ADMIN_LISTEN=127.0.0.1:$A \
   READTIER_L1_CAPACITY=20000 RUST_LOG=warn taskset -c 0 "$BIN/readtier" >"$tmp/node.log" 2>&1 &
