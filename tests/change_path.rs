@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::infra::*;
 use common::*;
-use readtier::config::Config;
 use readtier::lookup::{FillLimits, Members, ServedFrom};
 use readtier::store::{ChangeBatch, ChangeEvent, ChangeKind, PgPosition, Position, Store};
 use readtier::stream::{encode, entry_number, stream_key, StreamPublisher, StreamReader};
@@ -28,19 +27,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------
-
-fn config(env: &[(&str, String)]) -> Config {
-    let pairs: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    Config::from_layers(None, &pairs).unwrap()
-}
-
-async fn node(env: &[(&'static str, String)]) -> TestNode {
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    TestNode::start(&pairs).await
-}
 
 fn with(
     env: &[(&'static str, String)],
@@ -245,7 +231,7 @@ async fn pg_log_reader_delivers_every_change_once_across_broken_connections() {
     // The reader's own store, its connections named so another session can cut them.
     let app = format!("cut_{}", schema.name);
     let store = Store::open(
-        &config(&[(
+        &config_of(&[(
             "READTIER_STORE_URL",
             format!("{}&application_name={app}", schema.url()),
         )])
@@ -450,7 +436,7 @@ fn stream_entry(k: u64) -> Vec<(&'static str, String)> {
 async fn stream_reader_loses_no_entry_when_the_copy_it_reads_is_killed() {
     let mut a = RedisServer::start();
     let mut b = RedisServer::start();
-    let cfg = config(&[
+    let cfg = config_of(&[
         (
             "READTIER_CHANGES_STREAM_URL",
             format!("{},{}", a.url(), b.url()),
@@ -536,7 +522,7 @@ async fn stream_reader_loses_no_entry_when_the_copy_it_reads_is_killed() {
 async fn a_node_started_from_its_disk_catalog_reloads_once_postgres_is_back() {
     let mut pg = PrivatePg::start();
     let redis = RedisServer::start();
-    let store = Store::open(&config(&[("READTIER_STORE_URL", pg.url())]).store).unwrap();
+    let store = Store::open(&config_of(&[("READTIER_STORE_URL", pg.url())]).store).unwrap();
     readtier::node::prepare_store(&store, 0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (url, redis_url) = (pg.url(), redis.url());
@@ -706,7 +692,7 @@ async fn a_deletion_a_zone_missed_is_repaired_from_relay_repairs_by_the_next_rel
         ("READTIER_REDIS_PREFIX", prefix.clone()),
         ("READTIER_L2_BREAKER_COOLDOWN", "100ms".to_string()),
     ];
-    let cfg = config(&env);
+    let cfg = config_of(&env);
     // The relay first: its first pass replays the seeding, whose reseed flushes the
     // zones. Then both zones hold member 7's row.
     let (stop, relay) = relay_task(&cfg, "first");
@@ -767,7 +753,7 @@ async fn a_deletion_a_zone_missed_is_repaired_from_relay_repairs_by_the_next_rel
             .then_some(())
     })
     .await;
-    let n = node(&with(&env, &[("READTIER_ZONE", "b")])).await;
+    let n = TestNode::start_with(&with(&env, &[("READTIER_ZONE", "b")])).await;
     let r = entitlement(&n, 7).await;
     r.assert_problem(404);
     assert_eq!(r.header("x-served-from"), Some("l2"), "zone b's tombstone");
@@ -805,7 +791,7 @@ async fn a_node_whose_zone_missed_a_write_serves_the_new_version_once_the_zone_i
         ("READTIER_L1_TTL", "10m".to_string()),
         ("READTIER_L2_BREAKER_COOLDOWN", "100ms".to_string()),
     ];
-    let cfg = config(&env);
+    let cfg = config_of(&env);
     // The relay first: its first pass replays the seeding, whose reseed flushes the
     // zones. Then both zones hold member 5's current row.
     let (stop, relay) = relay_task(&cfg, "relay");
@@ -816,7 +802,7 @@ async fn a_node_whose_zone_missed_a_write_serves_the_new_version_once_the_zone_i
         .set_all(5, &TierEntry::Member(old.clone()))
         .await
         .is_empty());
-    let n = node(&with(&env, &[("READTIER_ZONE", "b")])).await;
+    let n = TestNode::start_with(&with(&env, &[("READTIER_ZONE", "b")])).await;
 
     refuse_writes(&zb, true).await;
     schema
@@ -885,7 +871,7 @@ async fn reconcile_racing_relay_writes_never_puts_an_older_version_back() {
         ("READTIER_CHANGES_STREAM_URL", stream.url()),
         ("READTIER_REDIS_PREFIX", prefix.clone()),
     ];
-    let cfg = config(&env);
+    let cfg = config_of(&env);
     schema
         .exec(&format!(
             "DELETE FROM memberships WHERE member_id = {REINSERTED}"
@@ -970,7 +956,7 @@ async fn reconcile_racing_relay_writes_never_puts_an_older_version_back() {
 async fn invalidations_of_other_members_leave_a_hot_members_misses_coalesced_and_cached() {
     let (schema, store) = seeded_pg(200).await;
     let locker = schema.client().await;
-    let cfg = config(&[]);
+    let cfg = config_of(&[]);
     let members = Arc::new(Members::new(store, None, &cfg.l1, FillLimits::of(&cfg)));
     for id in 101..=200 {
         members.get(id).await.unwrap();
@@ -1060,7 +1046,7 @@ async fn a_node_never_answers_older_than_it_did_when_its_zone_hangs() {
     // Zone b has not taken the change yet.
     plant(&za, &prefix, 9, &TierEntry::Member(new.clone())).await;
     plant(&zb, &prefix, 9, &TierEntry::Member(old.clone())).await;
-    let n = node(&[
+    let n = TestNode::start_with(&[
         ("READTIER_STORE_URL", schema.url()),
         (
             "READTIER_REDIS_URLS",
@@ -1124,7 +1110,7 @@ async fn a_reinserted_member_outranks_its_tombstone_on_postgres_and_sqlite() {
         ("READTIER_REDIS_URLS", zone.url()),
         ("READTIER_REDIS_PREFIX", prefix.clone()),
     ];
-    let (stop, relay) = relay_task(&config(&env), "relay");
+    let (stop, relay) = relay_task(&config_of(&env), "relay");
     let insert = |status: &str| {
         format!(
             "INSERT INTO memberships (member_id, status, plan_id, country) VALUES ({ID}, '{status}', 'premium', 'US')"
@@ -1159,7 +1145,7 @@ async fn a_reinserted_member_outranks_its_tombstone_on_postgres_and_sqlite() {
         .get(0);
     assert!(version > tomb, "re-inserted at {version}, tombstone {tomb}");
     await_relay(&schema).await;
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     let r = entitlement(&n, ID).await;
     assert_eq!(version_of(&r), version);
     assert_eq!(r.json()["status"], "grace");
@@ -1238,7 +1224,7 @@ async fn private_store(members: u64, statements: bool) -> (PrivatePg, Store) {
         pg.restart();
         pg_exec(&pg.url(), "CREATE EXTENSION pg_stat_statements").await;
     }
-    let store = Store::open(&config(&[("READTIER_STORE_URL", pg.url())]).store).unwrap();
+    let store = Store::open(&config_of(&[("READTIER_STORE_URL", pg.url())]).store).unwrap();
     readtier::node::prepare_store(&store, 0).await.unwrap();
     readtier::node::seed_members_into(
         &store,

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::infra::*;
 use common::*;
-use readtier::config::Config;
 use readtier::member::Member;
 use readtier::store::Store;
 use readtier::stream::{entry_number, stream_key};
@@ -24,19 +23,6 @@ use readtier::tier::{encoding, Tier, TierEntry};
 const LIMIT: Duration = Duration::from_secs(10);
 
 type Env = Vec<(&'static str, String)>;
-
-fn config(env: &Env) -> Config {
-    let pairs: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    Config::from_layers(None, &pairs).unwrap()
-}
-
-async fn node(env: &Env) -> TestNode {
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    TestNode::start(&pairs).await
-}
 
 async fn entitlement(addr: std::net::SocketAddr, id: u64) -> Resp {
     get(addr, &format!("/v1/members/{id}/entitlement"), &[]).await
@@ -93,7 +79,7 @@ async fn fill_every_zone(tier: &Tier, store: &Store, n: u64) {
 fn patient_tier(env: &Env) -> Tier {
     let mut env = env.clone();
     env.push(("READTIER_L2_TIMEOUT", "5s".into()));
-    Tier::from_config(&config(&env)).unwrap().unwrap()
+    Tier::from_config(&config_of(&env)).unwrap().unwrap()
 }
 
 /// The value of an unlabelled metric on a node's admin listener.
@@ -244,10 +230,10 @@ async fn a_hung_redis_node_costs_reads_at_most_its_timeout_then_is_skipped_and_u
         // l2.timeout (50ms) and l2.breaker_failures (5) are the defaults.
         ("READTIER_L2_BREAKER_COOLDOWN", "1s".into()),
     ];
-    let cfg = config(&env);
+    let cfg = config_of(&env);
     assert_eq!(cfg.l2.timeout, Duration::from_millis(50));
     fill_every_zone(&patient_tier(&env), &store, MEMBERS).await;
-    let n = Arc::new(node(&env).await);
+    let n = Arc::new(TestNode::start_with(&env).await);
     let r = entitlement(n.addr(), 1).await;
     assert_eq!(served_from(&r), "l2", "zone a answers while it is up");
 
@@ -359,7 +345,7 @@ async fn max_store_fills_caps_the_store_reads_in_flight() {
         ("READTIER_L2_MAX_STORE_FILLS", "2".into()),
         ("READTIER_HTTP_REQUEST_TIMEOUT", "10s".into()),
     ];
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     // Another session holds memberships exclusively: every member read blocks in
     // PostgreSQL, where it is counted.
     let locker = schema.lock_members().await;
@@ -454,7 +440,7 @@ async fn max_store_fills_caps_store_reads_in_flight_even_when_they_time_out() {
         ("READTIER_L2_MAX_STORE_FILLS", "2".into()),
         ("READTIER_HTTP_REQUEST_TIMEOUT", "300ms".into()),
     ];
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     let locker = schema.lock_members().await;
     let watcher = schema.client().await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -496,7 +482,7 @@ async fn timed_out_member_reads_do_not_stall_the_change_follower() {
         ("READTIER_L2_MAX_STORE_FILLS", "2".into()),
         ("READTIER_HTTP_REQUEST_TIMEOUT", "300ms".into()),
     ];
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     let version = |r: Resp| r.header("x-catalog-version").map(str::to_string);
     let v0 = version(get(n.addr(), "/v1/plans?country=US", &[]).await);
     let locker = schema.lock_members().await;
@@ -542,7 +528,7 @@ async fn a_store_that_does_not_answer_is_a_503_problem_within_the_request_timeou
         ("READTIER_STORE_URL", schema.url()),
         ("READTIER_HTTP_REQUEST_TIMEOUT", "1s".into()),
     ];
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     let locker = schema.lock_members().await;
     // Two requests for one member (coalesced on one load) and two for others.
     let mut requests = Vec::new();
@@ -594,7 +580,7 @@ async fn redis_unreachable_longer_than_the_l1_ttl_makes_the_node_drop_l1() {
         ("READTIER_REDIS_PREFIX", format!("{}:", schema.name)),
         ("READTIER_L1_TTL", "4s".into()),
     ];
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     hold_in_l1(n.addr(), 1).await;
 
     r.kill9();
@@ -658,7 +644,7 @@ async fn a_change_stream_trimmed_past_a_paused_node_makes_it_drop_l1_and_serve_n
         ("READTIER_L1_TTL", "10m".into()),
         ("READTIER_CHANGES_STREAM_MAXLEN", "10".into()),
     ];
-    let (stop_relay, relay) = relay_task(&config(&env), "claims-relay");
+    let (stop_relay, relay) = relay_task(&config_of(&env), "claims-relay");
     let node = NodeProcess::start(&env);
     settle(&schema, &[node.addr], 300).await;
     let (_, top) = stream_bounds(&r, &prefix).await;
@@ -754,13 +740,13 @@ async fn a_reseed_makes_every_node_drop_l1_and_serve_the_reseeded_rows() {
         ("READTIER_REDIS_PREFIX", format!("{}:", schema.name)),
         ("READTIER_L1_TTL", "10m".into()),
     ];
-    let (stop_relay, relay) = relay_task(&config(&env), "claims-relay");
+    let (stop_relay, relay) = relay_task(&config_of(&env), "claims-relay");
     // Members 1..=40 differ from what a reseed writes (it writes the generated rows).
     schema
         .exec("UPDATE memberships SET status = CASE WHEN status = 'paused' THEN 'active' ELSE 'paused' END WHERE member_id <= 40")
         .await;
-    let a = node(&env).await;
-    let b = node(&env).await;
+    let a = TestNode::start_with(&env).await;
+    let b = TestNode::start_with(&env).await;
     settle(&schema, &[a.addr(), b.addr()], MEMBERS).await;
     let ids: Vec<u64> = (1..=60).collect();
     let mut before = std::collections::HashMap::new();
@@ -859,7 +845,7 @@ async fn reconcile_finds_and_repairs_drift_in_a_redis_cluster_zone() {
         // Not what is shown here: generous, so a loaded machine cannot fail a call.
         ("READTIER_L2_TIMEOUT", "2s".into()),
     ];
-    let tier = Tier::from_config(&config(&env)).unwrap().unwrap();
+    let tier = Tier::from_config(&config_of(&env)).unwrap().unwrap();
     let c = tier.zone_index("c").unwrap();
     fill_every_zone(&tier, &store, MEMBERS).await;
 

@@ -30,25 +30,12 @@ fn env(schema: &PgSchema, redis: &RedisServer) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn node(env: &[(&'static str, String)]) -> TestNode {
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    TestNode::start(&pairs).await
-}
-
-fn config(env: &[(&'static str, String)]) -> Config {
-    let pairs: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    Config::from_layers(None, &pairs).unwrap()
-}
-
 /// A relay in this process; cancel the token to stop it (releasing its lease).
 fn relay_task(
     env: &[(&'static str, String)],
     id: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    common::infra::relay_task(&config(env), id)
+    common::infra::relay_task(&config_of(env), id)
 }
 
 async fn status_of(node: &TestNode, id: u64) -> String {
@@ -152,8 +139,8 @@ async fn raw_sql_writes_reach_both_nodes_and_prices_converge() {
     let redis = RedisServer::start();
     let env = env(&schema, &redis);
     let (stop_relay, relay) = relay_task(&env, "r1");
-    let a = node(&env).await;
-    let b = node(&env).await;
+    let a = TestNode::start_with(&env).await;
+    let b = TestNode::start_with(&env).await;
     schema
         .exec("UPDATE memberships SET status='active' WHERE member_id=7")
         .await;
@@ -264,7 +251,7 @@ async fn a_transaction_committing_3s_late_reaches_the_node() {
     let redis = RedisServer::start();
     let env = env(&schema, &redis);
     let (stop_relay, relay) = relay_task(&env, "r1");
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     for id in [8, 9] {
         schema
             .exec(&format!(
@@ -314,7 +301,7 @@ async fn a_relay_killed_with_sigkill_is_replaced_and_nothing_is_lost() {
     let (schema, _store) = seeded(100).await;
     let redis = RedisServer::start();
     let env = env(&schema, &redis);
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     schema
         .exec("UPDATE memberships SET status='active' WHERE member_id IN (11, 12, 13)")
         .await;
@@ -359,7 +346,7 @@ async fn a_change_made_with_no_relay_running_is_delivered_once_one_starts() {
     let redis = RedisServer::start();
     let env = env(&schema, &redis);
     let mut first = relay_process("first", &env);
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     schema
         .exec("UPDATE memberships SET status='active' WHERE member_id=21")
         .await;
@@ -394,7 +381,7 @@ async fn a_node_started_after_changes_sees_them() {
         .exec("UPDATE plan_prices SET amount=1.23 WHERE country='JP' AND plan_id='premium'")
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     assert_eq!(status_of(&n, 31).await, "grace");
     let jp = n.get("/v1/plans?country=JP").await.json();
     assert_eq!(jp["plans"][0]["id"], "premium");
@@ -410,7 +397,7 @@ async fn duplicate_and_out_of_order_events_are_harmless() {
     let redis = RedisServer::start();
     let env = env(&schema, &redis);
     let (stop_relay, relay) = relay_task(&env, "r1");
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     schema
         .exec("UPDATE plan_prices SET amount=30 WHERE country='US' AND plan_id='premium'")
         .await;
@@ -435,7 +422,7 @@ async fn duplicate_and_out_of_order_events_are_harmless() {
     // relay that was replaced could, while no relay runs.
     stop_relay.cancel();
     relay.await.unwrap();
-    let cfg = config(&env);
+    let cfg = config_of(&env);
     let mut p = StreamPublisher::from_config(&cfg).unwrap();
     let next = p.sync(0, 0).await;
     let ev = |seq, kind| ChangeEvent {
@@ -582,7 +569,7 @@ async fn a_restarted_stream_redis_loses_no_change_for_a_node_that_read_everythin
     let mut redis = RedisServer::start();
     let env = env(&schema, &redis);
     let (stop_relay, relay) = relay_task(&env, "r1");
-    let n = node(&env).await;
+    let n = TestNode::start_with(&env).await;
     schema
         .exec("UPDATE memberships SET status='active' WHERE member_id IN (51, 52)")
         .await;

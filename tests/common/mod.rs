@@ -35,7 +35,23 @@ pub fn test_config(dir: &Path, extra: &[(&str, &str)]) -> Config {
     Config::from_layers(None, &env).expect("test configuration is valid")
 }
 
+/// A configuration from `READTIER_*` pairs alone (no defaults added), as the tests
+/// that run several processes against one store build theirs.
+pub fn config_of(env: &[(&str, String)]) -> Config {
+    let pairs: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    Config::from_layers(None, &pairs).expect("test configuration is valid")
+}
+
 impl TestNode {
+    /// [`TestNode::start`] with owned values.
+    pub async fn start_with(env: &[(&str, String)]) -> TestNode {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        TestNode::start(&pairs).await
+    }
+
     pub async fn start(extra: &[(&str, &str)]) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = test_config(dir.path(), extra);
