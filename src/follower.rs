@@ -167,10 +167,10 @@ impl Follower {
                         if failures == 1 || failures.is_multiple_of(50) {
                             tracing::warn!(error = %e, failures, "reading changes failed; retrying");
                         }
-                        // Back off (jittered, doubling up to RETRY_MAX) so a fleet of
+                        // Back off (jittered, doubling up to half a second) so a fleet of
                         // nodes does not hammer a source that is down, in step.
                         tokio::select! {
-                            _ = tokio::time::sleep(retry_delay(failures)) => {}
+                            _ = tokio::time::sleep(crate::store::changes::retry_delay(failures)) => {}
                             _ = shutdown.cancelled() => return,
                         }
                         break;
@@ -252,36 +252,5 @@ impl Follower {
             disk::save_in_background(data, self.snapshot_path.clone()).await;
         }
         Ok(())
-    }
-}
-
-/// Longest wait between two failed reads of the change source.
-const RETRY_MAX: Duration = Duration::from_millis(500);
-
-/// The wait after the `failures`-th failed read in a row: 10 ms doubling to
-/// [`RETRY_MAX`], each between half and all of that (jitter).
-pub(crate) fn retry_delay(failures: u32) -> Duration {
-    let full = Duration::from_millis(10)
-        .saturating_mul(1 << failures.min(10))
-        .min(RETRY_MAX);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    full / 2 + full.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
-
-#[cfg(test)]
-mod retry_tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_with_jitter_up_to_the_cap() {
-        assert!(retry_delay(1) <= Duration::from_millis(20));
-        assert!(retry_delay(1) >= Duration::from_millis(10));
-        for f in 7..40 {
-            let d = retry_delay(f);
-            assert!(d >= RETRY_MAX / 2 && d <= RETRY_MAX, "{f}: {d:?}");
-        }
     }
 }

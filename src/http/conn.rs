@@ -112,7 +112,7 @@ pub async fn serve(
                 // since the last request: two loads and a store on every request, the
                 // walk over the headers only then.
                 let bytes = svc_state.bytes_in.load(Ordering::Relaxed);
-                let fresh = bytes - svc_state.bytes_at_request.swap(bytes, Ordering::Relaxed);
+                let fresh = bytes.saturating_sub(svc_state.bytes_at_request.swap(bytes, Ordering::Relaxed));
                 if fresh > app.limits.max_header_bytes as u64
                     && super::head_size(&req) > app.limits.max_header_bytes
                 {

@@ -190,7 +190,7 @@ impl Relay {
                     state.reader = self
                         .store
                         .change_reader(Some(Position::Postgres(state.published.clone())));
-                    tokio::time::sleep(crate::follower::retry_delay(failures)).await;
+                    tokio::time::sleep(crate::store::changes::retry_delay(failures)).await;
                     continue;
                 }
             };

@@ -333,3 +333,36 @@ impl TrimSchedule {
         }
     }
 }
+
+/// Longest wait between two failed reads of the change source (the follower's and
+/// the relay's: the one backoff both follow, so a fleet does not retry in step).
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The wait after the `failures`-th failed read in a row: 10 ms doubling to
+/// [`RETRY_MAX`], each between half and all of that (jitter).
+pub fn retry_delay(failures: u32) -> std::time::Duration {
+    let full = std::time::Duration::from_millis(10)
+        .saturating_mul(1 << failures.min(10))
+        .min(RETRY_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    full / 2 + full.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retries_back_off_with_jitter_up_to_the_cap() {
+        assert!(retry_delay(1) <= Duration::from_millis(20));
+        assert!(retry_delay(1) >= Duration::from_millis(10));
+        for f in 7..40 {
+            let d = retry_delay(f);
+            assert!(d >= RETRY_MAX / 2 && d <= RETRY_MAX, "{f}: {d:?}");
+        }
+    }
+}
