@@ -510,7 +510,13 @@ async fn watch_position(url: String, stop: Arc<AtomicBool>, regressions: Arc<Mut
         let c = match &client {
             Some(c) if !c.is_closed() => c,
             _ => match try_connect(&url).await {
-                Some(c) => client.insert(c),
+                Some(c) => {
+                    // A new connection means the store restarted: saves committed
+                    // without waiting for the disk may be gone (documented: the relay
+                    // publishes those pages again), so compare from here on.
+                    last = (0, 0);
+                    client.insert(c)
+                }
                 None => continue,
             },
         };

@@ -118,18 +118,23 @@ impl RelayStore {
     /// lease (a fenced write), so a relay that lost its lease cannot move anything
     /// under the new holder. Returns whether it held the lease.
     ///
-    /// Committed without waiting for the disk (`synchronous_commit = off`): the row is
-    /// visible to every session at once and survives any process but PostgreSQL
-    /// itself dying; if PostgreSQL dies, the relay (still running) writes it again.
+    /// A save that records new repairs waits for the disk: the zone writes they stand
+    /// for are announced right after, and must not be forgotten if PostgreSQL itself
+    /// crashes. Any other save commits without waiting (`synchronous_commit = off`):
+    /// a crash of PostgreSQL may then roll the saved position back by its last
+    /// unflushed saves, so the relay publishes those pages again (at least once; nodes
+    /// apply events idempotently), and repairs it already made are simply made again.
     pub async fn save(&self, holder: &str, p: &Progress<'_>) -> Result<bool, StoreError> {
         let mut c = self.pg.client().await?;
         let tx = c
             .transaction()
             .await
             .map_err(self.pg.err("save relay state"))?;
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await
-            .map_err(self.pg.err("save relay state"))?;
+        if p.failed.is_empty() {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(self.pg.err("save relay state"))?;
+        }
         let position = serde_json::to_string(p.position).expect("a position serializes");
         let n = tx
             .execute(
