@@ -281,6 +281,12 @@ pub fn set_l1_sizes(entries: u64, negative: u64) {
     metrics::gauge!("readtier_l1_negative_entries").set(negative as f64);
 }
 
+/// The adaptive waiting limit and the requests under it, set when `/metrics` renders.
+pub fn set_waiting(limit: usize, in_flight: usize) {
+    metrics::gauge!("readtier_http_waiting_limit").set(limit as f64);
+    metrics::gauge!("readtier_http_waiting").set(in_flight as f64);
+}
+
 /// A store row that could not be read (`readtier_store_bad_rows_total`).
 pub fn count_store_bad_row() {
     metrics::counter!("readtier_store_bad_rows_total").increment(1);

@@ -149,3 +149,119 @@ async fn a_stuck_store_statement_is_cancelled_by_the_statement_timeout() {
     assert_eq!(node.get("/v1/members/5/entitlement").await.status, 200);
     node.stop().await;
 }
+
+/// The waiting limit's current value, from the admin listener's `/metrics`.
+async fn waiting_limit(admin: std::net::SocketAddr) -> f64 {
+    let m = get(admin, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("readtier_http_waiting_limit "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no readtier_http_waiting_limit in {text}"))
+}
+
+/// `n` concurrent misses (members the store never had, so each is a store read),
+/// each answered with its status and how long it took.
+async fn concurrent_misses(
+    addr: std::net::SocketAddr,
+    next: &mut u64,
+    n: u64,
+) -> Vec<tokio::task::JoinHandle<(Resp, Duration)>> {
+    let first = *next;
+    *next += n;
+    (first..first + n)
+        .map(|id| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let r = get(addr, &format!("/v1/members/{id}/entitlement"), &[]).await;
+                (r, started.elapsed())
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slower_store_lowers_the_adaptive_limit_and_fast_answers_raise_it_again() {
+    let (schema, _store) = seeded_pg(10).await;
+    let node = TestNode::start(&[
+        ("READTIER_STORE_URL", &schema.url()),
+        ("READTIER_HTTP_MAX_WAITING", "16"),
+        ("READTIER_L2_MAX_STORE_FILLS", "16"),
+        ("READTIER_HTTP_WAITING_TOLERANCE", "10"),
+        ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
+    ])
+    .await;
+    let (addr, admin) = (node.addr(), node.running.admin_addr);
+    let mut next = 1_000_000_000u64;
+    // Unhurried reads teach the node its no-load latency; none of them moves the limit.
+    for _ in 0..40 {
+        next += 1;
+        let r = node.get(&format!("/v1/members/{next}/entitlement")).await;
+        assert_eq!(r.status, 404);
+    }
+    assert_eq!(waiting_limit(admin).await, 16.0);
+
+    // Rounds in which every miss waits 300 ms on a locked store, all at the limit.
+    for _ in 0..8 {
+        let locker = schema.lock_members().await;
+        let round = concurrent_misses(addr, &mut next, 16).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        locker.release().await;
+        for m in round {
+            let (r, _) = m.await.unwrap();
+            assert!(matches!(r.status, 404 | 503), "{}", r.status);
+        }
+    }
+    let lowered = waiting_limit(admin).await;
+    assert!(lowered < 14.0, "the limit fell: {lowered}");
+
+    // Past the lowered limit, misses are shed at once, while memory answers go on.
+    let locker = schema.lock_members().await;
+    let round = concurrent_misses(addr, &mut next, 16).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.get("/v1/plans?country=US").await.status, 200);
+    locker.release().await;
+    let mut shed = 0;
+    for m in round {
+        let (r, took) = m.await.unwrap();
+        if r.status == 503 {
+            assert_eq!(r.json()["type"], "urn:readtier:problem:overloaded");
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert!(took < Duration::from_millis(250), "shed at once: {took:?}");
+            shed += 1;
+        } else {
+            assert_eq!(r.status, 404);
+        }
+    }
+    assert!(
+        shed as f64 >= 16.0 - lowered,
+        "{shed} shed under a limit of {lowered}"
+    );
+
+    // Fast answers with the node at its limit raise it back to the ceiling.
+    let raised = eventually(Duration::from_secs(20), "the limit to grow back", || {
+        let ids = next;
+        next += 400;
+        async move {
+            let clients: Vec<_> = (0..8)
+                .map(|c| {
+                    let first = ids + c * 50;
+                    tokio::spawn(async move {
+                        for id in first..first + 50 {
+                            let r = get(addr, &format!("/v1/members/{id}/entitlement"), &[]).await;
+                            assert!(matches!(r.status, 404 | 503), "{}", r.status);
+                        }
+                    })
+                })
+                .collect();
+            for c in clients {
+                c.await.unwrap();
+            }
+            let limit = waiting_limit(admin).await;
+            (limit >= 16.0).then_some(limit)
+        }
+    })
+    .await;
+    assert_eq!(raised, 16.0);
+    node.stop().await;
+}

@@ -233,6 +233,11 @@ impl Config {
                     .parse::<i64>()
                     .map(toml::Value::Integer)
                     .unwrap_or_else(|_| toml::Value::String(text.clone())),
+                Some(toml::Value::Float(_)) => text
+                    .trim()
+                    .parse::<f64>()
+                    .map(toml::Value::Float)
+                    .unwrap_or_else(|_| toml::Value::String(text.clone())),
                 Some(toml::Value::Boolean(_)) => match text.trim() {
                     "true" | "1" => toml::Value::Boolean(true),
                     "false" | "0" => toml::Value::Boolean(false),
@@ -336,6 +341,12 @@ impl Config {
         positive("http.max_body_bytes", raw.http.max_body_bytes as u64)?;
         positive("http.max_connections", raw.http.max_connections as u64)?;
         positive("http.max_waiting", raw.http.max_waiting as u64)?;
+        positive("http.min_waiting", raw.http.min_waiting as u64)?;
+        if !(raw.http.waiting_tolerance.is_finite() && raw.http.waiting_tolerance >= 1.0) {
+            return Err(
+                layers.invalid("http.waiting_tolerance", "must be a number of at least 1.0")
+            );
+        }
         nonzero("http.request_timeout", raw.http.request_timeout)?;
         nonzero("http.idle_timeout", raw.http.idle_timeout)?;
 

@@ -93,7 +93,15 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Most requests waiting on Redis or the store at once; past it such a request
     /// gets an immediate 503 (answers from memory are not counted, and not shed).
+    /// The ceiling of the adaptive limit.
     pub max_waiting: usize,
+    /// Let the waiting limit follow latency, between `min_waiting` and `max_waiting`.
+    pub adaptive_waiting: bool,
+    /// The adaptive limit's floor.
+    pub min_waiting: usize,
+    /// How many times its no-load latency the waiting path may take before the
+    /// adaptive limit falls.
+    pub waiting_tolerance: f64,
 }
 
 /// `[changes]` as written; [`ChangesConfig`] once the stream URL is resolved.

@@ -115,12 +115,17 @@ pub async fn serve(
                 // Wrapping: the count only grows; were it ever to go back, the huge difference
                 // only costs the exact check below (measured: saturating_sub costs ~50
                 // instructions a request here, wrapping_sub none).
-                let fresh = bytes.wrapping_sub(svc_state.bytes_at_request.swap(bytes, Ordering::Relaxed));
+                let fresh =
+                    bytes.wrapping_sub(svc_state.bytes_at_request.swap(bytes, Ordering::Relaxed));
                 if fresh > app.limits.max_header_bytes as u64
                     && super::head_size(&req) > app.limits.max_header_bytes
                 {
                     drop(req);
-                    let resp = app.finish(crate::telemetry::Route::Other, app.head_too_large(), started);
+                    let resp = app.finish(
+                        crate::telemetry::Route::Other,
+                        app.head_too_large(),
+                        started,
+                    );
                     drop(in_flight);
                     return Either::Left(std::future::ready(Ok::<_, Infallible>(resp)));
                 }
@@ -132,29 +137,34 @@ pub async fn serve(
                         Either::Left(std::future::ready(Ok::<_, Infallible>(resp)))
                     }
                     Err(later) => {
-                        // Waiting is bounded on the public listener: past
-                        // `http.max_waiting`, shed at once.
-                        let admitted = if kind == Listener::Public {
-                            app.admit_waiting()
-                        } else {
-                            None
+                        // A member miss waits on Redis or the store: admitted under the
+                        // waiting limit, or shed at once (authorize is admitted once its
+                        // body names a member not in L1).
+                        let admitted = match later {
+                            crate::http::Later::Entitlement(_) if kind == Listener::Public => {
+                                match app.admit_waiting(started) {
+                                    Some(w) => Some(w),
+                                    None => {
+                                        drop(req);
+                                        let resp = app.finish(
+                                            later.route(),
+                                            super::problem::shed_waiting(),
+                                            started,
+                                        );
+                                        drop(in_flight);
+                                        return Either::Left(std::future::ready(
+                                            Ok::<_, Infallible>(resp),
+                                        ));
+                                    }
+                                }
+                            }
+                            _ => None,
                         };
-                        if kind == Listener::Public && admitted.is_none() {
-                            drop(req);
-                            let resp = app.finish(
-                                later.route(),
-                                super::problem::overloaded(
-                                    "too many requests waiting on the tier or the store; retry shortly",
-                                ),
-                                started,
-                            );
-                            drop(in_flight);
-                            return Either::Left(std::future::ready(Ok::<_, Infallible>(resp)));
-                        }
                         let app = app.clone();
                         Either::Right(async move {
+                            let is_admitted = admitted.is_some();
                             let _admitted = admitted;
-                            let (route, resp) = app.route_later(req, later).await;
+                            let (route, resp) = app.route_later(req, later, is_admitted).await;
                             let resp = app.finish(route, resp, started);
                             drop(in_flight);
                             Ok::<_, Infallible>(resp)

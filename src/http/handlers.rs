@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use super::params::{
     country_param, etag_matches, parse_member_id, read_body, valid_device_class, AuthorizeRequest,
 };
-use super::problem::{method_not_allowed, only_get, overloaded, problem};
+use super::problem::{method_not_allowed, only_get, overloaded, problem, shed_waiting};
 use super::render::{
     json_ok, json_string, render_entitlement, with_member_headers, FROM_SNAPSHOT, JSON,
     X_CATALOG_VERSION, X_SERVED_FROM,
@@ -96,8 +96,8 @@ impl App {
         }
     }
 
-    pub(super) async fn entitlement_miss(&self, id: u64) -> Response<Body> {
-        match self.lookup(id).await {
+    pub(super) async fn entitlement_miss(&self, id: u64, admitted: bool) -> Response<Body> {
+        match self.lookup(id, admitted).await {
             Ok((entry, from)) => self.entitlement_answer(id, &entry, from),
             Err(resp) => resp,
         }
@@ -184,7 +184,7 @@ impl App {
                 "device_class must be 1 to 32 characters of a-z, 0-9, '_' or '-' (for example \"tv\")",
             );
         }
-        let (entry, from) = match self.lookup(ask.member_id).await {
+        let (entry, from) = match self.lookup(ask.member_id, false).await {
             Ok(found) => found,
             Err(resp) => return resp,
         };
@@ -219,11 +219,18 @@ impl App {
     }
 
     /// A member lookup bounded by the request timeout; failures become 503 problems.
-    async fn lookup(&self, id: u64) -> Result<(Entry, ServedFrom), Response<Body>> {
+    /// A miss not `admitted` under the waiting limit yet (authorize) is admitted here,
+    /// or shed.
+    async fn lookup(&self, id: u64, admitted: bool) -> Result<(Entry, ServedFrom), Response<Body>> {
         // The hit path needs no timer: only a miss can wait.
         if let Some(entry) = self.members.get_l1(id) {
             return Ok((entry, ServedFrom::L1));
         }
+        let _waiting = if admitted {
+            None
+        } else {
+            Some(self.wait_here().ok_or_else(shed_waiting)?)
+        };
         match tokio::time::timeout(self.limits.request_timeout, self.members.get(id)).await {
             Ok(Ok(found)) => Ok(found),
             Ok(Err(LookupError::Overloaded(n))) => Err(overloaded(&format!(
@@ -269,6 +276,8 @@ impl App {
 
     pub(super) async fn metrics_text(&self) -> Response<Body> {
         crate::telemetry::set_l1_sizes(self.members.len(), self.members.negative_len());
+        let (limit, waiting) = self.waiting_now();
+        crate::telemetry::set_waiting(limit, waiting);
         let mut text = self.prometheus.render();
         self.metrics.render_latency(&mut text);
         let mut resp = Response::new(Full::new(Bytes::from(text)));

@@ -19,6 +19,7 @@
 
 mod conn;
 mod handlers;
+mod limit;
 pub mod params;
 pub mod problem;
 pub mod render;
@@ -85,16 +86,22 @@ pub struct App {
     metrics: HttpMetrics,
     /// Open connections on the public listener (`http.max_connections`).
     pub(crate) connections: AtomicUsize,
-    /// Requests waiting on Redis or the store (`http.max_waiting`).
-    waiting: AtomicUsize,
+    /// Requests waiting on Redis or the store, under a limit that follows their
+    /// latency (`http.max_waiting`, `http.adaptive_waiting`; see `limit`).
+    waiting: limit::WaitLimit,
 }
 
-/// A request admitted to wait on Redis or the store; counts until dropped.
-pub(crate) struct Waiting(Arc<App>);
+/// A request admitted to wait on Redis or the store; counts until dropped, and its
+/// time in the node is a sample for the adaptive limit.
+/// Held by the request's future (`Arc`) or within a handler (`&App`).
+pub(crate) struct Waiting<A: std::ops::Deref<Target = App> = Arc<App>> {
+    app: A,
+    started: Instant,
+}
 
-impl Drop for Waiting {
+impl<A: std::ops::Deref<Target = App>> Drop for Waiting<A> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.app.waiting.release(self.started.elapsed());
     }
 }
 
@@ -109,24 +116,47 @@ impl App {
             catalog,
             members,
             draining: AtomicBool::new(false),
+            waiting: limit::WaitLimit::new(limit::LimitConfig {
+                adaptive: limits.adaptive_waiting,
+                min: limits.min_waiting,
+                max: limits.max_waiting,
+                tolerance: limits.waiting_tolerance,
+            }),
             limits,
             prometheus,
             metrics: HttpMetrics::register(),
             connections: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
         }
     }
 
-    /// Admits a request that will wait on Redis or the store, or `None` when
-    /// `http.max_waiting` are waiting already (the caller sheds it).
-    pub(crate) fn admit_waiting(self: &Arc<Self>) -> Option<Waiting> {
-        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let guard = Waiting(self.clone());
-        if before >= self.limits.max_waiting {
+    /// Admits a request, which arrived at `started`, to wait on Redis or the store, or
+    /// `None` when the waiting limit is reached (the caller sheds it).
+    pub(crate) fn admit_waiting(self: &Arc<Self>, started: Instant) -> Option<Waiting> {
+        if !self.waiting.try_acquire() {
             self.metrics.shed_waiting.increment(1);
             return None;
         }
-        Some(guard)
+        Some(Waiting {
+            app: self.clone(),
+            started,
+        })
+    }
+
+    /// [`App::admit_waiting`] from within a handler, timed from now.
+    pub(crate) fn wait_here(&self) -> Option<Waiting<&App>> {
+        if !self.waiting.try_acquire() {
+            self.metrics.shed_waiting.increment(1);
+            return None;
+        }
+        Some(Waiting {
+            app: self,
+            started: Instant::now(),
+        })
+    }
+
+    /// The waiting limit now and the requests under it, for `/metrics`.
+    pub(crate) fn waiting_now(&self) -> (usize, usize) {
+        (self.waiting.limit(), self.waiting.in_flight())
     }
 
     /// Counts a connection refused over `http.max_connections`.
@@ -219,9 +249,13 @@ impl App {
         &self,
         req: Request<Incoming>,
         later: Later,
+        admitted: bool,
     ) -> (Route, Response<Body>) {
         match later {
-            Later::Entitlement(id) => (Route::Entitlement, self.entitlement_miss(id).await),
+            Later::Entitlement(id) => (
+                Route::Entitlement,
+                self.entitlement_miss(id, admitted).await,
+            ),
             Later::Authorize => (Route::Authorize, self.authorize(req).await),
             Later::Metrics => (Route::Metrics, self.metrics_text().await),
         }

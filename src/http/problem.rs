@@ -37,6 +37,18 @@ pub fn overloaded(detail: &str) -> Response<Body> {
     resp
 }
 
+/// The answer to a request shed by the waiting limit, built from static parts: under
+/// overload most requests get this, and it must cost far less than an answer.
+pub fn shed_waiting() -> Response<Body> {
+    const BODY: &[u8] = b"{\"type\":\"urn:readtier:problem:overloaded\",\"title\":\"Overloaded\",\"status\":503,\"detail\":\"too many requests waiting on the tier or the store; retry shortly\"}";
+    let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, PROBLEM_JSON);
+    h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 /// The whole HTTP/1.1 answer written to a connection over `http.max_connections`
 /// before it is closed.
 pub const OVER_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
