@@ -38,11 +38,18 @@ lt --connections 256 --rate $((C * 8 / 10)) --duration 10s --warmup 2s --json "$
 pids+=($!)
 ( while kill -0 $NODE 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$NODE/status; sleep 1; done ) >"$tmp/rss.txt" &
 pids+=($!)
+# The adaptive waiting limit, every 250 ms.
+( while kill -0 $NODE 2>/dev/null; do
+    curl -s "http://127.0.0.1:$A/metrics" | awk '/^readtier_http_waiting_limit / {print $2}'
+    sleep 0.25
+  done ) >"$tmp/limit.txt" &
+pids+=($!)
 lt --connections 1024 --stages "${SECS}s@$((C * 3)),5s@$((C * 8 / 10))" --warmup 1s \
   --json "$OUT/shed-3x.json" --svg "$OUT/shed-3x.svg" >/dev/null || true
-python3 - "$OUT" "$C" "$tmp/health.txt" "$tmp/rss.txt" <<'PY'
+python3 - "$OUT" "$C" "$tmp/health.txt" "$tmp/rss.txt" "$tmp/limit.txt" <<'PY'
 import json, sys
-out, cap, health, rss = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out, cap, health, rss, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+lim = [float(x) for x in open(limit) if x.strip()]
 r80 = json.load(open(f"{out}/shed-80.json"))
 r3 = json.load(open(f"{out}/shed-3x.json"))
 h = [l.strip() for l in open(health) if l.strip()]
@@ -54,21 +61,27 @@ summary = {
     "capacity_rps": cap,
     "p99_ms_at_80pct": r80["latency_ms"]["p99"],
     "overload": {
-        "offered_rps": over.get("offered_rps"),
-        "answered_ok_rps": over.get("achieved_rps"),
+        "offered_rps": over["rate_from"],
+        "answered_rps": over["achieved_rps"],
+        "admitted_ok_rps": round(over["answers"]["ok"] / over["duration_s"], 1),
+        "sent": over["sends"]["sent"], "never_sent": over["sends"]["dropped"],
         "admitted_p99_ms": over["latency_ms"]["p99"],
         "shed": over["answers"]["shed"],
         "shed_p99_ms": over["shed_latency_ms"]["p99"],
         "errors": over.get("errors"),
     },
-    "after": {"offered_rps": after.get("offered_rps"), "achieved_rps": after.get("achieved_rps"),
-              "p99_ms": after["latency_ms"]["p99"]},
+    "after": {"offered_rps": after["rate_from"], "achieved_rps": after["achieved_rps"],
+              "ok_rps": round(after["answers"]["ok"] / after["duration_s"], 1),
+              "shed": after["answers"]["shed"], "p99_ms": after["latency_ms"]["p99"]},
     "healthz_ms": {"probes": len(h), "failed": h.count("fail"),
                    "p99": hs[int(len(hs) * 0.99) - 1] if hs else None, "max": hs[-1] if hs else None},
     "rss_kib": {"first": m[0] if m else None, "max": max(m) if m else None, "last": m[-1] if m else None},
-    "timeline": [{k: t.get(k) for k in ("t", "offered", "sent", "completed", "p99_ms")} for t in tl],
+    "waiting_limit": {"min": min(lim) if lim else None, "last": lim[-1] if lim else None,
+                      "every_250ms": lim},
+    "timeline": [{k: t.get(k) for k in ("t", "offered", "sent", "completed", "ok", "shed", "p99_ms")} for t in tl],
 }
 json.dump(summary, open(f"{out}/shed-summary.json", "w"), indent=1)
 s = {k: v for k, v in summary.items() if k != "timeline"}
+s["waiting_limit"] = {k: v for k, v in summary["waiting_limit"].items() if k != "every_250ms"}
 print(json.dumps(s, indent=1))
 PY

@@ -779,6 +779,8 @@ fn build_report(
                 offered: schedule.map(|s| s.second_j[t + 1] - s.second_j[t]),
                 sent: b.counts.sent,
                 completed: b.counts.completed,
+                ok: b.counts.ok,
+                shed: b.counts.shed,
                 p50_ms: b.latency.value_at_quantile(0.5) as f64 / 1000.0,
                 p99_ms: b.latency.value_at_quantile(0.99) as f64 / 1000.0,
             }

@@ -286,7 +286,10 @@ pub struct Second {
     pub sent: u64,
     /// Answers completed in this second (of any send): the achieved rate, second by second.
     pub completed: u64,
-    /// Latency of answers to sends due in this second.
+    /// Answers to sends due in this second: 2xx/3xx, and shed (503 with Retry-After).
+    pub ok: u64,
+    pub shed: u64,
+    /// Latency of answers to sends due in this second (shed ones apart).
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
