@@ -1,7 +1,8 @@
 //! The values configuration names that need parsing beyond a scalar: the Redis
-//! topology (zones of nodes), the store URL, and durations ("250ms", "5s").
+//! topology (zones of nodes), the store URL, CA files, and durations ("250ms", "5s").
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Redis nodes grouped into zones; every zone holds a full replica of the hash tier.
@@ -13,10 +14,46 @@ pub struct RedisTopology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Zone {
     pub name: String,
-    /// Node URLs (`redis://host:port[/db]`), or cluster seeds when `cluster`.
+    /// Node URLs (`redis://host:port[/db]`, `rediss://` for TLS), or cluster seeds
+    /// when `cluster`.
     pub nodes: Vec<String>,
-    /// A Redis Cluster zone (`redis+cluster://` seeds): the cluster routes keys itself.
+    /// A Redis Cluster zone (`redis+cluster://` or `rediss+cluster://` seeds): the
+    /// cluster routes keys itself.
     pub cluster: bool,
+}
+
+/// What a Redis URL's scheme says: TLS or not, one server or a cluster's seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisScheme {
+    pub tls: bool,
+    pub cluster: bool,
+}
+
+/// The scheme of a Redis URL with something after it, or why it is not one. A
+/// `rediss://` URL must not carry redis-rs's `#insecure` (or any other fragment): an
+/// encrypted link to an unverified server is not offered; a private CA is named by
+/// `redis_tls_ca_file` instead.
+pub fn redis_scheme(url: &str) -> Result<RedisScheme, String> {
+    // Messages name the URL by host:port alone: it may carry a password.
+    let shown = crate::redis_conn::shown(url);
+    let not_redis = || format!("{shown:?} is not a redis:// or rediss:// URL");
+    let (scheme, rest) = url.split_once("://").ok_or_else(not_redis)?;
+    let (tls, cluster) = match scheme {
+        "redis" => (false, false),
+        "rediss" => (true, false),
+        "redis+cluster" => (false, true),
+        "rediss+cluster" => (true, true),
+        _ => return Err(not_redis()),
+    };
+    if rest.is_empty() {
+        return Err(format!("{url:?} names no server"));
+    }
+    if rest.contains('#') {
+        return Err(format!(
+            "{shown}: a URL fragment (#insecure) is not supported; name the servers' CA in redis_tls_ca_file"
+        ));
+    }
+    Ok(RedisScheme { tls, cluster })
 }
 
 impl RedisTopology {
@@ -64,16 +101,14 @@ impl RedisTopology {
             if nodes.is_empty() {
                 return Err(format!("zone {name:?} has no node URLs"));
             }
-            let cluster = nodes[0].starts_with("redis+cluster://");
+            let first = redis_scheme(&nodes[0]).map_err(|e| format!("zone {name:?}: {e}"))?;
+            let cluster = first.cluster;
             for n in &nodes {
-                let ok = if cluster {
-                    n.starts_with("redis+cluster://")
-                } else {
-                    n.starts_with("redis://") && n.len() > "redis://".len()
-                };
-                if !ok {
+                let scheme = redis_scheme(n).map_err(|e| format!("zone {name:?}: {e}"))?;
+                if scheme != first {
                     return Err(format!(
-                        "zone {name:?}: {n:?} is not a redis:// URL (a cluster zone lists only redis+cluster:// seeds)"
+                        "zone {name:?}: {} does not match the zone's first URL (a cluster zone lists only redis+cluster:// or only rediss+cluster:// seeds; a ring zone only redis:// or rediss:// URLs, and all of one kind)",
+                        crate::redis_conn::shown(n)
                     ));
                 }
             }
@@ -97,6 +132,45 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// A PostgreSQL (wire-compatible) database.
     Postgres(PgTarget),
+}
+
+/// A PEM file of CA certificates, read once at start: a missing, unreadable or empty
+/// file stops the start naming its key, not the first connection long after.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaFile {
+    pub path: PathBuf,
+    /// The file's bytes (one or more `CERTIFICATE` blocks).
+    pub pem: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaFile({})", self.path.display())
+    }
+}
+
+impl CaFile {
+    /// Reads `path` and checks it holds at least one PEM certificate.
+    pub fn load(path: &Path) -> Result<CaFile, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut certs = 0;
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            c.map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+            certs += 1;
+        }
+        if certs == 0 {
+            return Err(format!(
+                "{}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ));
+        }
+        Ok(CaFile {
+            path: path.to_path_buf(),
+            pem: pem.into(),
+        })
+    }
 }
 
 /// A PostgreSQL database and the time limits its connections get.
@@ -199,9 +273,27 @@ mod tests {
             "a=redis://x;a=redis://y",
             "a b=redis://x",
             "a=redis+cluster://x,redis://y",
+            "a=rediss://x,redis://y",
+            "a=rediss+cluster://x,redis+cluster://y",
+            "a=rediss://",
+            "a=rediss://:pw@x:1/#insecure",
         ] {
             assert!(RedisTopology::parse(bad).is_err(), "{bad}");
         }
+        let tls = RedisTopology::parse("a=rediss://:pw@h1:6380,rediss://h2:6380;b=redis://h3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.zones[0].nodes[0], "rediss://:pw@h1:6380");
+        assert!(!tls.zones[0].cluster);
+        let c = RedisTopology::parse("rediss+cluster://h1:7000,rediss+cluster://h2:7000")
+            .unwrap()
+            .unwrap();
+        assert!(c.zones[0].cluster);
+        // Messages name servers by host:port: never a password.
+        let e = RedisTopology::parse("a=rediss://:secret@x:1/#insecure").unwrap_err();
+        assert!(e.contains("x:1") && !e.contains("secret"), "{e}");
+        let e = RedisTopology::parse("a=rediss://:secret@x:1,redis://:secret@y:2").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
     }
 
     #[test]
