@@ -18,7 +18,8 @@ use std::time::Duration;
 
 pub use sections::{ChangesConfig, HttpConfig, L1Config, RelayConfig, TierConfig};
 pub use values::{
-    parse_duration, redis_scheme, CaFile, PgTarget, RedisScheme, RedisTopology, StoreUrl, Zone,
+    parse_duration, redis_scheme, CaFile, PgSslMode, PgTarget, PgTls, RedisScheme, RedisTopology,
+    StoreUrl, Zone,
 };
 
 /// The default file, with every key documented.

@@ -262,6 +262,13 @@ fn tls_urls_and_the_redis_ca_file_are_checked_at_start() {
             )],
             "`changes.stream_url`",
         ),
+        (
+            vec![(
+                "READTIER_STORE_URL",
+                "postgres://u:secret@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            )],
+            "`store_url`",
+        ),
     ] {
         let err = Config::from_layers(None, &env(&pairs))
             .unwrap_err()
