@@ -74,6 +74,7 @@ impl Cluster {
             cfg.zone,
             &cfg.redis_prefix,
             &cfg.l2,
+            cfg.redis_tls_ca.as_ref(),
         )
         .unwrap()
     }

@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use sections::{ChangesConfig, HttpConfig, L1Config, RelayConfig, TierConfig};
-pub use values::{parse_duration, PgTarget, RedisTopology, StoreUrl, Zone};
+pub use values::{
+    parse_duration, redis_scheme, CaFile, PgSslMode, PgTarget, PgTls, RedisScheme, RedisTopology,
+    StoreUrl, Zone,
+};
 
 /// The default file, with every key documented.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -52,6 +55,9 @@ pub struct Config {
     pub store: StoreUrl,
     pub seed_members: u64,
     pub redis: Option<RedisTopology>,
+    /// The CAs that `rediss://` servers are checked against (`redis_tls_ca_file`);
+    /// `None`: the system's trust store.
+    pub redis_tls_ca: Option<CaFile>,
     /// This node's zone (an index into `redis.zones`).
     pub zone: usize,
     pub redis_prefix: String,
@@ -286,6 +292,13 @@ impl Config {
         }
         let redis =
             RedisTopology::parse(&raw.redis_urls).map_err(|r| layers.invalid("redis_urls", r))?;
+        let redis_tls_ca = match raw.redis_tls_ca_file.trim() {
+            "" => None,
+            path => Some(
+                CaFile::load(Path::new(path))
+                    .map_err(|r| layers.invalid("redis_tls_ca_file", r))?,
+            ),
+        };
         let zone = match (&redis, raw.zone.trim()) {
             (_, "") => 0,
             (None, _) => return Err(layers.invalid("zone", "names a zone but redis_urls is empty")),
@@ -358,10 +371,17 @@ impl Config {
             .map(|u| u.trim().to_string())
             .filter(|u| !u.is_empty())
             .collect();
-        if let Some(u) = stream_urls.iter().find(|u| !u.starts_with("redis://")) {
-            return Err(
-                layers.invalid("changes.stream_url", format!("{u:?} is not a redis:// URL"))
-            );
+        for u in &stream_urls {
+            let scheme = redis_scheme(u).map_err(|r| layers.invalid("changes.stream_url", r))?;
+            if scheme.cluster {
+                return Err(layers.invalid(
+                    "changes.stream_url",
+                    format!(
+                        "{}: a stream copy is one server (redis:// or rediss://), not a cluster",
+                        crate::redis_conn::shown(u)
+                    ),
+                ));
+            }
         }
         positive("changes.stream_maxlen", raw.changes.stream_maxlen)?;
 
@@ -376,6 +396,7 @@ impl Config {
             store,
             seed_members: raw.seed_members,
             redis,
+            redis_tls_ca,
             zone,
             redis_prefix: raw.redis_prefix,
             l1: raw.l1,

@@ -23,6 +23,7 @@ pub struct RawConfig {
     #[serde(deserialize_with = "duration")]
     pub store_statement_timeout: std::time::Duration,
     pub redis_urls: String,
+    pub redis_tls_ca_file: String,
     pub zone: String,
     pub redis_prefix: String,
     pub seed_members: u64,

@@ -214,3 +214,66 @@ fn store_time_limits_reach_the_postgres_target() {
         Config::from_layers(None, &env(&[("READTIER_STORE_CONNECT_TIMEOUT", "0s")])).unwrap_err();
     assert!(err.to_string().contains("`store_connect_timeout`"), "{err}");
 }
+
+#[test]
+fn tls_urls_and_the_redis_ca_file_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["ca".to_string()]).unwrap();
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let ca_text = ca.display().to_string();
+    let c = Config::from_layers(
+        None,
+        &env(&[
+            ("READTIER_REDIS_URLS", "a=rediss://h:1;b=redis://h:2"),
+            ("READTIER_CHANGES_STREAM_URL", "rediss://h:3,redis://h:4"),
+            ("READTIER_REDIS_TLS_CA_FILE", &ca_text),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.redis.unwrap().zones[0].nodes, ["rediss://h:1"]);
+    assert_eq!(c.changes.stream_urls, ["rediss://h:3", "redis://h:4"]);
+    assert_eq!(c.redis_tls_ca.unwrap().path, ca);
+    assert!(Config::from_layers(None, &[])
+        .unwrap()
+        .redis_tls_ca
+        .is_none());
+
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let not_pem = not_pem.display().to_string();
+    for (pairs, key) in [
+        (
+            vec![("READTIER_REDIS_TLS_CA_FILE", "/nonexistent/ca.pem")],
+            "`redis_tls_ca_file`",
+        ),
+        (
+            vec![("READTIER_REDIS_TLS_CA_FILE", not_pem.as_str())],
+            "`redis_tls_ca_file`",
+        ),
+        (
+            vec![("READTIER_CHANGES_STREAM_URL", "rediss+cluster://h:1")],
+            "`changes.stream_url`",
+        ),
+        (
+            vec![(
+                "READTIER_CHANGES_STREAM_URL",
+                "rediss://:secret@h:1#insecure",
+            )],
+            "`changes.stream_url`",
+        ),
+        (
+            vec![(
+                "READTIER_STORE_URL",
+                "postgres://u:secret@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            )],
+            "`store_url`",
+        ),
+    ] {
+        let err = Config::from_layers(None, &env(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{pairs:?}: {err}");
+        assert!(!err.contains("secret"), "{pairs:?}: {err}");
+    }
+}

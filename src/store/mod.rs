@@ -24,7 +24,7 @@ pub use changes::{
     ChangeBatch, ChangeEvent, ChangeKind, ChangeReader, LogState, PgPosition, PgScan, Position,
     SqlitePosition,
 };
-pub use postgres::{ChangeListener, Progress, RelayState, RelayStore, Repair};
+pub use postgres::{ChangeListener, Progress, RelayState, RelayStore, Repair, TlsSetupError};
 
 use crate::config::StoreUrl;
 use crate::member::{Member, Status};
@@ -63,6 +63,12 @@ pub enum StoreError {
     },
     #[error("postgres store {url}: no connection: {reason}")]
     Pool { url: String, reason: String },
+    #[error("postgres store {url}: TLS: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: TlsSetupError,
+    },
     #[error("store URL: {0}")]
     Config(String),
     #[error("{0} is not supported by the {1} store")]

@@ -103,11 +103,12 @@ pub(crate) fn copies(cfg: &Config, response: Duration) -> Result<Vec<Copy>, Stre
             source,
         }
     };
+    let ca = cfg.redis_tls_ca.as_ref().map(|c| &c.pem[..]);
     let mut out = Vec::new();
     if !cfg.changes.stream_urls.is_empty() {
         for url in &cfg.changes.stream_urls {
             out.push(Copy {
-                redis: RedisConn::single(url, t).map_err(err(url))?,
+                redis: RedisConn::single(url, t, ca).map_err(err(url))?,
             });
         }
         return Ok(out);
@@ -118,11 +119,11 @@ pub(crate) fn copies(cfg: &Config, response: Duration) -> Result<Vec<Copy>, Stre
     let key = stream_key(&cfg.redis_prefix);
     for z in &topology.zones {
         let redis = if z.cluster {
-            RedisConn::cluster(&z.nodes, t).map_err(err(&z.nodes[0]))?
+            RedisConn::cluster(&z.nodes, t, ca).map_err(err(&z.nodes[0]))?
         } else {
             let ring = crate::tier::ring::Ring::new(&z.nodes);
             let url = &z.nodes[ring.node_for(key.as_bytes())];
-            RedisConn::single(url, t).map_err(err(url))?
+            RedisConn::single(url, t, ca).map_err(err(url))?
         };
         out.push(Copy { redis });
     }

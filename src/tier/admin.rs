@@ -2,8 +2,6 @@
 //! whole buckets, scanning every bucket a node holds, warming a zone from another, and
 //! flushing all members (after a bulk reseed). `reconcile` builds on these.
 
-use redis::Client;
-
 use super::{encoding, Node, Tier, TierEntry, TierError};
 use crate::redis_conn::Conn;
 
@@ -122,20 +120,23 @@ impl Tier {
                             Some(redis::Value::SimpleString(h)) => h.clone(),
                             _ => continue,
                         };
-                        if let Some(redis::Value::Int(port)) = master.get(1) {
-                            masters.insert(format!("redis://{host}:{port}"));
+                        if let Some(port) = master.get(1).and_then(|p| match p {
+                            redis::Value::Int(p) => u16::try_from(*p).ok(),
+                            _ => None,
+                        }) {
+                            masters.insert((host, port));
                         }
                     }
                 }
             }
         }
         let mut keys = Vec::new();
-        for url in masters {
+        for (host, port) in masters {
             let err = |op| {
-                let node = crate::redis_conn::shown(&url);
+                let node = format!("{host}:{port}");
                 move |source| TierError::Redis { node, op, source }
             };
-            let client = Client::open(url.as_str()).map_err(err("parse master URL"))?;
+            let client = n.redis.peer(&host, port).map_err(err("master URL"))?;
             let mut c = client
                 .get_multiplexed_async_connection()
                 .await

@@ -33,7 +33,7 @@ pub use encoding::TierEntry;
 pub use node::Node;
 use ring::Ring;
 
-use crate::config::{RedisTopology, TierConfig};
+use crate::config::{CaFile, RedisTopology, TierConfig};
 
 /// Tier failures (per node; the tier itself degrades rather than failing requests).
 #[derive(Debug, thiserror::Error)]
@@ -130,24 +130,28 @@ pub struct Tier {
 }
 
 impl Tier {
+    /// The tier over `topology`; `tls_ca` checks `rediss://` servers (`None`: the
+    /// system's trust store).
     pub fn new(
         topology: &RedisTopology,
         local: usize,
         prefix: &str,
         cfg: &TierConfig,
+        tls_ca: Option<&CaFile>,
     ) -> Result<Tier, TierError> {
+        let ca = tls_ca.map(|c| &c.pem[..]);
         let mut zones = Vec::new();
         for z in &topology.zones {
             let (nodes, ring) = if z.cluster {
                 (
-                    vec![Node::cluster(&z.name, &z.nodes, cfg)?],
+                    vec![Node::cluster(&z.name, &z.nodes, cfg, ca)?],
                     Ring::new(&["cluster"]),
                 )
             } else {
                 let nodes = z
                     .nodes
                     .iter()
-                    .map(|u| Node::single(&z.name, u, cfg))
+                    .map(|u| Node::single(&z.name, u, cfg, ca))
                     .collect::<Result<Vec<_>, _>>()?;
                 (nodes, Ring::new(&z.nodes))
             };
@@ -174,7 +178,13 @@ impl Tier {
     /// The tier a configuration describes, or `None` without `redis_urls`.
     pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Tier>, TierError> {
         match &cfg.redis {
-            Some(t) => Ok(Some(Tier::new(t, cfg.zone, &cfg.redis_prefix, &cfg.l2)?)),
+            Some(t) => Ok(Some(Tier::new(
+                t,
+                cfg.zone,
+                &cfg.redis_prefix,
+                &cfg.l2,
+                cfg.redis_tls_ca.as_ref(),
+            )?)),
             None => Ok(None),
         }
     }

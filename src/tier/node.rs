@@ -106,12 +106,18 @@ pub struct Node {
 
 impl Node {
     /// A plain node of a ring zone.
-    pub(crate) fn single(zone: &str, url: &str, cfg: &TierConfig) -> Result<Node, TierError> {
-        let redis = RedisConn::single(url, timeouts(cfg)).map_err(|source| TierError::Redis {
-            node: crate::redis_conn::shown(url),
-            op: "parse URL",
-            source,
-        })?;
+    pub(crate) fn single(
+        zone: &str,
+        url: &str,
+        cfg: &TierConfig,
+        ca: Option<&[u8]>,
+    ) -> Result<Node, TierError> {
+        let redis =
+            RedisConn::single(url, timeouts(cfg), ca).map_err(|source| TierError::Redis {
+                node: crate::redis_conn::shown(url),
+                op: "parse URL",
+                source,
+            })?;
         Ok(Node::with(zone, redis, cfg))
     }
 
@@ -120,9 +126,10 @@ impl Node {
         zone: &str,
         seeds: &[String],
         cfg: &TierConfig,
+        ca: Option<&[u8]>,
     ) -> Result<Node, TierError> {
         let redis =
-            RedisConn::cluster(seeds, timeouts(cfg)).map_err(|source| TierError::Redis {
+            RedisConn::cluster(seeds, timeouts(cfg), ca).map_err(|source| TierError::Redis {
                 node: seeds
                     .iter()
                     .map(|s| crate::redis_conn::shown(s))

@@ -158,6 +158,33 @@ impl RedisServer {
         s
     }
 
+    /// A redis-server that speaks TLS only, on `port` (`--port 0 --tls-port P`), with
+    /// this certificate and key; client certificates are not asked for.
+    pub fn start_tls(pki: &super::pki::TestPki) -> RedisServer {
+        let port = free_port();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let mut s = RedisServer {
+            port,
+            child: None,
+            extra: vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                path(&pki.cert),
+                "--tls-key-file".into(),
+                path(&pki.key),
+                "--tls-ca-cert-file".into(),
+                path(&pki.ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        };
+        s.spawn();
+        s
+    }
+
     /// A node of a Redis Cluster (its cluster state file in `dir`); see [`create_cluster`].
     pub fn start_cluster_node(dir: &std::path::Path) -> RedisServer {
         let port = free_port();
@@ -467,10 +494,32 @@ pub struct PrivatePg {
     dir: tempfile::TempDir,
     bin: std::path::PathBuf,
     child: Option<Child>,
+    /// Settings after the defaults (`-c name=value` pairs; later ones win).
+    extra: Vec<String>,
+}
+
+/// How a [`PrivatePg`] takes TLS: its certificate and key, and the `pg_hba.conf` lines
+/// that replace the default ones.
+pub struct PgTlsSetup<'a> {
+    pub pki: &'a super::pki::TestPki,
+    pub hba: &'a [&'a str],
+    /// `listen_addresses` (e.g. `127.0.0.1,127.0.0.2`).
+    pub listen: &'a str,
 }
 
 impl PrivatePg {
     pub fn start() -> PrivatePg {
+        Self::start_inner(None)
+    }
+
+    /// A server with `ssl=on`, this certificate and key (copied into its data
+    /// directory, owned by the server's user, the key mode 0600) and these `pg_hba.conf`
+    /// lines.
+    pub fn start_tls(setup: &PgTlsSetup<'_>) -> PrivatePg {
+        Self::start_inner(Some(setup))
+    }
+
+    fn start_inner(tls: Option<&PgTlsSetup<'_>>) -> PrivatePg {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries (.ci/run installs them)")
             .filter_map(|e| e.ok())
@@ -503,14 +552,56 @@ impl PrivatePg {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut extra = Vec::new();
+        if let Some(t) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::copy(&t.pki.cert, data.join("server.crt")).unwrap();
+            std::fs::copy(&t.pki.key, data.join("server.key")).unwrap();
+            std::fs::write(data.join("pg_hba.conf"), t.hba.join("\n") + "\n").unwrap();
+            for f in ["server.crt", "server.key", "pg_hba.conf"] {
+                if is_root {
+                    let ok = Command::new("chown")
+                        .args(["postgres", &data.join(f).display().to_string()])
+                        .status()
+                        .unwrap()
+                        .success();
+                    assert!(ok, "chown {f} to postgres");
+                }
+            }
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            for setting in [
+                "ssl=on".to_string(),
+                "ssl_cert_file=server.crt".to_string(),
+                "ssl_key_file=server.key".to_string(),
+                format!("listen_addresses={}", t.listen),
+            ] {
+                extra.push("-c".to_string());
+                extra.push(setting);
+            }
+        }
         let mut pg = PrivatePg {
             port: free_port(),
             dir,
             bin,
             child: None,
+            extra,
         };
         pg.spawn();
         pg
+    }
+
+    /// A tokio-postgres configuration over the server's Unix socket (no TCP, no TLS:
+    /// for the test's own looks at the server, such as `pg_stat_ssl`).
+    pub fn socket_config(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.path().display(),
+            self.port
+        )
     }
 
     fn as_pg(is_root: bool, program: &std::path::Path) -> Command {
@@ -538,6 +629,7 @@ impl PrivatePg {
             c.args(["-D", &data, "-p", &self.port.to_string(), "-k", &sock])
                 .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
                 .args(["-c", "max_connections=200"])
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .process_group(0);

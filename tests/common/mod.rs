@@ -252,3 +252,4 @@ where
     }
 }
 pub mod infra;
+pub mod pki;

@@ -13,14 +13,16 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod changes;
 mod relay;
 mod schema;
+mod tls;
 
 pub use relay::{ChangeListener, Progress, RelayState, RelayStore, Repair};
 use schema::SCHEMA;
+pub use tls::TlsSetupError;
 
 use super::{BadRow, MemberRow, StoreError};
 use crate::member::{Member, Status};
@@ -29,6 +31,23 @@ use crate::plan::{CatalogData, Plan, PlanPrice, Price};
 /// Advisory lock key serializing migrations ("readtier" in ASCII, truncated).
 const MIGRATE_LOCK: i64 = 0x7265_6164_7469_6572;
 
+/// An error with its causes, for a message that must say what went wrong:
+/// tokio-postgres's own text is only its kind ("db error", "error performing TLS
+/// handshake"), the server's message or the certificate problem is its source.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
@@ -36,6 +55,8 @@ pub struct PgStore {
     reads: Pool,
     /// For connections outside the pool (LISTEN).
     pub(super) config: tokio_postgres::Config,
+    /// The TLS connector of every connection, pooled or not (see [`tls`]).
+    pub(super) tls: MakeRustlsConnect,
     /// The URL without credentials, for messages.
     shown: String,
 }
@@ -79,10 +100,14 @@ impl PgStore {
             );
             cfg.options(options.trim());
         }
+        let tls = tls::connector(&target.tls).map_err(|source| StoreError::Tls {
+            url: shown.clone(),
+            source,
+        })?;
         let build = |size: usize| {
             let mgr = Manager::from_config(
                 cfg.clone(),
-                NoTls,
+                tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -104,6 +129,7 @@ impl PgStore {
             pool,
             reads,
             config: cfg,
+            tls,
             shown,
         })
     }
@@ -127,14 +153,14 @@ impl PgStore {
     async fn read_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.reads.get().await.map_err(|e| StoreError::Pool {
             url: self.shown.clone(),
-            reason: e.to_string(),
+            reason: with_causes(&e),
         })
     }
 
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| StoreError::Pool {
             url: self.shown.clone(),
-            reason: e.to_string(),
+            reason: with_causes(&e),
         })
     }
 

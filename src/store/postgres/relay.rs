@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use super::PgStore;
 use crate::store::{PgPosition, StoreError};
 
@@ -31,7 +29,7 @@ impl RelayStore {
         let (client, mut conn) = self
             .pg
             .config
-            .connect(NoTls)
+            .connect(self.pg.tls.clone())
             .await
             .map_err(self.pg.err("connect for LISTEN"))?;
         let notify = Arc::new(tokio::sync::Notify::new());
