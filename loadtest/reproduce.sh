@@ -3,8 +3,8 @@
 # the one they were taken on (2 cores: servers pinned to core 0, clients to core 1),
 # and writes the raw outputs to docs/figures/:
 #
-#   loadtest/reproduce.sh            # everything (about 10 minutes)
-#   loadtest/reproduce.sh callgrind  # one part: callgrind compare freshness seeding memory idle
+#   loadtest/reproduce.sh            # everything (about 15 minutes)
+#   loadtest/reproduce.sh callgrind  # one part: callgrind compare freshness seeding memory idle shed
 #
 # Needs wrk, valgrind, redis-server and a PostgreSQL at $PG (default
 # postgres://postgres@127.0.0.1:5432, trust auth). Timing figures want a quiet machine;
@@ -17,7 +17,7 @@ mkdir -p "$OUTDIR"
 cargo build --release -q -p readtier -p loadtest --examples
 export BIN=${BIN:-target/release}
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(callgrind compare freshness seeding memory idle)
+[ ${#parts[@]} -eq 0 ] && parts=(callgrind compare freshness seeding memory idle shed)
 stamp() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
 for part in "${parts[@]}"; do
@@ -25,6 +25,11 @@ for part in "${parts[@]}"; do
   case $part in
     callgrind) OUT=$OUTDIR/callgrind.json loadtest/callgrind.sh 4 16 ;;
     compare) OUT=$OUTDIR/compare.json loadtest/compare.sh 5 6 64 ;;
+    shed)
+      OUT=$OUTDIR/shed loadtest/shed.sh 20
+      ADAPTIVE=false OUT=$OUTDIR/shed-static loadtest/shed.sh 20
+      python3 loadtest/draw_shed.py "$OUTDIR/shed/shed-summary.json" \
+        "$OUTDIR/shed-static/shed-summary.json" "$OUTDIR/shed.svg" ;;
     freshness) OUT=$OUTDIR/freshness-pg.json PG=$PG loadtest/freshness.sh 20 8000 20 ;;
     seeding)
       tmp=$(mktemp -d); db=rt_seed_$$
