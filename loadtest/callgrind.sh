@@ -12,7 +12,9 @@
 # (POLL=…): the default 10 ms poll is a fixed cost per second (26 ms of CPU a second,
 # docs/PERFORMANCE.md), not per request, and under valgrind it would be spread over
 # however few requests the window held. Prints one line per path and server, then the
-# ratios, and writes them as JSON to $OUT if set.
+# ratios, and writes them as JSON to $OUT if set. With MAX_PLANS_RATIO and/or
+# MAX_ENTITLEMENT_RATIO set it is a guard: it exits 1 when a ratio is above its bound
+# (.ci/run sets them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-4}
@@ -87,4 +89,12 @@ for path in ("plans", "entitlement"):
     print(f"{path}: readtier / baseline = {r:.3f}")
 if os.environ.get("OUT"):
     json.dump(out, open(os.environ["OUT"], "w"), indent=1)
+over = []
+for path in ("plans", "entitlement"):
+    bound = os.environ.get(f"MAX_{path.upper()}_RATIO")
+    ratio = out[path + "_ratio"]
+    if bound and ratio > float(bound):
+        over.append(f"{path}: {ratio} > {bound}")
+if over:
+    sys.exit("callgrind guard: instructions per request rose past the bound: " + "; ".join(over))
 '
