@@ -187,6 +187,7 @@ async fn a_slower_store_lowers_the_adaptive_limit_and_fast_answers_raise_it_agai
         ("READTIER_STORE_URL", &schema.url()),
         ("READTIER_HTTP_MAX_WAITING", "16"),
         ("READTIER_L2_MAX_STORE_FILLS", "16"),
+        ("READTIER_HTTP_ADAPTIVE_WAITING", "true"),
         ("READTIER_HTTP_WAITING_TOLERANCE", "10"),
         ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
     ])
