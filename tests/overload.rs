@@ -180,6 +180,55 @@ async fn concurrent_misses(
         .collect()
 }
 
+/// Rounds in which 16 misses at once each wait 300 ms on a locked store.
+async fn slow_store_rounds(
+    schema: &PgSchema,
+    addr: std::net::SocketAddr,
+    next: &mut u64,
+    rounds: usize,
+) {
+    for _ in 0..rounds {
+        let locker = schema.lock_members().await;
+        let round = concurrent_misses(addr, next, 16).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        locker.release().await;
+        for m in round {
+            let (r, _) = m.await.unwrap();
+            assert!(matches!(r.status, 404 | 503), "{}", r.status);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_dependency_with_idle_workers_does_not_lower_the_adaptive_limit() {
+    let (schema, _store) = seeded_pg(10).await;
+    let node = TestNode::start(&[
+        ("READTIER_STORE_URL", &schema.url()),
+        ("READTIER_HTTP_MAX_WAITING", "16"),
+        ("READTIER_L2_MAX_STORE_FILLS", "16"),
+        ("READTIER_HTTP_ADAPTIVE_WAITING", "true"),
+        ("READTIER_HTTP_WAITING_TOLERANCE", "10"),
+        ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
+    ])
+    .await;
+    let (addr, admin) = (node.addr(), node.running.admin_addr);
+    let mut next = 2_000_000_000u64;
+    for _ in 0..40 {
+        next += 1;
+        assert_eq!(
+            node.get(&format!("/v1/members/{next}/entitlement"))
+                .await
+                .status,
+            404
+        );
+    }
+    // The same rounds that lower the limit when latency alone is judged (above): the
+    // workers sit idle while the table is locked, so nothing is shed.
+    slow_store_rounds(&schema, addr, &mut next, 8).await;
+    assert_eq!(waiting_limit(admin).await, 16.0);
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slower_store_lowers_the_adaptive_limit_and_fast_answers_raise_it_again() {
     let (schema, _store) = seeded_pg(10).await;
@@ -189,6 +238,9 @@ async fn a_slower_store_lowers_the_adaptive_limit_and_fast_answers_raise_it_agai
         ("READTIER_L2_MAX_STORE_FILLS", "16"),
         ("READTIER_HTTP_ADAPTIVE_WAITING", "true"),
         ("READTIER_HTTP_WAITING_TOLERANCE", "10"),
+        // Judge latency alone: a locked table keeps the workers idle, which the
+        // default saturation gate reads as a slow dependency (the next test).
+        ("READTIER_HTTP_WAITING_SATURATION", "0"),
         ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
     ])
     .await;
@@ -202,17 +254,7 @@ async fn a_slower_store_lowers_the_adaptive_limit_and_fast_answers_raise_it_agai
     }
     assert_eq!(waiting_limit(admin).await, 16.0);
 
-    // Rounds in which every miss waits 300 ms on a locked store, all at the limit.
-    for _ in 0..8 {
-        let locker = schema.lock_members().await;
-        let round = concurrent_misses(addr, &mut next, 16).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        locker.release().await;
-        for m in round {
-            let (r, _) = m.await.unwrap();
-            assert!(matches!(r.status, 404 | 503), "{}", r.status);
-        }
-    }
+    slow_store_rounds(&schema, addr, &mut next, 8).await;
     let lowered = waiting_limit(admin).await;
     assert!(lowered < 14.0, "the limit fell: {lowered}");
 

@@ -103,6 +103,9 @@ pub struct HttpConfig {
     /// How many times its no-load latency the waiting path may take before the
     /// adaptive limit falls.
     pub waiting_tolerance: f64,
+    /// The share of the runtime's worker time spent busy at or above which a slow
+    /// window lowers the adaptive limit (0: any slow window does).
+    pub waiting_saturation: f64,
 }
 
 /// `[changes]` as written; [`ChangesConfig`] once the stream URL is resolved.

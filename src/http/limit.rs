@@ -25,7 +25,12 @@
 //!   about 20 windows. Below 1 the limit first drops to what was in use in the window
 //!   (a limit above it admits nothing more), then by a fifth of the gradient's
 //!   shortfall (at most a tenth a window). Bounded by `http.min_waiting` and
-//!   `http.max_waiting`.
+//!   `http.max_waiting`;
+//! - a slow window lowers the limit only if the runtime's workers were busy for at
+//!   least `http.waiting_saturation` of it (tokio's worker busy time): a slow Redis
+//!   zone or a locked table makes requests wait with the workers idle, and shedding
+//!   those would fail reads the fall-through can still answer (the fault suite counts
+//!   them); an overloaded core keeps its workers busy.
 //!
 //! Admission is one atomic add against the current limit; the gradient is updated
 //! under a lock taken only by requests that waited anyway, and a request that finds it
@@ -57,6 +62,9 @@ pub struct LimitConfig {
     pub max: usize,
     /// How many times the no-load latency a window may average before the limit falls.
     pub tolerance: f64,
+    /// The share of the runtime's worker time spent busy, over the window, at or above
+    /// which a slow window lowers the limit (0: any slow window does).
+    pub saturation: f64,
 }
 
 /// Requests admitted to wait, against a limit that follows their latency.
@@ -76,12 +84,9 @@ impl WaitLimit {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(max),
             gradient: cfg.adaptive.then(|| {
-                Mutex::new(Gradient::new(
-                    max as f64,
-                    min as f64,
-                    max as f64,
-                    cfg.tolerance,
-                ))
+                let mut g = Gradient::new(max as f64, min as f64, max as f64, cfg.tolerance);
+                g.saturation = cfg.saturation;
+                Mutex::new(g)
             }),
         }
     }
@@ -104,7 +109,7 @@ impl WaitLimit {
         // Contended only when two waited requests end at the same instant; the sample
         // is worth less than the wait.
         let Ok(mut g) = g.try_lock() else { return };
-        if let Some(limit) = g.sample(rtt, in_flight, Instant::now()) {
+        if let Some(limit) = g.sample(rtt, in_flight, Instant::now(), runtime_busy) {
             self.limit.store(limit, Ordering::Relaxed);
         }
     }
@@ -118,6 +123,16 @@ impl WaitLimit {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+}
+
+/// The runtime's workers' busy time so far, summed, and how many workers there are
+/// (tokio's stable runtime metrics: a few atomic loads, read once a window).
+fn runtime_busy() -> Option<(Duration, usize)> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let m = handle.metrics();
+    let n = m.num_workers();
+    let busy = (0..n).map(|w| m.worker_total_busy_duration(w)).sum();
+    Some((busy, n))
 }
 
 /// The gradient's state: the limit as a real number, the no-load latency, the window.
@@ -136,6 +151,10 @@ struct Gradient {
     sum: f64,
     /// Most requests in flight seen in the window.
     peak: usize,
+    /// See [`LimitConfig::saturation`].
+    saturation: f64,
+    /// The workers' busy time when the last window closed, and when that was.
+    busy: Option<(Instant, Duration)>,
 }
 
 impl Gradient {
@@ -151,11 +170,19 @@ impl Gradient {
             count: 0,
             sum: 0.0,
             peak: 0,
+            saturation: 0.0,
+            busy: None,
         }
     }
 
     /// Adds a sample; at the end of a window, the new limit.
-    fn sample(&mut self, rtt: Duration, in_flight: usize, now: Instant) -> Option<usize> {
+    fn sample(
+        &mut self,
+        rtt: Duration,
+        in_flight: usize,
+        now: Instant,
+        busy: impl FnOnce() -> Option<(Duration, usize)>,
+    ) -> Option<usize> {
         let start = *self.window_start.get_or_insert(now);
         self.count += 1;
         self.sum += rtt.as_secs_f64();
@@ -166,6 +193,22 @@ impl Gradient {
         }
         let average = self.sum / f64::from(self.count);
         let used = self.peak as f64;
+        // Was the core the bottleneck? Workers busy for at least `saturation` of the
+        // window. Without runtime metrics, yes; in the first window measured, no (it
+        // has nothing to compare with, and holding is the safe side).
+        let saturated = match busy() {
+            Some((total, workers)) => {
+                let was = self.busy.replace((now, total));
+                match was {
+                    Some((at, before)) if now > at && workers > 0 => {
+                        let wall = now.duration_since(at).as_secs_f64() * workers as f64;
+                        total.saturating_sub(before).as_secs_f64() / wall >= self.saturation
+                    }
+                    _ => false,
+                }
+            }
+            None => true,
+        };
         self.window_start = Some(now);
         self.count = 0;
         self.sum = 0.0;
@@ -199,6 +242,12 @@ impl Gradient {
             }
             self.estimate + self.estimate.sqrt()
         } else {
+            if !saturated {
+                // Slow, but the workers were not: a dependency is slow (a Redis zone
+                // down, a locked table), not the core. Shedding would fail reads the
+                // fall-through can still answer; the static caps bound the waiting.
+                return None;
+            }
             let base = self.estimate.min(used.max(self.min));
             base * (0.8 + 0.2 * gradient)
         };
@@ -222,7 +271,7 @@ mod tests {
             for _ in 0..WINDOW_SAMPLES {
                 // Rounded up: the window closes at its last sample, not one after.
                 *t += WINDOW_MIN / (WINDOW_SAMPLES - 1) + Duration::from_micros(100);
-                g.sample(Duration::from_micros(rtt_us), in_flight, *t);
+                g.sample(Duration::from_micros(rtt_us), in_flight, *t, || None);
             }
         }
     }
@@ -234,6 +283,7 @@ mod tests {
             min: 1,
             max: 3,
             tolerance: 2.0,
+            saturation: 0.9,
         });
         assert!(l.try_acquire() && l.try_acquire() && l.try_acquire());
         assert!(!l.try_acquire(), "the fourth is shed");
@@ -310,11 +360,40 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_window_with_idle_workers_holds_the_limit() {
+        let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
+        g.saturation = 0.9;
+        let mut t = Instant::now();
+        let mut busy = Duration::ZERO;
+        // Teach 100 µs with idle workers.
+        windows(&mut g, &mut t, 2, 100, 1);
+        // 10× slower, all 64 in use, but the two workers busy a tenth of the time.
+        for _ in 0..10 {
+            for _ in 0..WINDOW_SAMPLES {
+                t += WINDOW_MIN / (WINDOW_SAMPLES - 1) + Duration::from_micros(100);
+                busy += (WINDOW_MIN / (WINDOW_SAMPLES - 1)) / 5;
+                g.sample(Duration::from_micros(1_000), 64, t, || Some((busy, 2)));
+            }
+        }
+        assert_eq!(g.estimate, 64.0, "a slow dependency is not shed");
+        // The same windows with the workers busy all the time: the limit falls.
+        for _ in 0..3 {
+            for _ in 0..WINDOW_SAMPLES {
+                let step = WINDOW_MIN / (WINDOW_SAMPLES - 1) + Duration::from_micros(100);
+                t += step;
+                busy += step * 2;
+                g.sample(Duration::from_micros(1_000), 64, t, || Some((busy, 2)));
+            }
+        }
+        assert!(g.estimate < 64.0, "{}", g.estimate);
+    }
+
+    #[test]
     fn a_long_quiet_gap_closes_a_window_with_what_it_has() {
         let mut g = Gradient::new(8.0, 4.0, 256.0, 2.0);
         let t = Instant::now();
-        assert_eq!(g.sample(Duration::from_micros(100), 8, t), None);
-        let r = g.sample(Duration::from_micros(100), 8, t + WINDOW_MAX);
+        assert_eq!(g.sample(Duration::from_micros(100), 8, t, || None), None);
+        let r = g.sample(Duration::from_micros(100), 8, t + WINDOW_MAX, || None);
         assert_eq!(r, Some(11), "fast, at the limit: 8 + √8");
     }
 }

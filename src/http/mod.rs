@@ -121,6 +121,7 @@ impl App {
                 min: limits.min_waiting,
                 max: limits.max_waiting,
                 tolerance: limits.waiting_tolerance,
+                saturation: limits.waiting_saturation,
             }),
             limits,
             prometheus,
