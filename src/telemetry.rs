@@ -25,13 +25,137 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets(&buckets)
                 .expect("bucket list is not empty");
             match builder.install_recorder() {
-                Ok(handle) => handle,
+                Ok(handle) => {
+                    describe();
+                    handle
+                }
                 // Another recorder is already global (an embedding program installed
                 // one): keep a private one so /metrics still answers.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             }
         })
         .clone()
+}
+
+/// Every metric this service records and what it means: the `# HELP` lines of
+/// `/metrics` (a test checks none is missing). The request-duration histogram is
+/// rendered by [`HttpMetrics::render_latency`], which writes its own.
+const HELP: &[(&str, &str)] = &[
+    (
+        "readtier_catalog_reloads_total",
+        "Catalog snapshots installed",
+    ),
+    (
+        "readtier_catalog_version",
+        "Version of the catalog snapshot being served",
+    ),
+    (
+        "readtier_change_log_gaps_total",
+        "Times the change reader found entries lost and dropped L1",
+    ),
+    (
+        "readtier_change_log_lag_events",
+        "Committed changes not yet applied by this node",
+    ),
+    (
+        "readtier_change_log_lag_seconds",
+        "Age of the oldest committed change not yet applied",
+    ),
+    (
+        "readtier_change_log_poll_errors_total",
+        "Failed reads of the change log or stream",
+    ),
+    (
+        "readtier_change_log_position",
+        "Position of the last change applied by this node",
+    ),
+    (
+        "readtier_changes_applied_total",
+        "Changes applied to this node's L1 and catalog",
+    ),
+    (
+        "readtier_http_requests_total",
+        "HTTP answers by route and status",
+    ),
+    (
+        "readtier_http_shed_total",
+        "Requests or connections refused past a limit, by reason",
+    ),
+    (
+        "readtier_http_waiting",
+        "Requests waiting on Redis or the store",
+    ),
+    (
+        "readtier_http_waiting_limit",
+        "Current limit on requests waiting on Redis or the store",
+    ),
+    (
+        "readtier_l1_coalesced_total",
+        "Misses that waited for another request's load of the same member",
+    ),
+    ("readtier_l1_entries", "Members held in L1"),
+    (
+        "readtier_l1_flushes_total",
+        "Times L1 was dropped whole because it could be stale",
+    ),
+    ("readtier_l1_hits_total", "Member lookups answered from L1"),
+    (
+        "readtier_l1_invalidations_total",
+        "L1 entries dropped by a change",
+    ),
+    ("readtier_l1_misses_total", "Member lookups not in L1"),
+    (
+        "readtier_l1_negative_entries",
+        "Unknown members remembered in L1",
+    ),
+    (
+        "readtier_l2_breaker_open",
+        "1 while a Redis node's circuit breaker is open",
+    ),
+    ("readtier_l2_errors_total", "Failed calls to a Redis node"),
+    (
+        "readtier_l2_hits_total",
+        "Member lookups answered from a Redis zone",
+    ),
+    (
+        "readtier_l2_misses_total",
+        "Member lookups no Redis zone could answer",
+    ),
+    (
+        "readtier_l2_request_duration_seconds",
+        "Time of one call to a Redis node",
+    ),
+    (
+        "readtier_l2_stale_skipped_total",
+        "Redis answers skipped for a version below the member's floor",
+    ),
+    (
+        "readtier_relay_active",
+        "1 while this relay holds the lease",
+    ),
+    (
+        "readtier_relay_published_total",
+        "Changes the relay published to the stream and the tier",
+    ),
+    (
+        "readtier_relay_tier_repairs_pending",
+        "Zone writes the relay still has to repair",
+    ),
+    (
+        "readtier_store_bad_rows_total",
+        "Store rows that could not be read",
+    ),
+    ("readtier_store_errors_total", "Failed store operations"),
+    ("readtier_store_reads_total", "Member reads from the store"),
+];
+
+/// Registers the `# HELP` text of every metric with the recorder.
+fn describe() {
+    for (name, help) in HELP {
+        // The recorder keeps the text per name whatever the kind; counter is as good
+        // as any for the description.
+        metrics::describe_counter!(*name, *help);
+    }
 }
 
 /// Spawns the periodic upkeep that folds histogram samples into their buckets.
@@ -156,6 +280,10 @@ impl HttpMetrics {
     pub fn render_latency(&self, out: &mut String) {
         use std::fmt::Write;
         let name = "readtier_http_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a request's head to its answer, by route"
+        );
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (route, h) in ROUTES.iter().zip(self.latency.iter()) {
             let mut cumulative = 0;

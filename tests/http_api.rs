@@ -643,6 +643,19 @@ async fn metrics_count_this_nodes_work_exactly() {
     let m = get(node.admin, "/metrics", &[]).await;
     assert_eq!(m.status, 200);
     let text = String::from_utf8(m.body).unwrap();
+    // Every metric explains itself: a `# HELP` beside each `# TYPE`.
+    let typed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert!(typed.len() >= 10, "{text}");
+    for name in &typed {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "no # HELP for {name}"
+        );
+    }
     let value = |series: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
