@@ -199,29 +199,35 @@ async fn slow_store_rounds(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_dependency_with_idle_workers_does_not_lower_the_adaptive_limit() {
+/// A node on a fresh schema with the adaptive limit on (ceiling 16) and `extra`
+/// settings, taught its no-load latency by 40 unhurried misses (none moves the limit).
+async fn adaptive_node(extra: &[(&str, &str)], next: &mut u64) -> (PgSchema, TestNode) {
     let (schema, _store) = seeded_pg(10).await;
-    let node = TestNode::start(&[
-        ("READTIER_STORE_URL", &schema.url()),
+    let url = schema.url();
+    let mut env = vec![
+        ("READTIER_STORE_URL", url.as_str()),
         ("READTIER_HTTP_MAX_WAITING", "16"),
         ("READTIER_L2_MAX_STORE_FILLS", "16"),
         ("READTIER_HTTP_ADAPTIVE_WAITING", "true"),
         ("READTIER_HTTP_WAITING_TOLERANCE", "10"),
         ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
-    ])
-    .await;
-    let (addr, admin) = (node.addr(), node.running.admin_addr);
-    let mut next = 2_000_000_000u64;
+    ];
+    env.extend_from_slice(extra);
+    let node = TestNode::start(&env).await;
     for _ in 0..40 {
-        next += 1;
-        assert_eq!(
-            node.get(&format!("/v1/members/{next}/entitlement"))
-                .await
-                .status,
-            404
-        );
+        *next += 1;
+        let r = node.get(&format!("/v1/members/{next}/entitlement")).await;
+        assert_eq!(r.status, 404);
     }
+    assert_eq!(waiting_limit(node.running.admin_addr).await, 16.0);
+    (schema, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_dependency_with_idle_workers_does_not_lower_the_adaptive_limit() {
+    let mut next = 2_000_000_000u64;
+    let (schema, node) = adaptive_node(&[], &mut next).await;
+    let (addr, admin) = (node.addr(), node.running.admin_addr);
     // The same rounds that lower the limit when latency alone is judged (above): the
     // workers sit idle while the table is locked, so nothing is shed.
     slow_store_rounds(&schema, addr, &mut next, 8).await;
@@ -231,29 +237,12 @@ async fn a_slow_dependency_with_idle_workers_does_not_lower_the_adaptive_limit()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slower_store_lowers_the_adaptive_limit_and_fast_answers_raise_it_again() {
-    let (schema, _store) = seeded_pg(10).await;
-    let node = TestNode::start(&[
-        ("READTIER_STORE_URL", &schema.url()),
-        ("READTIER_HTTP_MAX_WAITING", "16"),
-        ("READTIER_L2_MAX_STORE_FILLS", "16"),
-        ("READTIER_HTTP_ADAPTIVE_WAITING", "true"),
-        ("READTIER_HTTP_WAITING_TOLERANCE", "10"),
-        // Judge latency alone: a locked table keeps the workers idle, which the
-        // default saturation gate reads as a slow dependency (the next test).
-        ("READTIER_HTTP_WAITING_SATURATION", "0"),
-        ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
-    ])
-    .await;
-    let (addr, admin) = (node.addr(), node.running.admin_addr);
     let mut next = 1_000_000_000u64;
-    // Unhurried reads teach the node its no-load latency; none of them moves the limit.
-    for _ in 0..40 {
-        next += 1;
-        let r = node.get(&format!("/v1/members/{next}/entitlement")).await;
-        assert_eq!(r.status, 404);
-    }
-    assert_eq!(waiting_limit(admin).await, 16.0);
-
+    // Judge latency alone: a locked table keeps the workers idle, which the default
+    // saturation gate reads as a slow dependency (the test above).
+    let (schema, node) =
+        adaptive_node(&[("READTIER_HTTP_WAITING_SATURATION", "0")], &mut next).await;
+    let (addr, admin) = (node.addr(), node.running.admin_addr);
     slow_store_rounds(&schema, addr, &mut next, 8).await;
     let lowered = waiting_limit(admin).await;
     assert!(lowered < 14.0, "the limit fell: {lowered}");

@@ -133,26 +133,25 @@ impl App {
     /// Admits a request, which arrived at `started`, to wait on Redis or the store, or
     /// `None` when the waiting limit is reached (the caller sheds it).
     pub(crate) fn admit_waiting(self: &Arc<Self>, started: Instant) -> Option<Waiting> {
-        if !self.waiting.try_acquire() {
-            self.metrics.shed_waiting.increment(1);
-            return None;
-        }
-        Some(Waiting {
-            app: self.clone(),
-            started,
-        })
+        self.admit(self.clone(), started)
     }
 
     /// [`App::admit_waiting`] from within a handler, timed from now.
     pub(crate) fn wait_here(&self) -> Option<Waiting<&App>> {
+        self.admit(self, Instant::now())
+    }
+
+    /// The one admission both take: a slot under the limit, or a counted shed.
+    fn admit<A: std::ops::Deref<Target = App>>(
+        &self,
+        app: A,
+        started: Instant,
+    ) -> Option<Waiting<A>> {
         if !self.waiting.try_acquire() {
             self.metrics.shed_waiting.increment(1);
             return None;
         }
-        Some(Waiting {
-            app: self,
-            started: Instant::now(),
-        })
+        Some(Waiting { app, started })
     }
 
     /// The waiting limit now and the requests under it, for `/metrics`.
