@@ -181,9 +181,11 @@ pub enum Route {
     Readyz = 4,
     Metrics = 5,
     Other = 6,
+    /// `/admin/…` on the admin listener.
+    Admin = 7,
 }
 
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 8] = [
     "plans",
     "entitlement",
     "authorize",
@@ -191,6 +193,7 @@ const ROUTES: [&str; 7] = [
     "readyz",
     "metrics",
     "other",
+    "admin",
 ];
 
 /// The statuses this service answers with; anything else is counted as "other".

@@ -17,6 +17,7 @@
 //!   body over the limit, 415 not JSON, 431 (from hyper) head over the limit.
 //!
 
+mod admin;
 mod conn;
 mod handlers;
 mod limit;
@@ -62,6 +63,8 @@ pub enum Later {
     Entitlement(u64),
     Authorize,
     Metrics,
+    /// `/admin/…` on the admin listener (see `admin`).
+    Admin,
 }
 
 impl Later {
@@ -71,6 +74,7 @@ impl Later {
             Later::Entitlement(_) => Route::Entitlement,
             Later::Authorize => Route::Authorize,
             Later::Metrics => Route::Metrics,
+            Later::Admin => Route::Admin,
         }
     }
 }
@@ -231,6 +235,9 @@ impl App {
                 Some(resp) => (Route::Metrics, resp),
                 None => return Err(Later::Metrics),
             },
+            _ if listener == Listener::Admin && path.starts_with("/admin/") => {
+                return Err(Later::Admin)
+            }
             _ => (
                 Route::Other,
                 problem(
@@ -258,6 +265,7 @@ impl App {
             ),
             Later::Authorize => (Route::Authorize, self.authorize(req).await),
             Later::Metrics => (Route::Metrics, self.metrics_text().await),
+            Later::Admin => (Route::Admin, admin::route(self, req).await),
         }
     }
 }

@@ -401,6 +401,16 @@ impl Members {
     }
 
     /// How many store reads this instance has made.
+    /// The store members are read from (the admin endpoints read it directly).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The L2 tier, if Redis is configured (the admin endpoints read every zone).
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.as_ref()
+    }
+
     pub fn store_reads(&self) -> u64 {
         self.store_reads.load(Ordering::Relaxed)
     }
