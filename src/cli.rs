@@ -1,7 +1,9 @@
 //! The `readtier` command line: `serve` (the default), `migrate`, `seed`, `relay`,
-//! `reconcile`, `warm`.
+//! `reconcile`, `warm`, and the history commands `history`, `restore`.
 //!
 //! Exit statuses: 0 success, 64 invalid configuration or usage, 1 anything else.
+
+mod history;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +46,53 @@ enum Command {
         /// Also write members the tier does not hold (reads fill them on demand anyway).
         #[arg(long)]
         fill_missing: bool,
+        /// Instead: check every member's newest history entry against its current row
+        /// (exit 1 on a mismatch); needs no Redis tier.
+        #[arg(long, conflicts_with = "fill_missing")]
+        history: bool,
+    },
+    /// A member's history (newest first), its state at an instant, or, with a
+    /// subcommand, the catalog's history or every entry as JSON lines.
+    #[command(args_conflicts_with_subcommands = true)]
+    History {
+        #[command(subcommand)]
+        what: Option<HistoryCommand>,
+        /// The member.
+        member: Option<u64>,
+        /// Its state at this RFC 3339 instant instead of its entries.
+        #[arg(long, value_name = "T")]
+        as_of: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Only entries older than this seq (the next page).
+        #[arg(long, value_name = "SEQ")]
+        before: Option<i64>,
+    },
+    /// Write members back to their state at an instant, as ordinary changes (recorded
+    /// with actor readtier-restore), so the repair reaches every tier and node.
+    Restore {
+        /// The instant to go back to (RFC 3339).
+        #[arg(long, value_name = "T")]
+        as_of: String,
+        /// Only these members (repeatable).
+        #[arg(long = "member", value_name = "ID")]
+        members: Vec<u64>,
+        /// Only members with a change after this instant.
+        #[arg(long, value_name = "T0")]
+        changed_after: Option<String>,
+        /// Only members with a change after T by this actor.
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
+        /// Only members with a change after T with this reason.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Copy every member a live zone holds into another zone (a new zone, written
     /// only while it warms: see l2.write_only_zones).
@@ -64,6 +113,30 @@ enum Command {
         /// How many members to create or overwrite.
         #[arg(long)]
         members: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HistoryCommand {
+    /// Every history entry (members and catalog) as JSON lines, in commit-safe order,
+    /// following new ones; resumable from the last seq printed.
+    Tail {
+        /// Start after the entry with this seq.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<i64>,
+        /// Stop at the end instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Catalog history (prices and plans), newest first.
+    Catalog {
+        /// Only this country's prices.
+        #[arg(long)]
+        country: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
     },
 }
 
@@ -111,7 +184,39 @@ pub fn main() -> ExitCode {
             Command::Migrate => migrate(&cfg).await,
             Command::Seed { members } => seed(&cfg, members).await,
             Command::Relay { id } => relay(&cfg, id).await,
-            Command::Reconcile { fill_missing } => reconcile(&cfg, fill_missing).await,
+            Command::Reconcile { history: true, .. } => history::reconcile(&cfg).await,
+            Command::Reconcile { fill_missing, .. } => reconcile(&cfg, fill_missing).await,
+            Command::History {
+                what: Some(HistoryCommand::Tail { from, no_follow }),
+                ..
+            } => history::tail(&cfg, from, !no_follow).await,
+            Command::History {
+                what:
+                    Some(HistoryCommand::Catalog {
+                        country,
+                        json,
+                        limit,
+                    }),
+                ..
+            } => history::catalog(&cfg, country, json, limit).await,
+            Command::History {
+                what: None,
+                member,
+                as_of,
+                json,
+                limit,
+                before,
+            } => history::member(&cfg, member, as_of, json, limit, before).await,
+            Command::Restore {
+                as_of,
+                members,
+                changed_after,
+                actor,
+                reason,
+                dry_run,
+            } => {
+                history::restore(&cfg, &as_of, members, changed_after, actor, reason, dry_run).await
+            }
             Command::Warm { from, to } => warm(&cfg, &from, &to).await,
         }
     });

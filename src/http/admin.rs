@@ -10,12 +10,28 @@
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
-use super::problem::problem;
+use super::history;
+use super::problem::{only_get, problem};
 use super::{App, Body};
 
 /// Answers a request for `/admin/…`.
-pub(super) async fn route(_app: &App, req: Request<Incoming>) -> http::Response<Body> {
+pub(super) async fn route(app: &App, req: Request<Incoming>) -> http::Response<Body> {
     let path = req.uri().path();
+    let query = req.uri().query();
+    if let Some(rest) = path.strip_prefix("/admin/members/") {
+        if let Some((id, "history")) = rest.split_once('/') {
+            return match only_get(&req) {
+                Some(resp) => resp,
+                None => history::member(app, id, query).await,
+            };
+        }
+    }
+    if path == "/admin/catalog/history" {
+        return match only_get(&req) {
+            Some(resp) => resp,
+            None => history::catalog(app, query).await,
+        };
+    }
     problem(
         StatusCode::NOT_FOUND,
         "not-found",

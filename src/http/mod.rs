@@ -20,6 +20,7 @@
 mod admin;
 mod conn;
 mod handlers;
+mod history;
 mod limit;
 pub mod params;
 pub mod problem;

@@ -14,6 +14,7 @@
 //! the relay the PostgreSQL-only parts it needs (lease, fenced position, LISTEN).
 
 pub mod changes;
+pub mod history;
 mod postgres;
 pub mod seed;
 mod sqlite;

@@ -78,6 +78,12 @@ impl TestNode {
         get(self.running.addr, path, &[]).await
     }
 
+    /// [`TestNode::get`] owning its path, for many requests joined at once.
+    pub fn get_owned(&self, path: String) -> impl std::future::Future<Output = Resp> {
+        let addr = self.running.addr;
+        async move { get(addr, &path, &[]).await }
+    }
+
     pub async fn authorize(&self, body: &str) -> Resp {
         post(
             self.running.addr,

@@ -1,7 +1,7 @@
 //! Reading and trimming the PostgreSQL change log (see [`crate::store::changes`] for
 //! the order the reader guarantees and why it works in transaction ids).
 
-use super::PgStore;
+use super::{with_causes, PgStore};
 use crate::store::changes::{PgPosition, PgScan};
 use crate::store::{ChangeEvent, ChangeKind, StoreError};
 
@@ -134,6 +134,15 @@ impl PgStore {
         at: &PgPosition,
     ) -> Result<u64, StoreError> {
         let mut c = self.client().await?;
+        // History is never trimmed; its monthly partitions are kept ahead of the clock
+        // here, where the relay already does its periodic upkeep (a month the relay
+        // missed lands in the DEFAULT partition: nothing is lost).
+        if let Err(e) = c
+            .batch_execute("SELECT readtier_history_partitions(3)")
+            .await
+        {
+            tracing::warn!(error = %with_causes(&e), "could not add history partitions");
+        }
         let tx = c.transaction().await.map_err(self.err("trim changes"))?;
         // A first trim after a long outage may delete a big backlog at once.
         tx.batch_execute("SET LOCAL statement_timeout = 0")

@@ -16,6 +16,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod changes;
+mod history;
 mod relay;
 mod schema;
 mod tls;
@@ -325,6 +326,20 @@ impl PgStore {
         )
         .await
         .map_err(self.err("enable member triggers"))?;
+        // History records the bulk load as one entry, not one per member (see
+        // `history`: a seeded member's state is the `before` of its next entry).
+        let (count, last_version) = (n as i64, last - 1);
+        tx.execute(
+            "INSERT INTO member_history (op, member_id, before, after, actor, reason)
+             VALUES ('seed', NULL, NULL,
+                     jsonb_build_object('members', $1::bigint, 'first_version', $2::bigint,
+                                        'last_version', $3::bigint),
+                     coalesce(nullif(current_setting('readtier.actor', true), ''), 'readtier-seed'),
+                     'bulk load of ' || $1::bigint || ' members (one history entry for the load)')",
+            &[&count, &first, &last_version],
+        )
+        .await
+        .map_err(self.err("record the seed in history"))?;
         tx.commit().await.map_err(self.err("seed members commit"))?;
         Ok(n)
     }

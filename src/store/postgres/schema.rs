@@ -72,6 +72,74 @@ CREATE TABLE IF NOT EXISTS relay_repairs (
     PRIMARY KEY (zone, member_id)
 );
 
+-- History: the second system of record (README, "History"). Every insert, update and
+-- delete of memberships, plans and plan_prices, appended by the triggers below in the
+-- writer's transaction, with the whole row before and after, and who wrote it and why.
+-- Never trimmed by changes.retention; partitioned by month on `at` so an operator can
+-- detach old months (readtier_history_partitions keeps months ahead; anything past
+-- them lands in the DEFAULT partition). One sequence numbers both tables.
+CREATE SEQUENCE IF NOT EXISTS history_seq;
+CREATE TABLE IF NOT EXISTS member_history (
+    seq       BIGINT NOT NULL DEFAULT nextval('history_seq'),
+    at        TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    txid      BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    op        TEXT NOT NULL,
+    member_id BIGINT,
+    before    JSONB,
+    after     JSONB,
+    actor     TEXT NOT NULL,
+    reason    TEXT
+) PARTITION BY RANGE (at);
+CREATE INDEX IF NOT EXISTS member_history_member ON member_history (member_id, seq);
+CREATE INDEX IF NOT EXISTS member_history_txid ON member_history (txid, seq);
+CREATE INDEX IF NOT EXISTS member_history_seq ON member_history USING brin (seq);
+CREATE TABLE IF NOT EXISTS member_history_default PARTITION OF member_history DEFAULT;
+CREATE TABLE IF NOT EXISTS catalog_history (
+    seq             BIGINT NOT NULL DEFAULT nextval('history_seq'),
+    at              TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    txid            BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    table_name      TEXT NOT NULL,
+    op              TEXT NOT NULL,
+    country         TEXT,
+    plan_id         TEXT,
+    catalog_version BIGINT,
+    before          JSONB,
+    after           JSONB,
+    actor           TEXT NOT NULL,
+    reason          TEXT
+) PARTITION BY RANGE (at);
+CREATE INDEX IF NOT EXISTS catalog_history_country ON catalog_history (country, seq);
+CREATE INDEX IF NOT EXISTS catalog_history_txid ON catalog_history (txid, seq);
+CREATE INDEX IF NOT EXISTS catalog_history_seq ON catalog_history USING brin (seq);
+CREATE TABLE IF NOT EXISTS catalog_history_default PARTITION OF catalog_history DEFAULT;
+-- Monthly partitions of both history tables from this month to `months_ahead` months
+-- on (idempotent; migrate and the relay call it).
+CREATE OR REPLACE FUNCTION readtier_history_partitions(months_ahead INT) RETURNS void
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE m DATE; t TEXT; part TEXT;
+BEGIN
+    FOR i IN 0..months_ahead LOOP
+        m := (date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => i))::date;
+        FOREACH t IN ARRAY ARRAY['member_history', 'catalog_history'] LOOP
+            part := t || '_' || to_char(m, 'YYYY_MM');
+            -- A month already in the DEFAULT partition stays there (a partition cannot
+            -- be created over rows the default holds).
+            IF to_regclass(part) IS NULL AND NOT EXISTS (
+                SELECT 1 FROM member_history_default
+                 WHERE at >= m AND at < m + interval '1 month'
+                UNION ALL
+                SELECT 1 FROM catalog_history_default
+                 WHERE at >= m AND at < m + interval '1 month') THEN
+                EXECUTE format(
+                    'CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                    part, t, m::text || ' 00:00:00+00',
+                    (m + interval '1 month')::date::text || ' 00:00:00+00');
+            END IF;
+        END LOOP;
+    END LOOP;
+END $$;
+SELECT readtier_history_partitions(3);
+
 -- Member versions come from one store-wide sequence, so a member's version only
 -- rises, also across a delete and a re-insert of the same id. The sequence starts
 -- above every version already handed out (idempotent on a re-run).
@@ -98,19 +166,28 @@ END $$;
 -- the same id has committed by then, so the new version is above its tombstone.
 CREATE OR REPLACE FUNCTION readtier_member_log() RETURNS trigger LANGUAGE plpgsql
     SET search_path FROM CURRENT AS $$
-DECLARE v BIGINT;
+DECLARE v BIGINT; who TEXT; why TEXT;
 BEGIN
     IF TG_OP <> 'DELETE'
         AND current_setting('readtier.versioning', true) = NEW.member_id::text THEN
         RETURN NULL;
     END IF;
+    -- History names its writer: SET LOCAL readtier.actor / readtier.reason, else the
+    -- session's application_name, else its user.
+    who := coalesce(nullif(current_setting('readtier.actor', true), ''),
+                    nullif(current_setting('application_name', true), ''), session_user::text);
+    why := nullif(current_setting('readtier.reason', true), '');
     IF TG_OP = 'DELETE' THEN
         INSERT INTO change_log (table_name, op, member_id, version)
         VALUES ('memberships', 'delete', OLD.member_id, nextval('member_versions'));
+        INSERT INTO member_history (op, member_id, before, after, actor, reason)
+        VALUES ('delete', OLD.member_id, to_jsonb(OLD), NULL, who, why);
     ELSIF TG_OP = 'INSERT' OR OLD.member_id <> NEW.member_id THEN
         IF TG_OP = 'UPDATE' THEN
             INSERT INTO change_log (table_name, op, member_id, version)
             VALUES ('memberships', 'delete', OLD.member_id, nextval('member_versions'));
+            INSERT INTO member_history (op, member_id, before, after, actor, reason)
+            VALUES ('delete', OLD.member_id, to_jsonb(OLD), NULL, who, why);
         END IF;
         v := nextval('member_versions');
         PERFORM set_config('readtier.versioning', NEW.member_id::text, true);
@@ -118,19 +195,34 @@ BEGIN
         PERFORM set_config('readtier.versioning', '', true);
         INSERT INTO change_log (table_name, op, member_id, version)
         VALUES ('memberships', lower(TG_OP), NEW.member_id, v);
+        INSERT INTO member_history (op, member_id, before, after, actor, reason)
+        VALUES ('insert', NEW.member_id, NULL,
+                to_jsonb(NEW) || jsonb_build_object('version', v, 'updated_at', now()), who, why);
     ELSE
         INSERT INTO change_log (table_name, op, member_id, version)
         VALUES ('memberships', 'update', NEW.member_id, NEW.version);
+        INSERT INTO member_history (op, member_id, before, after, actor, reason)
+        VALUES ('update', NEW.member_id, to_jsonb(OLD), to_jsonb(NEW), who, why);
     END IF;
     PERFORM pg_notify('readtier_changes', '');
     RETURN NULL;
 END $$;
 CREATE OR REPLACE FUNCTION readtier_catalog_log() RETURNS trigger LANGUAGE plpgsql
     SET search_path FROM CURRENT AS $$
-DECLARE v BIGINT;
+DECLARE v BIGINT; old_row JSONB; new_row JSONB;
 BEGIN
     UPDATE catalog_meta SET version = version + 1 WHERE id = 1 RETURNING version INTO v;
     INSERT INTO change_log (table_name, op, version) VALUES (TG_TABLE_NAME, lower(TG_OP), v);
+    IF TG_OP <> 'INSERT' THEN old_row := to_jsonb(OLD); END IF;
+    IF TG_OP <> 'DELETE' THEN new_row := to_jsonb(NEW); END IF;
+    INSERT INTO catalog_history (table_name, op, country, plan_id, catalog_version,
+                                 before, after, actor, reason)
+    VALUES (TG_TABLE_NAME, lower(TG_OP),
+            coalesce(new_row->>'country', old_row->>'country'),
+            coalesce(new_row->>'plan_id', old_row->>'plan_id'), v, old_row, new_row,
+            coalesce(nullif(current_setting('readtier.actor', true), ''),
+                     nullif(current_setting('application_name', true), ''), session_user::text),
+            nullif(current_setting('readtier.reason', true), ''));
     PERFORM pg_notify('readtier_changes', '');
     RETURN NULL;
 END $$;

@@ -12,9 +12,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 mod changes;
+mod history;
 mod schema;
 use schema::{
-    catalog_triggers_sql, member_triggers_sql, schema_sql, MEMBER_TRIGGERS, NOW_ISO, NOW_MS,
+    catalog_triggers_sql, member_triggers_sql, schema_sql, CATALOG_TRIGGERS, HISTORY_AT,
+    MEMBER_TRIGGERS, NOW_ISO, NOW_MS,
 };
 
 use super::{BadRow, MemberRow, StoreError};
@@ -110,6 +112,10 @@ impl SqliteStore {
             }
             tx.execute_batch(&member_triggers_sql())
                 .map_err(self.err("migrate member triggers"))?;
+            for t in CATALOG_TRIGGERS {
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {t}"))
+                    .map_err(self.err("drop catalog trigger"))?;
+            }
             tx.execute_batch(&catalog_triggers_sql())
                 .map_err(self.err("migrate catalog triggers"))?;
             tx.commit().map_err(self.err("migrate commit"))
@@ -183,6 +189,7 @@ impl SqliteStore {
                     .map_err(self.err("drop member trigger"))?;
             }
             let mut n = 0u64;
+            let first_version;
             {
                 let now: String = tx
                     .query_row(&format!("SELECT {NOW_ISO}"), [], |r| r.get(0))
@@ -193,6 +200,7 @@ impl SqliteStore {
                         r.get(0)
                     })
                     .map_err(self.err("reserve versions"))?;
+                first_version = first;
                 let mut ins = tx
                     .prepare(
                         "INSERT INTO memberships (member_id, status, plan_id, country, version, updated_at)
@@ -220,6 +228,21 @@ impl SqliteStore {
                 [],
             )
             .map_err(self.err("log reseed"))?;
+            // History records the bulk load as one entry, not one per member.
+            let (first, last) = (first_version, first_version + n as i64 - 1);
+            tx.execute("UPDATE history_seq SET last = last + 1 WHERE id = 1", [])
+            .map_err(self.err("record the seed in history"))?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO member_history (seq, at, op, member_id, \"after\", actor, reason)
+                     VALUES ((SELECT last FROM history_seq WHERE id = 1), {HISTORY_AT}, 'seed', NULL,
+                             json_object('members', ?1, 'first_version', ?2, 'last_version', ?3),
+                             coalesce((SELECT actor FROM history_context WHERE id = 1), 'readtier-seed'),
+                             'bulk load of ' || ?1 || ' members (one history entry for the load)')"
+                ),
+                params![n as i64, first, last],
+            )
+            .map_err(self.err("record the seed in history"))?;
             tx.commit().map_err(self.err("seed members commit"))?;
             Ok(n)
         })

@@ -1,0 +1,535 @@
+//! Member and catalog history (README, "History"), against real PostgreSQL, real
+//! redis-server processes and the `readtier` binary: what the triggers record, what
+//! the admin API and the CLI answer, that `history tail` never skips a late commit, and
+//! the incident end to end: a bad deploy corrupts 10,000 members and `restore` brings
+//! the store, every zone and two nodes back.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::infra::*;
+use common::*;
+use readtier::tier::{Tier, TierEntry};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn readtier(store_url: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_readtier"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("READTIER_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "warn")
+        .env("READTIER_STORE_URL", store_url);
+    c
+}
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let out = c.output().expect("run readtier");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The database's clock now, as RFC 3339 (history's `at` comes from it).
+async fn db_now(c: &tokio_postgres::Client) -> String {
+    c.query_one(
+        r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#,
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn admin_get(node: &TestNode, path: &str) -> Resp {
+    get(node.running.admin_addr, path, &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_records_every_change_with_who_and_why_and_answers_as_of() {
+    let (schema, _store) = seeded_pg(0).await;
+    let node = TestNode::start_with(&[("READTIER_STORE_URL", schema.url())]).await;
+    // A writer that names itself only by application_name.
+    let app = pg_client(&format!("{}&application_name=signup-service", schema.url())).await;
+    let c = schema.client().await;
+
+    let t0 = db_now(&c).await;
+    app.batch_execute("INSERT INTO memberships (member_id, status, plan_id, country) VALUES (1, 'active', 'standard', 'DE')")
+        .await
+        .unwrap();
+    let t1 = db_now(&c).await;
+    c.batch_execute(
+        "BEGIN; SET LOCAL readtier.actor = 'billing-service';
+         SET LOCAL readtier.reason = 'renewal declined';
+         UPDATE memberships SET status = 'on_hold' WHERE member_id = 1; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let t2 = db_now(&c).await;
+    c.batch_execute("BEGIN; SET LOCAL readtier.actor = 'support'; DELETE FROM memberships WHERE member_id = 1; COMMIT;")
+        .await
+        .unwrap();
+    let t3 = db_now(&c).await;
+    c.batch_execute("INSERT INTO memberships (member_id, status, plan_id, country) VALUES (1, 'active', 'premium', 'FR')")
+        .await
+        .unwrap();
+    let t4 = db_now(&c).await;
+    // One transaction touching many members.
+    c.batch_execute(
+        "BEGIN; SET LOCAL readtier.actor = 'bulk-import';
+         INSERT INTO memberships (member_id, status, plan_id, country)
+         SELECT g, 'active', 'basic', 'US' FROM generate_series(2, 41) g;
+         UPDATE memberships SET plan_id = 'standard' WHERE member_id BETWEEN 2 AND 41; COMMIT;",
+    )
+    .await
+    .unwrap();
+
+    let r = admin_get(&node, "/admin/members/1/history").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let entries = v["entries"].as_array().unwrap();
+    let ops: Vec<&str> = entries.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        ops,
+        ["insert", "delete", "update", "insert"],
+        "newest first"
+    );
+    let actors: Vec<&str> = entries
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    // No actor set: application_name, then the session's user.
+    assert_eq!(actors[3], "signup-service");
+    assert_eq!(actors[2], "billing-service");
+    assert_eq!(actors[1], "support");
+    assert_eq!(actors[0], "postgres");
+    assert_eq!(entries[2]["reason"], "renewal declined");
+    assert_eq!(entries[2]["before"]["status"], "active");
+    assert_eq!(entries[2]["after"]["status"], "on_hold");
+    assert_eq!(entries[1]["after"], serde_json::Value::Null);
+    assert_eq!(entries[0]["after"]["plan_id"], "premium");
+    let versions: Vec<i64> = entries
+        .iter()
+        .filter_map(|e| e["after"]["version"].as_i64())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] > w[1]),
+        "versions rise: {versions:?}"
+    );
+    let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]));
+    // Microsecond timestamps in UTC.
+    let at = entries[0]["at"].as_str().unwrap();
+    assert_eq!(at.len(), "2026-11-30T08:00:00.000000Z".len(), "{at}");
+
+    // Paging by cursor.
+    let p1 = admin_get(&node, "/admin/members/1/history?limit=3")
+        .await
+        .json();
+    assert_eq!(p1["entries"].as_array().unwrap().len(), 3);
+    let next = p1["next_before"]
+        .as_i64()
+        .expect("a cursor to the next page");
+    let p2 = admin_get(
+        &node,
+        &format!("/admin/members/1/history?limit=3&before={next}"),
+    )
+    .await
+    .json();
+    assert_eq!(p2["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(p2["entries"][0]["op"], "insert");
+    assert!(p2.get("next_before").is_none());
+
+    // As of each instant.
+    let as_of = |t: &str| format!("/admin/members/1/history?as_of={}", t.replace(':', "%3A"));
+    admin_get(&node, &as_of(&t0)).await.assert_problem(404);
+    let s1 = admin_get(&node, &as_of(&t1)).await.json();
+    assert_eq!(s1["state"]["status"], "active");
+    assert_eq!(s1["state"]["country"], "DE");
+    assert_eq!(
+        admin_get(&node, &as_of(&t2)).await.json()["state"]["status"],
+        "on_hold"
+    );
+    admin_get(&node, &as_of(&t3)).await.assert_problem(404);
+    assert_eq!(
+        admin_get(&node, &as_of(&t4)).await.json()["state"]["plan_id"],
+        "premium"
+    );
+    // An offset other than Z means the same instant.
+    let t2_plus_one = {
+        let p = t2.trim_end_matches('Z');
+        let (date, time) = p.split_once('T').unwrap();
+        let hour: u32 = time[..2].parse().unwrap();
+        if hour < 23 {
+            Some(format!("{date}T{:02}{}+01:00", hour + 1, &time[2..]))
+        } else {
+            None
+        }
+    };
+    if let Some(t) = t2_plus_one {
+        let r = admin_get(&node, &as_of(&t).replace('+', "%2B"))
+            .await
+            .json();
+        assert_eq!(r["state"]["status"], "on_hold", "{t}");
+    }
+
+    // The many-member transaction: each member has its insert and its update.
+    for id in [2, 41] {
+        let e = admin_get(&node, &format!("/admin/members/{id}/history"))
+            .await
+            .json();
+        let ops: Vec<&str> = e["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["op"].as_str().unwrap())
+            .collect();
+        assert_eq!(ops, ["update", "insert"]);
+        assert_eq!(e["entries"][0]["actor"], "bulk-import");
+        assert_eq!(e["entries"][0]["after"]["plan_id"], "standard");
+    }
+
+    // Catalog history: a price change, who made it and why.
+    c.batch_execute(
+        "BEGIN; SET LOCAL readtier.actor = 'pricing'; SET LOCAL readtier.reason = 'annual review';
+         UPDATE plan_prices SET amount = 21.99 WHERE country = 'DE' AND plan_id = 'premium'; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let cat = admin_get(&node, "/admin/catalog/history?country=de&limit=1")
+        .await
+        .json();
+    let e = &cat["entries"][0];
+    assert_eq!(e["op"], "update");
+    assert_eq!(e["table"], "plan_prices");
+    assert_eq!(e["actor"], "pricing");
+    assert_eq!(e["reason"], "annual review");
+    assert_eq!(e["after"]["amount"], 21.99);
+    assert_ne!(e["before"]["amount"], e["after"]["amount"]);
+
+    // Bad input is a 400 naming what was wrong; wrong method 405; not on the public side.
+    for bad in [
+        "/admin/members/1/history?as_of=yesterday",
+        "/admin/members/1/history?limit=0",
+        "/admin/members/1/history?limit=5000",
+        "/admin/members/1/history?before=-3",
+        "/admin/members/1/history?colour=blue",
+        "/admin/members/abc/history",
+        "/admin/catalog/history?country=Germany",
+    ] {
+        let p = admin_get(&node, bad).await.assert_problem(400);
+        assert!(p["detail"].as_str().unwrap().len() > 10, "{bad}: {p}");
+    }
+    let r = post(
+        node.running.admin_addr,
+        "/admin/members/1/history",
+        "application/json",
+        b"{}",
+    )
+    .await;
+    r.assert_problem(405);
+    node.get("/admin/members/1/history")
+        .await
+        .assert_problem(404);
+
+    // The CLI mirrors the API: a table by default, JSON on request.
+    let (code, out, err) = run(readtier(&schema.url()).args(["history", "1"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("billing-service") && out.contains("renewal declined"),
+        "{out}"
+    );
+    let (code, out, _) =
+        run(readtier(&schema.url()).args(["history", "1", "--as-of", &t2, "--json"]));
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["status"], "on_hold");
+    let (code, _, err) = run(readtier(&schema.url()).args(["history", "1", "--as-of", &t3]));
+    assert_eq!(code, 1);
+    assert!(err.contains("did not exist"), "{err}");
+    // History answers equal the current rows.
+    let (code, out, err) = run(readtier(&schema.url()).args(["reconcile", "--history"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 mismatches"), "{out}");
+    // A row written with the triggers off is a mismatch.
+    c.batch_execute(
+        "BEGIN; SET LOCAL session_replication_role = replica;
+         UPDATE memberships SET status = 'paused' WHERE member_id = 7; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let (code, out, _) = run(readtier(&schema.url()).args(["reconcile", "--history"]));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("member 7:") && out.contains("1 mismatches"),
+        "{out}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_tail_never_skips_a_transaction_that_commits_late() {
+    let (schema, _store) = seeded_pg(0).await;
+    let c = schema.client().await;
+    c.batch_execute(
+        "INSERT INTO memberships (member_id, status, plan_id, country)
+         SELECT g, 'active', 'basic', 'US' FROM generate_series(1, 3) g",
+    )
+    .await
+    .unwrap();
+    let tail = |from: Option<i64>| {
+        let mut cmd = readtier(&schema.url());
+        cmd.args(["history", "tail", "--no-follow"]);
+        if let Some(f) = from {
+            cmd.args(["--from", &f.to_string()]);
+        }
+        let (code, out, err) = run(&mut cmd);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let start = tail(None);
+    let last = start.last().unwrap()["seq"].as_i64().unwrap();
+    // Late: takes its transaction id first, then writes history *before* Early does,
+    // and commits last.
+    let early = schema.client().await;
+    let late = schema.client().await;
+    early.batch_execute("BEGIN").await.unwrap();
+    early
+        .query_one("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    late.batch_execute("BEGIN").await.unwrap();
+    late.query_one("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    late.batch_execute("SET LOCAL readtier.actor = 'late'; UPDATE memberships SET status = 'paused' WHERE member_id = 1")
+        .await
+        .unwrap();
+    early
+        .batch_execute("SET LOCAL readtier.actor = 'early'; UPDATE memberships SET status = 'grace' WHERE member_id = 2; COMMIT")
+        .await
+        .unwrap();
+    // A third, autocommit, after Late's write: its seq is above Late's.
+    c.batch_execute("UPDATE memberships SET status = 'cancelled' WHERE member_id = 3")
+        .await
+        .unwrap();
+    // Early's transaction is older than Late's and done: it is shown once every older
+    // transaction in the database has ended (other tests' too); the third is newer
+    // than Late, still running, and is held back all along.
+    let deadline = Instant::now() + LIMIT;
+    let seen = loop {
+        let seen = tail(Some(last));
+        let actors: Vec<&str> = seen.iter().map(|e| e["actor"].as_str().unwrap()).collect();
+        assert!(
+            actors.is_empty() || actors == ["early"],
+            "only Early may show while Late runs: {seen:?}"
+        );
+        if !actors.is_empty() {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "Early's entry never showed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let resume = seen.last().unwrap()["seq"].as_i64().unwrap();
+    late.batch_execute("COMMIT").await.unwrap();
+    let rest = eventually(LIMIT, "Late and the third to show", || async {
+        let rest = tail(Some(resume));
+        (rest.len() == 2).then_some(rest)
+    })
+    .await;
+    let actors: Vec<&str> = rest.iter().map(|e| e["actor"].as_str().unwrap()).collect();
+    assert_eq!(actors, ["late", "postgres"], "{rest:?}");
+    // Late's entry has a lower seq than what came before it in the tail: a reader that
+    // followed seq alone would have skipped it.
+    assert!(rest[0]["seq"].as_i64().unwrap() < resume);
+    // Nothing is repeated or lost over the whole tail.
+    let all = tail(None);
+    let mut seqs: Vec<i64> = all.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    let n = seqs.len();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n);
+    assert_eq!(n, start.len() + 3);
+}
+
+/// Every member's business columns, from the store.
+async fn rows(c: &tokio_postgres::Client) -> HashMap<i64, (String, String, String)> {
+    c.query(
+        "SELECT member_id, status, plan_id, country FROM memberships",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+    .collect()
+}
+
+/// Reads every member on `node` until each answers `want`'s status and plan.
+async fn node_answers(node: &TestNode, want: &HashMap<i64, (String, String, String)>, what: &str) {
+    let deadline = Instant::now() + LIMIT;
+    let mut pending: Vec<i64> = want.keys().copied().collect();
+    while !pending.is_empty() {
+        let mut left = Vec::new();
+        // 64 requests at a time: a pass stays short in a debug build.
+        for chunk in pending.chunks(64) {
+            let answers = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .map(|id| node.get_owned(format!("/v1/members/{id}/entitlement"))),
+            )
+            .await;
+            for (id, r) in chunk.iter().zip(answers) {
+                let v = r.json();
+                let w = &want[id];
+                if v["status"] != w.0.as_str() || v["plan"] != w.1.as_str() {
+                    left.push(*id);
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline || left.is_empty(),
+            "{what}: {} members still differ, e.g. {:?}",
+            left.len(),
+            &left[..left.len().min(5)]
+        );
+        if !left.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pending = left;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_deploy_corrupting_10000_members_is_restored_on_the_store_every_zone_and_two_nodes() {
+    const N: i64 = 10_000;
+    let (schema, _store) = seeded_pg(N as u64).await;
+    let (za, zb, stream) = (
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    );
+    let env = |zone: &str| {
+        vec![
+            ("READTIER_STORE_URL", schema.url()),
+            (
+                "READTIER_REDIS_URLS",
+                format!("a={};b={}", za.url(), zb.url()),
+            ),
+            ("READTIER_ZONE", zone.to_string()),
+            ("READTIER_CHANGES_STREAM_URL", stream.url()),
+            ("READTIER_REDIS_PREFIX", format!("{}:", schema.name)),
+            ("READTIER_L1_TTL", "10m".to_string()),
+        ]
+    };
+    let (stop_relay, relay) = relay_task(&config_of(&env("a")), "r1");
+    let a = TestNode::start_with(&env("a")).await;
+    let b = TestNode::start_with(&env("b")).await;
+    let c = schema.client().await;
+    let good = rows(&c).await;
+    assert_eq!(good.len(), N as usize);
+    // Both nodes hold every member (and so do both zones, filled on the misses).
+    node_answers(&a, &good, "node a answers every member").await;
+    node_answers(&b, &good, "node b answers every member").await;
+
+    let before = db_now(&c).await;
+    c.batch_execute(
+        "BEGIN; SET LOCAL readtier.actor = 'bad-deploy';
+         SET LOCAL readtier.reason = 'migration 0042 ran against production';
+         UPDATE memberships SET status = 'cancelled', plan_id = 'premium'; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let bad = rows(&c).await;
+    assert!(bad.values().all(|r| r.0 == "cancelled"));
+    // Members the bad UPDATE rewrote to what they already were need no repair.
+    let changed = good.iter().filter(|(id, r)| bad[*id] != **r).count();
+    assert!(changed > N as usize * 9 / 10);
+    node_answers(&a, &bad, "node a serves the corruption").await;
+    node_answers(&b, &bad, "node b serves the corruption").await;
+
+    // A dry run changes nothing.
+    let (code, out, err) = run(readtier(&schema.url()).args([
+        "restore",
+        "--as-of",
+        &before,
+        "--actor",
+        "bad-deploy",
+        "--dry-run",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("would restore {changed} of {N}")),
+        "{out}"
+    );
+    assert_eq!(rows(&c).await, bad);
+
+    let started = Instant::now();
+    let (code, out, err) =
+        run(readtier(&schema.url()).args(["restore", "--as-of", &before, "--actor", "bad-deploy"]));
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("restored {changed} of {N}")), "{out}");
+    println!(
+        "restore of {N} members took {:.2}s: {}",
+        took.as_secs_f64(),
+        out.trim()
+    );
+
+    // The store.
+    assert_eq!(
+        rows(&c).await,
+        good,
+        "the store holds the pre-corruption rows"
+    );
+    // Both nodes (through change capture, the relay and the stream: no restart).
+    node_answers(&a, &good, "node a answers the pre-corruption state").await;
+    node_answers(&b, &good, "node b answers the pre-corruption state").await;
+    // Every zone holds the restored row (or nothing, so a read goes to the store).
+    let tier = Tier::from_config(&config_of(&env("a"))).unwrap().unwrap();
+    for zone in 0..2 {
+        for id in (1..=N).step_by(97) {
+            if let Some(TierEntry::Member(m)) = tier.get_from(zone, id as u64).await.unwrap() {
+                let w = &good[&id];
+                assert_eq!(
+                    (m.status.as_str(), m.plan_id.as_str()),
+                    (w.0.as_str(), w.1.as_str()),
+                    "zone {zone} member {id}"
+                );
+            }
+        }
+    }
+    // History shows the corruption and the repair, with their actors and reasons.
+    let h = admin_get(&a, "/admin/members/4242/history?limit=2")
+        .await
+        .json();
+    let e = h["entries"].as_array().unwrap();
+    assert_eq!(e[0]["actor"], "readtier-restore");
+    assert!(e[0]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("restore as of"));
+    assert_eq!(e[0]["after"]["status"], good[&4242].0.as_str());
+    assert_eq!(e[1]["actor"], "bad-deploy");
+    assert_eq!(e[1]["reason"], "migration 0042 ran against production");
+    assert_eq!(e[1]["after"]["status"], "cancelled");
+    // A second restore finds nothing left to do.
+    let (code, out, _) =
+        run(readtier(&schema.url()).args(["restore", "--as-of", &before, "--actor", "bad-deploy"]));
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("restored 0 of {N}")), "{out}");
+
+    stop_relay.cancel();
+    relay.await.unwrap();
+    a.stop().await;
+    b.stop().await;
+}
