@@ -533,3 +533,76 @@ async fn a_bad_deploy_corrupting_10000_members_is_restored_on_the_store_every_zo
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_history_names_writers_through_history_context_follows_and_restores() {
+    use std::io::{BufRead, BufReader};
+    let node = TestNode::start(&[("READTIER_SEED_MEMBERS", "20")]).await;
+    let db = node.db();
+    let url = format!("sqlite://{}", db.display());
+    // `history tail` following the file from its start.
+    let mut follower = readtier(&url)
+        .args(["history", "tail"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(first["seq"].as_i64().unwrap() > 0);
+
+    let at: String = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row(
+            "SELECT strftime('%Y-%m-%dT%H:%M:%f','now') || '000Z'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    sql(
+        &db,
+        "BEGIN;
+         UPDATE history_context SET actor = 'billing', reason = 'renewal declined';
+         UPDATE memberships SET status = 'on_hold' WHERE member_id = 3;
+         UPDATE history_context SET actor = NULL, reason = NULL;
+         COMMIT;
+         DELETE FROM memberships WHERE member_id = 4;",
+    );
+    let h = admin_get(&node, "/admin/members/3/history").await.json();
+    assert_eq!(h["entries"][0]["actor"], "billing");
+    assert_eq!(h["entries"][0]["reason"], "renewal declined");
+    assert_eq!(h["entries"][0]["after"]["status"], "on_hold");
+    let d = admin_get(&node, "/admin/members/4/history").await.json();
+    assert_eq!(d["entries"][0]["op"], "delete");
+    assert_eq!(d["entries"][0]["actor"], "sqlite");
+
+    // The follower sees both changes, in order, without being restarted.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if e["member_id"] == 3 || e["member_id"] == 4 {
+            seen.push(e["op"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen, ["update", "delete"]);
+    follower.kill().unwrap();
+    let _ = follower.wait();
+
+    // Restore both to their state at `at`, through the triggers, and the node follows.
+    let (code, out, err) = run(readtier(&url).args(["restore", "--as-of", &at]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored 2 of 2"), "{out}");
+    eventually(LIMIT, "the node to answer the restored members", || async {
+        let three = node.get("/v1/members/3/entitlement").await;
+        let four = node.get("/v1/members/4/entitlement").await;
+        (three.json()["status"] != "on_hold" && four.status == 200).then_some(())
+    })
+    .await;
+    let h = admin_get(&node, "/admin/members/4/history").await.json();
+    assert_eq!(h["entries"][0]["op"], "insert");
+    assert_eq!(h["entries"][0]["actor"], "readtier-restore");
+    let (code, out, _) = run(readtier(&url).args(["reconcile", "--history"]));
+    assert_eq!(code, 0, "{out}");
+    node.stop().await;
+}
