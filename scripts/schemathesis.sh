@@ -2,10 +2,10 @@
 # Schemathesis against a live node with the node's own OpenAPI document (GET
 # /openapi.json, built from docs/openapi.yaml): every operation of each listener, its
 # examples, generated boundary and malformed inputs (coverage phase) and random ones
-# (fuzzing), with every check that applies (scripts/schemathesis.toml): no server error, no undocumented
-# status, content type or header, no answer that breaks its schema, schema-valid
-# input accepted, invalid input rejected with a 4xx, 405 with a true `Allow` on other
-# methods.
+# (fuzzing), with every check that applies (scripts/schemathesis.toml): no server
+# error, no undocumented status, content type or header, no answer that breaks its
+# schema, schema-valid input accepted, invalid input rejected with a 4xx, 405 with a
+# true `Allow` on other methods.
 #
 # The node runs on the embedded default store in a temporary directory, on free
 # ports, seeded with 200 members so entitlement and authorize answer 200s too (the
@@ -13,7 +13,10 @@
 # and phase (default 100; about 10 s of testing on a 2-core machine), a fixed seed
 # (ST_SEED, default 1) so a run can be repeated exactly, and each run under `timeout`.
 #
-# Installs the pinned Schemathesis (scripts/schemathesis-requirements.txt) into a
+# First the served document is validated against the OpenAPI 3.1 schema
+# (openapi-spec-validator).
+#
+# Installs the pinned tools (scripts/schemathesis-requirements.txt) into a
 # virtualenv under ~/.cache/readtier-ci unless it is there already. Builds the debug
 # binary (or READTIER_BIN). Exit 1 on any failure, with Schemathesis's report.
 set -euo pipefail
@@ -61,6 +64,16 @@ for _ in $(seq 1 600); do
 done
 [ -n "$public" ] || { cat "$work/node.log"; log "the node did not start listening"; exit 1; }
 log "node at $public (admin $admin)"
+
+# The served document must be valid OpenAPI 3.1 (a misspelt key is otherwise ignored,
+# by Schemathesis too).
+log "validating $admin/openapi.json against the OpenAPI 3.1 schema"
+"$venv/bin/python" - "$admin/openapi.json" <<'PY'
+import json, sys, urllib.request
+from openapi_spec_validator import validate
+validate(json.load(urllib.request.urlopen(sys.argv[1])))
+print("schemathesis.sh: the document is valid OpenAPI", flush=True)
+PY
 
 status=0
 run() { # TAG BASE_URL

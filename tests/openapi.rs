@@ -465,6 +465,17 @@ async fn a_live_node_serves_exactly_the_documented_routes() {
     }
     assert!(methods.len() >= 10, "{methods:?}");
 
+    // The document's own answers are counted under a route of their own.
+    let metrics = String::from_utf8(node_get(node.running.admin_addr, "/metrics").await.body)
+        .expect("metrics are text");
+    let served: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("readtier_http_requests_total{route=\"openapi\",status=\"200\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no openapi 200s counted in:\n{metrics}"));
+    assert!(served >= 2.0, "counted {served} openapi answers");
+
     // Other methods: 405, and `Allow` is the table's.
     for ((path, name), allowed) in &methods {
         let l = all
