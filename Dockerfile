@@ -2,7 +2,8 @@
 # non-root user. The same image runs `serve` (default), `relay`, `migrate`, `seed`.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY docs/openapi.yaml docs/openapi.yaml
 COPY src src
 COPY benches benches
 COPY examples examples

@@ -183,9 +183,11 @@ pub enum Route {
     Other = 6,
     /// `/admin/…` on the admin listener.
     Admin = 7,
+    /// `/openapi.json`, the API's document.
+    Openapi = 8,
 }
 
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 9] = [
     "plans",
     "entitlement",
     "authorize",
@@ -194,6 +196,7 @@ const ROUTES: [&str; 8] = [
     "metrics",
     "other",
     "admin",
+    "openapi",
 ];
 
 /// The statuses this service answers with; anything else is counted as "other".

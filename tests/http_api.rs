@@ -689,3 +689,34 @@ async fn metrics_count_this_nodes_work_exactly() {
         3.0
     );
 }
+
+/// JSON Schema, and so the OpenAPI document, counts `42.0` as an integer; Schemathesis
+/// sent `"active_streams": 2185.0` and got a 400. Whole floats are taken now, fractions
+/// and floats too large to name one integer still are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_takes_whole_numbers_written_as_floats() {
+    let node = TestNode::start(&[]).await;
+    let plain = node
+        .authorize(r#"{"member_id":42,"device_class":"tv","active_streams":1}"#)
+        .await;
+    assert_eq!(plain.status, 200);
+    let floats = node
+        .authorize(r#"{"member_id":42.0,"device_class":"tv","active_streams":1e0}"#)
+        .await;
+    assert_eq!(
+        floats.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&floats.body)
+    );
+    assert_eq!(floats.json(), plain.json());
+    for bad in [
+        r#"{"member_id":42.5,"device_class":"tv","active_streams":1}"#,
+        r#"{"member_id":42,"device_class":"tv","active_streams":0.5}"#,
+        r#"{"member_id":9007199254740993.0,"device_class":"tv","active_streams":1}"#,
+        r#"{"member_id":-42.0,"device_class":"tv","active_streams":1}"#,
+    ] {
+        node.authorize(bad).await.assert_problem(400);
+    }
+    node.stop().await;
+}

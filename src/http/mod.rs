@@ -22,6 +22,7 @@ mod conn;
 mod handlers;
 mod history;
 mod limit;
+pub mod openapi;
 pub mod params;
 pub mod problem;
 pub mod render;
@@ -38,6 +39,7 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use conn::{bind, serve};
+pub use openapi::{RouteSpec, ROUTES};
 pub use params::{country_param, AuthorizeRequest};
 pub use render::render_entitlement;
 
@@ -231,6 +233,11 @@ impl App {
             "/readyz" => (
                 Route::Readyz,
                 only_get(req).unwrap_or_else(|| self.readyz()),
+            ),
+            // After the hot paths above: costs them nothing.
+            "/openapi.json" => (
+                Route::Openapi,
+                only_get(req).unwrap_or_else(openapi::answer),
             ),
             "/metrics" if listener == Listener::Admin => match only_get(req) {
                 Some(resp) => (Route::Metrics, resp),

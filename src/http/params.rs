@@ -16,9 +16,45 @@ use crate::config::HttpConfig;
 /// The body of `POST /v1/playback/authorize`.
 #[derive(Debug, Deserialize)]
 pub struct AuthorizeRequest {
+    #[serde(deserialize_with = "whole_number")]
     pub member_id: u64,
     pub device_class: String,
+    #[serde(deserialize_with = "whole_number")]
     pub active_streams: u64,
+}
+
+/// Above this a JSON number written as a float (`1e16`) may not name the integer its
+/// text does: f64 holds every integer up to 2^53 exactly, and no further.
+const EXACT_IN_F64: f64 = 9_007_199_254_740_992.0;
+
+/// A non-negative whole JSON number: `7`, and also `7.0` or `7e0`, which JSON Schema
+/// (so the OpenAPI document) counts as integers too and some clients' encoders write
+/// (Schemathesis sent `2185.0` and got a 400). A fraction, a negative number, and a
+/// float above 2^53 (which may have been rounded on the way in: a member id must
+/// never be read as its neighbour) are refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            if v.fract() == 0.0 && (0.0..=EXACT_IN_F64).contains(&v) {
+                // Whole and within 0..=2^53: the cast is exact.
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
 }
 
 pub fn valid_device_class(s: &str) -> bool {
@@ -171,6 +207,33 @@ mod tests {
         assert!(etag_matches(b"\"a\", \"US-1\"", b"\"US-1\""));
         assert!(etag_matches(b"*", b"\"US-1\""));
         assert!(!etag_matches(b"\"US-2\"", b"\"US-1\""));
+    }
+
+    #[test]
+    fn whole_numbers_written_as_floats_are_integers() {
+        let parse = |body: &str| serde_json::from_str::<AuthorizeRequest>(body);
+        let ok = parse(r#"{"member_id":42.0,"device_class":"tv","active_streams":2e0}"#)
+            .expect("whole floats are integers");
+        assert_eq!((ok.member_id, ok.active_streams), (42, 2));
+        let ok =
+            parse(r#"{"member_id":9007199254740992.0,"device_class":"tv","active_streams":0}"#)
+                .expect("2^53 is exact");
+        assert_eq!(ok.member_id, 1 << 53);
+        let big = parse(r#"{"member_id":18446744073709551615,"device_class":"tv","active_streams":18446744073709551615}"#)
+            .expect("integers keep their full range");
+        assert_eq!(big.active_streams, u64::MAX);
+        for bad in [
+            r#"{"member_id":42.5,"device_class":"tv","active_streams":0}"#,
+            r#"{"member_id":-1,"device_class":"tv","active_streams":0}"#,
+            r#"{"member_id":-1.0,"device_class":"tv","active_streams":0}"#,
+            // Above 2^53 a float may have been rounded: 9007199254740993.0 reads as ...992.
+            r#"{"member_id":9007199254740993.0,"device_class":"tv","active_streams":0}"#,
+            r#"{"member_id":1e300,"device_class":"tv","active_streams":0}"#,
+            r#"{"member_id":"42","device_class":"tv","active_streams":0}"#,
+            r#"{"member_id":42,"device_class":"tv","active_streams":1.5}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
