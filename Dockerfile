@@ -2,13 +2,17 @@
 # non-root user. The same image runs `serve` (default), `relay`, `migrate`, `seed`.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
 COPY benches benches
 COPY examples examples
 COPY loadtest loadtest
 COPY config config
 COPY data data
+# The commit for readtier_build_info (no .git in the build context):
+#   docker build --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG GIT_COMMIT=unknown
+ENV GIT_COMMIT=$GIT_COMMIT
 RUN cargo build --release --locked --bin readtier \
  && strip target/release/readtier
 

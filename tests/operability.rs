@@ -1,0 +1,230 @@
+//! Operating readtier: metrics that explain themselves (build, process, the
+//! commit-to-applied lag), and the Grafana dashboard in `deploy/grafana/` querying only
+//! metrics a live node exports. Every node here is a process of its own, so its
+//! figures are its alone.
+
+mod common;
+
+use std::time::Duration;
+
+use common::infra::*;
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The text of a node's `/metrics`.
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    let r = get(admin, "/metrics", &[]).await;
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body).expect("metrics are UTF-8")
+}
+
+/// The value of one series (name and labels exactly as rendered), if present.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name).then(|| v.parse().ok())?
+    })
+}
+
+const LAG: &str = "readtier_change_commit_to_applied_seconds";
+
+/// The lag histogram's count and sum (0, 0 before its first sample).
+fn lag(text: &str) -> (f64, f64) {
+    (
+        series(text, &format!("{LAG}_count")).unwrap_or(0.0),
+        series(text, &format!("{LAG}_sum")).unwrap_or(0.0),
+    )
+}
+
+/// Waits until the node has recorded more than `before` lag samples; the new count and sum.
+async fn lag_after(admin: std::net::SocketAddr, before: f64) -> (f64, f64, String) {
+    eventually(LIMIT, "the change counted in the lag histogram", || async {
+        let text = scrape(admin).await;
+        let (count, sum) = lag(&text);
+        (count > before).then_some((count, sum, text))
+    })
+    .await
+}
+
+/// The lag histogram's count and sum once they have not moved for half a second (a
+/// node's first reads may count the changes made while it started: a seed, the relay's
+/// first announcements).
+async fn settled(admin: std::net::SocketAddr) -> (f64, f64) {
+    let mut last = lag(&scrape(admin).await);
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = lag(&scrape(admin).await);
+        if now == last {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lag histogram never settled"
+        );
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_name_the_build_and_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&[
+        ("READTIER_DATA_DIR", dir.path().display().to_string()),
+        ("READTIER_SEED_MEMBERS", "1000".into()),
+    ]);
+    let text = scrape(node.admin).await;
+
+    // The commit the binary was built from: what `git` says of this checkout, or
+    // "unknown" where there is no checkout (the value build.rs falls back to).
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let info = format!(
+        "readtier_build_info{{version=\"{}\",commit=\"{commit}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(series(&text, &info), Some(1.0), "{info} in\n{text}");
+
+    let value = |name: &str| series(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    // A node that seeded 1,000 members and built a catalog has spent CPU and memory.
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    let rss = value("process_resident_memory_bytes");
+    assert!(
+        rss > 4.0 * 1024.0 * 1024.0 && rss < 4.0 * 1024.0 * 1024.0 * 1024.0,
+        "{rss}"
+    );
+    assert!(value("process_virtual_memory_bytes") >= rss);
+    // Its listeners, its store and its stdio at least.
+    let fds = value("process_open_fds");
+    assert!(fds >= 5.0, "{fds}");
+    assert!(value("process_max_fds") >= fds);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 120.0,
+        "{started} vs {now}"
+    );
+
+    // Each kind is declared once, with its help.
+    for (name, kind) in [
+        ("readtier_build_info", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+    ] {
+        let typed = format!("# TYPE {name} {kind}");
+        assert_eq!(text.lines().filter(|l| *l == typed).count(), 1, "{typed}");
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with(&format!("# HELP {name} "))));
+    }
+
+    // The figures are read at each scrape: CPU time does not go back, and rises
+    // under work.
+    for i in 0..200 {
+        get(
+            node.addr,
+            &format!("/v1/members/{}/entitlement", i % 1000 + 1),
+            &[],
+        )
+        .await;
+    }
+    let later = scrape(node.admin).await;
+    assert!(
+        series(&later, "process_cpu_seconds_total").unwrap() >= value("process_cpu_seconds_total")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_written_to_the_embedded_store_is_counted_in_the_lag_histogram() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&[
+        ("READTIER_DATA_DIR", dir.path().display().to_string()),
+        ("READTIER_SEED_MEMBERS", "1000".into()),
+    ]);
+    let text = scrape(node.admin).await;
+    assert!(
+        text.contains(&format!("# TYPE {LAG} histogram")) || lag(&text).0 == 0.0,
+        "{text}"
+    );
+    // The follower's first read may count the seed's own event: start from there.
+    let (before, sum_before) = settled(node.admin).await;
+
+    let db = dir.path().join("readtier.db");
+    tokio::task::spawn_blocking(move || {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.execute(
+            "UPDATE memberships SET status = 'paused' WHERE member_id = 42",
+            [],
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let (count, sum, text) = lag_after(node.admin, before).await;
+    assert_eq!(count, before + 1.0, "one change, one sample");
+    let took = sum - sum_before;
+    // Polled every 10 ms: applied well within a second of its commit.
+    assert!((0.0..1.0).contains(&took), "lag {took} s");
+    assert_eq!(
+        series(&text, &format!("{LAG}_bucket{{le=\"+Inf\"}}")),
+        Some(count),
+        "cumulative buckets end at the count"
+    );
+    assert_eq!(
+        series(&text, &format!("{LAG}_bucket{{le=\"300\"}}")),
+        Some(count)
+    );
+    // The node serves the change it counted.
+    let r = get(node.addr, "/v1/members/42/entitlement", &[]).await;
+    assert_eq!(r.json()["status"], "paused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_the_relay_and_stream_is_counted_in_the_lag_histogram() {
+    let (schema, _store) = seeded_pg(100).await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("READTIER_STORE_URL", schema.url()),
+        ("READTIER_REDIS_URLS", redis.url()),
+        ("READTIER_REDIS_PREFIX", format!("{}:", schema.name)),
+        ("READTIER_DATA_DIR", dir.path().display().to_string()),
+    ];
+    let _relay = relay_process("ops-relay", &env);
+    let node = NodeProcess::start(&env);
+    // The relay is publishing and the node reading once a first change arrives.
+    schema
+        .exec("UPDATE memberships SET status = 'grace' WHERE member_id = 1")
+        .await;
+    lag_after(node.admin, 0.0).await;
+    let (before, sum_before) = settled(node.admin).await;
+
+    schema
+        .exec("UPDATE memberships SET status = 'on_hold' WHERE member_id IN (7, 8)")
+        .await;
+    let (count, sum, _) = lag_after(node.admin, before).await;
+    // Both rows travel in one stream entry (one transaction); wait for the second
+    // sample should they have come apart.
+    let (count, sum) = if count < before + 2.0 {
+        let (c, s, _) = lag_after(node.admin, count).await;
+        (c, s)
+    } else {
+        (count, sum)
+    };
+    assert_eq!(count, before + 2.0, "two changes, two samples");
+    let took = sum - sum_before;
+    assert!((0.0..4.0).contains(&took), "lag {took} s for two changes");
+    let r = get(node.addr, "/v1/members/7/entitlement", &[]).await;
+    assert_eq!(r.json()["status"], "on_hold");
+}
