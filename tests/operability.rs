@@ -188,6 +188,23 @@ async fn a_change_written_to_the_embedded_store_is_counted_in_the_lag_histogram(
     // The node serves the change it counted.
     let r = get(node.addr, "/v1/members/42/entitlement", &[]).await;
     assert_eq!(r.json()["status"], "paused");
+
+    // A catalog change is counted once its new snapshot is installed.
+    let db = dir.path().join("readtier.db");
+    tokio::task::spawn_blocking(move || {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.execute(
+            "UPDATE plan_prices SET amount = '9.49' WHERE country = 'US' AND plan_id = 'standard-with-ads'",
+            [],
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let (after, _, _) = lag_after(node.admin, count).await;
+    assert_eq!(after, count + 1.0, "one catalog change, one sample");
+    let plans = get(node.addr, "/v1/plans?country=US", &[]).await.json();
+    assert_eq!(plans["plans"][0]["price"]["amount"], "9.49");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
