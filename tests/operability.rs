@@ -217,8 +217,10 @@ async fn a_change_through_the_relay_and_stream_is_counted_in_the_lag_histogram()
         ("READTIER_REDIS_URLS", redis.url()),
         ("READTIER_REDIS_PREFIX", format!("{}:", schema.name)),
         ("READTIER_DATA_DIR", dir.path().display().to_string()),
+        // The relay is paused below for under three seconds: it keeps its lease.
+        ("READTIER_RELAY_LEASE_TTL", "10s".into()),
     ];
-    let _relay = relay_process("ops-relay", &env);
+    let relay = relay_process("ops-relay", &env);
     let node = NodeProcess::start(&env);
     // The relay is publishing and the node reading once a first change arrives.
     schema
@@ -244,6 +246,33 @@ async fn a_change_through_the_relay_and_stream_is_counted_in_the_lag_histogram()
     assert!((0.0..4.0).contains(&took), "lag {took} s for two changes");
     let r = get(node.addr, "/v1/members/7/entitlement", &[]).await;
     assert_eq!(r.json()["status"], "on_hold");
+
+    // Two commits 2.5 s apart while the relay is paused reach the node together (in
+    // one stream entry, as a relay catching up publishes them): each is counted from
+    // its own commit, the first over 2.5 s, the second well under.
+    let bucket = |text: &str| series(text, &format!("{LAG}_bucket{{le=\"2.5\"}}")).unwrap();
+    let text = scrape(node.admin).await;
+    let (before, under_before) = (lag(&text).0, bucket(&text));
+    let paused = Stopped::new(relay.0.id());
+    schema
+        .exec("UPDATE memberships SET status = 'paused' WHERE member_id = 9")
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    schema
+        .exec("UPDATE memberships SET status = 'paused' WHERE member_id = 10")
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(paused);
+    let (mut count, _, mut text) = lag_after(node.admin, before).await;
+    if count < before + 2.0 {
+        (count, _, text) = lag_after(node.admin, count).await;
+    }
+    assert_eq!(count, before + 2.0);
+    assert_eq!(
+        bucket(&text) - under_before,
+        1.0,
+        "only the second change was applied within 2.5 s of its commit"
+    );
 }
 
 /// Metrics the dashboard queries that the consistency inspector (being built on
