@@ -89,6 +89,24 @@ def seconds(text):
     return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+def image_env(dockerfile="Dockerfile"):
+    """The `ENV` settings of the image's last stage: they sit between the configuration
+    file and the pod's own variables (the image sets READTIER_ADMIN_LISTEN to loopback,
+    which a file cannot undo)."""
+    with open(dockerfile) as f:
+        text = f.read().replace("\\\n", " ")
+    env = {}
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["FROM"]:
+            env = {}
+        elif words[:1] == ["ENV"]:
+            for w in words[1:]:
+                k, _, v = w.partition("=")
+                env[k] = v
+    return env
+
+
 def policy_errors(docs):
     """readtier's rules for the objects of one rendering (objects too malformed to read
     them in are an error of their own)."""
@@ -143,11 +161,16 @@ def _policy_errors(docs):
         errs.append(f"{obj['metadata']['name']}: {path} is on no mounted volume")
         return {}, env
 
+    baked = image_env()
+
     def setting(cfg, env, key):
-        """A key's value: READTIER_<KEY> if set, else the file's, else None."""
+        """A key's value: the pod's READTIER_<KEY> if set, else the image's, else the
+        file's, else None."""
         var = "READTIER_" + key.upper().replace(".", "_")
         if var in env and "value" in env[var]:
             return env[var]["value"]
+        if var in baked:
+            return baked[var]
         node = cfg
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -281,6 +304,8 @@ def self_test(path):
         "readiness on /healthz": lambda ds: serve_container(find("Deployment", "serve"))["readinessProbe"]["httpGet"].update(path="/healthz"),
         "root filesystem writable": lambda ds: serve_container(find("Deployment", "serve"))["securityContext"].update(readOnlyRootFilesystem=False),
         "relay holder not the pod name": lambda ds: serve_container(find("Deployment", "relay")).update(args=["relay"]),
+        "admin listener left to the image (loopback)": lambda ds: serve_container(find("Deployment", "serve")).update(
+            env=[e for e in serve_container(find("Deployment", "serve"))["env"] if e["name"] != "READTIER_ADMIN_LISTEN"]),
         "service links on": lambda ds: find("Deployment", "serve")["spec"]["template"]["spec"].update(enableServiceLinks=True),
     }
     missed = []
