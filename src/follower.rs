@@ -101,6 +101,13 @@ pub struct Follower {
     /// succeeds: their commit-to-applied lag is recorded then. At most
     /// [`LAG_PENDING_MAX`] are kept (a long store outage must not grow it unbounded).
     lag_pending: Vec<i64>,
+    /// When this follower was made (ms since the epoch): changes committed before it
+    /// are not counted in the lag histogram. A node may still be handed such changes
+    /// (a relay's first pass republishing the log, or a reader that could not learn
+    /// its position at start re-reading the whole retained log, up to
+    /// `changes.retention` old); they are not late deliveries to this node, and
+    /// counting them would page after a restart.
+    started_ms: i64,
     metrics: ChangeMetrics,
 }
 
@@ -128,6 +135,7 @@ impl Follower {
             reload_pending: false,
             reload_tried: None,
             lag_pending: Vec::new(),
+            started_ms: now_ms(),
             metrics: ChangeMetrics::register(),
             source,
         }
@@ -268,15 +276,15 @@ impl Follower {
     }
 
     /// Records the commit-to-applied lag of changes committed at `committed` (ms, store
-    /// clock) and applied now. A time of 0 is unknown (a stream entry written by a
-    /// build that did not carry one) and skipped; a store clock ahead of this node's
-    /// counts as no lag rather than a negative one.
+    /// clock) and applied now. Changes committed before this follower started are
+    /// skipped (see `started_ms`); a store clock ahead of this node's counts as no lag
+    /// rather than a negative one.
     fn record_lag(&self, committed: &[i64]) {
         if committed.is_empty() {
             return;
         }
         let now = now_ms();
-        for &at in committed.iter().filter(|&&at| at > 0) {
+        for &at in committed.iter().filter(|&&at| at >= self.started_ms) {
             self.metrics
                 .applied_lag
                 .record((now - at).max(0) as f64 / 1000.0);
