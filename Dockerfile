@@ -10,6 +10,10 @@ COPY examples examples
 COPY loadtest loadtest
 COPY config config
 COPY data data
+# The commit for readtier_build_info (no .git in the build context):
+#   docker build --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG GIT_COMMIT=unknown
+ENV GIT_COMMIT=$GIT_COMMIT
 RUN cargo build --release --locked --bin readtier \
  && strip target/release/readtier
 

@@ -97,8 +97,23 @@ pub struct Follower {
     reload_pending: bool,
     /// When a pending reload was last tried.
     reload_tried: Option<std::time::Instant>,
+    /// Commit times (ms) of catalog changes not applied until the pending reload
+    /// succeeds: their commit-to-applied lag is recorded then. At most
+    /// [`LAG_PENDING_MAX`] are kept (a long store outage must not grow it unbounded).
+    lag_pending: Vec<i64>,
+    /// When this follower was made (ms since the epoch): changes committed before it
+    /// are not counted in the lag histogram. A node may still be handed such changes
+    /// (a relay's first pass republishing the log, or a reader that could not learn
+    /// its position at start re-reading the whole retained log, up to
+    /// `changes.retention` old); they are not late deliveries to this node, and
+    /// counting them would page after a restart.
+    started_ms: i64,
     metrics: ChangeMetrics,
 }
+
+/// Most catalog changes whose lag waits on a reload (catalog writes are rare; past
+/// this, later ones go unrecorded until the reload).
+const LAG_PENDING_MAX: usize = 1024;
 
 impl Follower {
     pub fn new(
@@ -119,6 +134,8 @@ impl Follower {
             position: Arc::new(AtomicU64::new(0)),
             reload_pending: false,
             reload_tried: None,
+            lag_pending: Vec::new(),
+            started_ms: now_ms(),
             metrics: ChangeMetrics::register(),
             source,
         }
@@ -210,17 +227,34 @@ impl Follower {
             reload = true;
         }
         let mut last_at = None;
+        // Commit times of the changes applied by now (a catalog change newer than the
+        // snapshot is applied by the reload below, and recorded there).
+        let mut applied_at = Vec::with_capacity(batch.events.len());
         for ev in &batch.events {
             match ev.kind {
-                ChangeKind::Member { id, version, .. } => self.members.invalidate(id, version),
-                ChangeKind::Catalog { version } => {
-                    reload |= version > self.catalog.load().version()
+                ChangeKind::Member { id, version, .. } => {
+                    self.members.invalidate(id, version);
+                    applied_at.push(ev.changed_at_ms);
                 }
-                ChangeKind::MembersReseeded => self.members.invalidate_all(),
+                ChangeKind::Catalog { version } => {
+                    if version > self.catalog.load().version() {
+                        reload = true;
+                        if self.lag_pending.len() < LAG_PENDING_MAX {
+                            self.lag_pending.push(ev.changed_at_ms);
+                        }
+                    } else {
+                        applied_at.push(ev.changed_at_ms);
+                    }
+                }
+                ChangeKind::MembersReseeded => {
+                    self.members.invalidate_all();
+                    applied_at.push(ev.changed_at_ms);
+                }
             }
             last_at = Some(ev.changed_at_ms);
             self.metrics.applied.increment(1);
         }
+        self.record_lag(&applied_at);
         if reload {
             self.reload_pending = true;
             self.reload_tried = None;
@@ -241,13 +275,32 @@ impl Follower {
         Ok(batch.more)
     }
 
+    /// Records the commit-to-applied lag of changes committed at `committed` (ms, store
+    /// clock) and applied now. Changes committed before this follower started are
+    /// skipped (see `started_ms`); a store clock ahead of this node's counts as no lag
+    /// rather than a negative one.
+    fn record_lag(&self, committed: &[i64]) {
+        if committed.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        for &at in committed.iter().filter(|&&at| at >= self.started_ms) {
+            self.metrics
+                .applied_lag
+                .record((now - at).max(0) as f64 / 1000.0);
+        }
+    }
+
     async fn reload_catalog(&mut self) -> Result<(), StoreError> {
         self.reload_tried = Some(std::time::Instant::now());
         let data = self.store.load_catalog().await?;
         self.reload_pending = false;
         self.metrics.catalog_reloads.increment(1);
         let version = data.version;
-        if self.catalog.install(Snapshot::build(&data)) {
+        let installed = self.catalog.install(Snapshot::build(&data));
+        let waited = std::mem::take(&mut self.lag_pending);
+        self.record_lag(&waited);
+        if installed {
             tracing::info!(version, "catalog snapshot swapped");
             disk::save_in_background(data, self.snapshot_path.clone()).await;
         }

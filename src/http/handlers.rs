@@ -280,6 +280,7 @@ impl App {
         crate::telemetry::set_waiting(limit, waiting);
         let mut text = self.prometheus.render();
         self.metrics.render_latency(&mut text);
+        crate::telemetry::render_process(&mut text);
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             CONTENT_TYPE,

@@ -19,9 +19,13 @@
 //! **Entries.** One entry carries one relay batch: `m` the member changes
 //! (`id:version` or `id:version:d` for a deletion, `;`-separated), `c` the newest
 //! catalog version, `r` = `1` for a bulk reseed, `t` the newest commit time (ms since
-//! the epoch), or `f` = `1` for a filler (an id a failed relay reserved but never
-//! filled: its changes are published again under later ids). An entry this build
-//! cannot read is taken as "forget every member".
+//! the epoch), `o` how many ms before `t` each member change of `m` was committed
+//! (`;`-separated, in the order of `m`; left out when all are 0, as in a batch of one
+//! transaction: a reader without it takes `t` for every change), or `f` = `1` for a
+//! filler (an id a failed relay reserved but never filled: its changes are published
+//! again under later ids). An entry this build cannot read is taken as "forget every
+//! member"; `o` is written only beside `m`, so a build that does not know `o` reads
+//! the entry as before.
 
 mod publisher;
 mod reader;
@@ -135,9 +139,12 @@ pub fn encode(events: &[ChangeEvent]) -> Vec<(&'static str, String)> {
     let mut members = String::new();
     let mut catalog: Option<u64> = None;
     let mut reseed = false;
-    let mut at = 0i64;
+    let at = events.iter().map(|e| e.changed_at_ms).max().unwrap_or(0);
+    // Commit times of the member changes, as offsets before `at` (the commit-to-applied
+    // lag of each change is measured from its own commit).
+    let mut offsets = String::new();
+    let mut offset_nonzero = false;
     for ev in events {
-        at = at.max(ev.changed_at_ms);
         match ev.kind {
             ChangeKind::Member {
                 id,
@@ -146,8 +153,12 @@ pub fn encode(events: &[ChangeEvent]) -> Vec<(&'static str, String)> {
             } => {
                 if !members.is_empty() {
                     members.push(';');
+                    offsets.push(';');
                 }
                 members.push_str(&format!("{id}:{version}"));
+                let offset = (at - ev.changed_at_ms).max(0);
+                offset_nonzero |= offset > 0;
+                offsets.push_str(&offset.to_string());
                 if deleted {
                     members.push_str(":d");
                 }
@@ -156,9 +167,12 @@ pub fn encode(events: &[ChangeEvent]) -> Vec<(&'static str, String)> {
             ChangeKind::MembersReseeded => reseed = true,
         }
     }
-    let mut f = Vec::with_capacity(4);
+    let mut f = Vec::with_capacity(5);
     if !members.is_empty() {
         f.push(("m", members));
+        if offset_nonzero {
+            f.push(("o", offsets));
+        }
     }
     if let Some(v) = catalog {
         f.push(("c", v.to_string()));
@@ -199,16 +213,23 @@ pub fn decode(k: u64, map: &std::collections::HashMap<String, Value>) -> Vec<Cha
     let mut understood = false;
     if let Some(m) = text(map, "m") {
         understood = true;
-        for item in m.split(';').filter(|s| !s.is_empty()) {
+        // Each member change's own commit time, when the entry says (else `t`).
+        let offsets: Vec<i64> = text(map, "o")
+            .map(|o| o.split(';').map(|x| x.parse().unwrap_or(0)).collect())
+            .unwrap_or_default();
+        for (i, item) in m.split(';').filter(|s| !s.is_empty()).enumerate() {
             let mut parts = item.split(':');
             let id = parts.next().and_then(|p| p.parse().ok());
             let version = parts.next().and_then(|p| p.parse().ok());
             match (id, version) {
-                (Some(id), Some(version)) => out.push(ev(ChangeKind::Member {
-                    id,
-                    version,
-                    deleted: parts.next() == Some("d"),
-                })),
+                (Some(id), Some(version)) => out.push(ChangeEvent {
+                    changed_at_ms: at - offsets.get(i).copied().unwrap_or(0),
+                    ..ev(ChangeKind::Member {
+                        id,
+                        version,
+                        deleted: parts.next() == Some("d"),
+                    })
+                }),
                 // A member change that cannot be read precisely: forget all.
                 _ => out.push(ev(ChangeKind::MembersReseeded)),
             }
@@ -292,11 +313,66 @@ mod tests {
         assert!(back
             .iter()
             .all(|e| e.seq == 5 && e.changed_at_ms == 1_700_000_000_000));
+        // All committed at one instant (one transaction): no offsets are written.
+        assert!(encode(&events).iter().all(|(k, _)| *k != "o"));
         assert!(decode(6, &map(filler())).is_empty());
         let unknown = map(vec![("zz", "1".into())]);
         assert_eq!(decode(7, &unknown)[0].kind, ChangeKind::MembersReseeded);
         let broken = map(vec![("m", "42:x".into())]);
         assert_eq!(decode(7, &broken)[0].kind, ChangeKind::MembersReseeded);
+    }
+
+    #[test]
+    fn each_member_change_keeps_its_own_commit_time() {
+        let member = |seq, id, at| ChangeEvent {
+            seq,
+            kind: ChangeKind::Member {
+                id,
+                version: seq as i64,
+                deleted: false,
+            },
+            changed_at_ms: at,
+        };
+        let events = [
+            member(1, 42, 1_700_000_000_000),
+            member(2, 43, 1_700_000_002_500),
+            ChangeEvent {
+                seq: 3,
+                kind: ChangeKind::Catalog { version: 7 },
+                changed_at_ms: 1_700_000_003_000,
+            },
+            member(4, 44, 1_700_000_003_000),
+        ];
+        let fields = encode(&events);
+        assert!(
+            fields.contains(&("o", "3000;500;0".to_string())),
+            "{fields:?}"
+        );
+        let back = decode(9, &map(fields.clone()));
+        let at: Vec<i64> = back.iter().map(|e| e.changed_at_ms).collect();
+        assert_eq!(
+            at,
+            [
+                1_700_000_000_000,
+                1_700_000_002_500,
+                1_700_000_003_000,
+                1_700_000_003_000
+            ]
+        );
+        // A reader that does not know `o` sees an entry it understands (`m` beside
+        // it), and one written without `o` gives every change the entry's time.
+        let without: Vec<_> = fields.into_iter().filter(|(k, _)| *k != "o").collect();
+        let back = decode(9, &map(without));
+        assert_eq!(back.len(), 4);
+        assert!(back.iter().all(|e| e.changed_at_ms == 1_700_000_003_000));
+        // A reseed alone carries no offsets (an older reader would take an entry with
+        // only unknown fields as "forget everything").
+        let reseed = encode(&[ChangeEvent {
+            seq: 5,
+            kind: ChangeKind::MembersReseeded,
+            changed_at_ms: 1,
+        }]);
+        assert!(reseed.iter().all(|(k, _)| *k != "o"));
     }
 
     #[test]
