@@ -274,6 +274,7 @@ fn problems_in_code() -> BTreeSet<(String, u16)> {
                 "BAD_REQUEST" => 400,
                 "NOT_FOUND" => 404,
                 "METHOD_NOT_ALLOWED" => 405,
+                "CONFLICT" => 409,
                 "REQUEST_TIMEOUT" => 408,
                 "PAYLOAD_TOO_LARGE" => 413,
                 "UNSUPPORTED_MEDIA_TYPE" => 415,

@@ -2,7 +2,8 @@
 //! - `GET /admin/members/{id}/history?limit=&before=`: the member's entries, newest
 //!   first; `next_before` is the cursor of the next page (absent on the last).
 //! - `GET /admin/members/{id}/history?as_of=<RFC 3339>`: the member's row at that
-//!   instant; 404 if it did not exist then, 409 if history cannot tell (a bulk seed).
+//!   instant (`limit` and `before` do not apply); 404 if it did not exist then, 409 if
+//!   history cannot tell (a bulk seed).
 //! - `GET /admin/catalog/history?country=CC&limit=&before=`: price and plan entries.
 //!
 //! Bad parameters are 400 problems naming them; a store failure is a 503.
@@ -153,10 +154,8 @@ pub(super) async fn member(app: &App, id: &str, query: Option<&str>) -> http::Re
         }
     }
     let store = app.members.store();
+    // With as_of, the answer is one state: limit and before do not apply.
     if let Some(at) = as_of {
-        if page.before.is_some() || params.iter().any(|(k, _)| k == "limit") {
-            return bad("as_of cannot be combined with limit or before");
-        }
         return match store.member_as_of(id, &at).await {
             Ok(State::Existed(row)) => json_ok(Bytes::from(
                 json!({"member_id": id, "as_of": at.as_str(), "state": row}).to_string(),

@@ -70,4 +70,8 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/metrics", ADMIN),
     route("HEAD", "/metrics", ADMIN),
     // Admin routes (`admin::route`) go here, with `ADMIN`.
+    route("GET", "/admin/members/{member_id}/history", ADMIN),
+    route("HEAD", "/admin/members/{member_id}/history", ADMIN),
+    route("GET", "/admin/catalog/history", ADMIN),
+    route("HEAD", "/admin/catalog/history", ADMIN),
 ];
