@@ -44,7 +44,7 @@ cat > "$work/update.sql" <<SQL
 UPDATE memberships SET status = CASE status WHEN 'active' THEN 'grace' ELSE 'active' END WHERE member_id = :id;
 SQL
 export PGOPTIONS="-c search_path=$schema"
-tps() { pgbench -n -q -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/update.sql" "$PGDB" 2>/dev/null \
+tps() { pgbench -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/update.sql" "$PGDB" 2>/dev/null \
   | awk '/^tps/ {print $3; exit}'; }
 declare -a with without
 for r in $(seq 1 "$ROUNDS"); do
