@@ -251,6 +251,7 @@ async fn seed(cfg: &Config, members: u64) -> anyhow::Result<()> {
         members as f64 / secs.max(1e-9),
         store.describe()
     );
+    println!("history: one entry (op seed) records this bulk load, not one per member");
     Ok(())
 }
 

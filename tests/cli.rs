@@ -101,7 +101,17 @@ fn migrate_and_seed_report_what_they_did() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("seeded 5000 members in"), "{text}");
+    assert!(text.contains("one entry (op seed)"), "{text}");
     let c = rusqlite::Connection::open(dir.path().join("readtier.db")).unwrap();
+    // History holds one entry for the load, none per member.
+    let (seeds, members): (i64, i64) = c
+        .query_row(
+            "SELECT count(*) FILTER (WHERE op = 'seed'), count(member_id) FROM member_history",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((seeds, members), (1, 0));
     let (n, lo, hi): (i64, i64, i64) = c
         .query_row(
             "SELECT count(*), min(member_id), max(member_id) FROM memberships",
