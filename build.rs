@@ -72,5 +72,7 @@ fn commit() {
             git(&["rev-parse", "--short=12", "HEAD"])
         })
         .unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rustc-env=READTIER_GIT_COMMIT={commit}");
+    // Not READTIER_*: cargo also sets this in the environment of `cargo run` and of
+    // test binaries, whose child processes would read it as a configuration key.
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
 }

@@ -11,7 +11,7 @@ use std::fmt::Write;
 /// The version and the commit this binary was built from (`build.rs`; "unknown" when
 /// built outside a git checkout without `GIT_COMMIT`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const COMMIT: &str = match option_env!("READTIER_GIT_COMMIT") {
+pub const COMMIT: &str = match option_env!("BUILD_GIT_COMMIT") {
     Some(c) => c,
     None => "unknown",
 };
