@@ -23,6 +23,11 @@ pub fn install() -> PrometheusHandle {
             ];
             let builder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(INSPECTOR_STALE_AGE.to_string()),
+                    &INSPECTOR_AGE_BUCKETS,
+                )
                 .expect("bucket list is not empty");
             match builder.install_recorder() {
                 Ok(handle) => {
@@ -88,6 +93,26 @@ const HELP: &[(&str, &str)] = &[
     (
         "readtier_http_waiting_limit",
         "Current limit on requests waiting on Redis or the store",
+    ),
+    (
+        "readtier_inspector_checked_total",
+        "Sampled answers the inspector compared with the store",
+    ),
+    (
+        "readtier_inspector_dropped_total",
+        "Sampled answers not checked because the inspector's queue was full",
+    ),
+    (
+        "readtier_inspector_errors_total",
+        "Inspector checks that could not read the store",
+    ),
+    (
+        INSPECTOR_STALE_AGE,
+        "How long before a stale answer the store had committed a newer version",
+    ),
+    (
+        "readtier_inspector_stale_total",
+        "Sampled answers older than the store's version by more than inspector.grace",
     ),
     (
         "readtier_l1_coalesced_total",
@@ -426,4 +451,33 @@ pub fn count_store_bad_row() {
 /// Tier reads that skipped a zone holding a version below the member's floor.
 pub fn l2_stale_skips() -> Counter {
     metrics::counter!("readtier_l2_stale_skipped_total")
+}
+
+/// The inspector's staleness-age histogram: its own buckets, since a stale answer is
+/// at least `inspector.grace` old and may be hours old.
+const INSPECTOR_STALE_AGE: &str = "readtier_inspector_stale_age_seconds";
+const INSPECTOR_AGE_BUCKETS: [f64; 14] = [
+    0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// The consistency inspector's figures (see `lookup::inspector`).
+#[derive(Clone)]
+pub struct InspectorMetrics {
+    pub checked: Counter,
+    pub stale: Counter,
+    pub stale_age: metrics::Histogram,
+    pub dropped: Counter,
+    pub errors: Counter,
+}
+
+impl InspectorMetrics {
+    pub fn register() -> InspectorMetrics {
+        InspectorMetrics {
+            checked: metrics::counter!("readtier_inspector_checked_total"),
+            stale: metrics::counter!("readtier_inspector_stale_total"),
+            stale_age: metrics::histogram!(INSPECTOR_STALE_AGE),
+            dropped: metrics::counter!("readtier_inspector_dropped_total"),
+            errors: metrics::counter!("readtier_inspector_errors_total"),
+        }
+    }
 }
