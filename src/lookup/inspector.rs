@@ -105,11 +105,23 @@ pub struct Counts {
     pub errors: u64,
 }
 
+/// The sampling budget, alone on its cache line.
+#[repr(align(64))]
+struct Budget(AtomicU32);
+
+impl std::ops::Deref for Budget {
+    type Target = AtomicU32;
+    fn deref(&self) -> &AtomicU32 {
+        &self.0
+    }
+}
+
 /// One node's inspector: the sampling handle the request path holds, and the counts.
 pub struct Inspector {
     /// Samples still to take before the next refill; the request path does nothing
-    /// more than read it while it is zero.
-    budget: AtomicU32,
+    /// more than read it while it is zero. On a cache line of its own, so the
+    /// counters the checking task writes never evict it from the request path's cores.
+    budget: Budget,
     /// Sampled answers to the checking task; bounded, never waited on.
     queue: mpsc::Sender<Sample>,
     /// Budget added per [`TICK`] (fractions carry over to the next).
@@ -128,7 +140,7 @@ impl Inspector {
     pub fn new(cfg: &InspectorConfig) -> (Arc<Inspector>, mpsc::Receiver<Sample>) {
         let (queue, rx) = mpsc::channel(QUEUE);
         let inspector = Inspector {
-            budget: AtomicU32::new(0),
+            budget: Budget(AtomicU32::new(0)),
             queue,
             per_tick: cfg.samples_per_second as f64 * TICK.as_secs_f64(),
             grace: cfg.grace,
@@ -211,7 +223,11 @@ impl Inspector {
                     let whole = credit.floor();
                     credit -= whole;
                     // Unused budget is not carried over: a quiet node takes no burst.
-                    self.budget.store(whole as u32, Ordering::Relaxed);
+                    // Stored only when it changes: the line stays shared, unwritten,
+                    // on the cores that read it while nothing is sampled.
+                    if self.budget.load(Ordering::Relaxed) != whole as u32 {
+                        self.budget.store(whole as u32, Ordering::Relaxed);
+                    }
                 }
                 Some(sample) = samples.recv() => self.check(&store, sample).await,
             }
