@@ -10,7 +10,8 @@
 //!   publishes the store's change log to the Redis tier and the change stream;
 //! - [`http`]: listeners, routing, the request path's rules, problem answers;
 //!   [`follower`]: applies committed changes to a node's L1 and catalog;
-//! - [`lookup`]: member lookups through L1 → L2 → store, with coalescing;
+//! - [`lookup`]: member lookups through L1 → L2 → store, with coalescing, and the
+//!   consistency inspector that re-checks sampled answers against the store;
 //!   [`catalog`]: the immutable, versioned, pre-rendered catalog snapshot;
 //! - [`tier`]: the L2 Redis hash tier (zones, consistent hashing, versioned sets);
 //!   [`stream`]: the change stream in Redis; [`store`]: the source of truth

@@ -20,6 +20,7 @@ use crate::catalog::{disk, CatalogHandle, Snapshot};
 use crate::config::Config;
 use crate::follower::{Follower, Source};
 use crate::http::{self, App, Listener};
+use crate::lookup::inspector::Inspector;
 use crate::lookup::{FillLimits, Members};
 use crate::plan::{CatalogData, PlanError};
 use crate::store::seed::MemberGenerator;
@@ -185,9 +186,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         &cfg.l1,
         FillLimits::of(&cfg),
     ));
+    let (inspector, samples) = Inspector::new(&cfg.inspector);
     let app = Arc::new(App::new(
         catalog.clone(),
         members.clone(),
+        inspector.clone(),
         cfg.http.clone(),
         prometheus.clone(),
     ));
@@ -207,6 +210,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     // Cancelled when the shutdown timeout runs out: connections still open are cut.
     let cut = CancellationToken::new();
     telemetry::spawn_upkeep(prometheus, background.clone());
+    tokio::spawn(inspector.run(samples, store.clone(), background.clone()));
     let mut follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
     if from_disk {
         follower = follower.reload_catalog_soon();

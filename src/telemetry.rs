@@ -29,6 +29,12 @@ pub fn install() -> PrometheusHandle {
                         &APPLIED_LAG_BUCKETS,
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(INSPECTOR_STALE_AGE.into()),
+                        &INSPECTOR_AGE_BUCKETS,
+                    )
+                })
                 .expect("bucket lists are not empty");
             match builder.install_recorder() {
                 Ok(handle) => {
@@ -98,6 +104,26 @@ const HELP: &[(&str, &str)] = &[
     (
         "readtier_http_waiting_limit",
         "Current limit on requests waiting on Redis or the store",
+    ),
+    (
+        "readtier_inspector_checked_total",
+        "Sampled answers the inspector compared with the store",
+    ),
+    (
+        "readtier_inspector_dropped_total",
+        "Sampled answers not checked because the inspector's queue was full",
+    ),
+    (
+        "readtier_inspector_errors_total",
+        "Inspector checks that could not read the store",
+    ),
+    (
+        INSPECTOR_STALE_AGE,
+        "How long before a stale answer the store had committed a newer version",
+    ),
+    (
+        "readtier_inspector_stale_total",
+        "Sampled answers older than the store's version by more than inspector.grace",
     ),
     (
         "readtier_l1_coalesced_total",
@@ -460,3 +486,32 @@ const APPLIED_LAG_BUCKETS: [f64; 16] = [
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     300.0,
 ];
+
+/// The inspector's staleness-age histogram: its own buckets, since a stale answer is
+/// at least `inspector.grace` old and may be hours old.
+const INSPECTOR_STALE_AGE: &str = "readtier_inspector_stale_age_seconds";
+const INSPECTOR_AGE_BUCKETS: [f64; 14] = [
+    0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// The consistency inspector's figures (see `lookup::inspector`).
+#[derive(Clone)]
+pub struct InspectorMetrics {
+    pub checked: Counter,
+    pub stale: Counter,
+    pub stale_age: metrics::Histogram,
+    pub dropped: Counter,
+    pub errors: Counter,
+}
+
+impl InspectorMetrics {
+    pub fn register() -> InspectorMetrics {
+        InspectorMetrics {
+            checked: metrics::counter!("readtier_inspector_checked_total"),
+            stale: metrics::counter!("readtier_inspector_stale_total"),
+            stale_age: metrics::histogram!(INSPECTOR_STALE_AGE),
+            dropped: metrics::counter!("readtier_inspector_dropped_total"),
+            errors: metrics::counter!("readtier_inspector_errors_total"),
+        }
+    }
+}

@@ -276,16 +276,6 @@ async fn a_change_through_the_relay_and_stream_is_counted_in_the_lag_histogram()
     );
 }
 
-/// Metrics the dashboard queries that the consistency inspector (being built on
-/// another branch) will export. They are the only names allowed to be missing from
-/// /metrics; once the inspector is merged they are exported and the test below fails
-/// until this list is emptied.
-const NOT_YET_EXPORTED: &[&str] = &[
-    "readtier_inspector_checked_total",
-    "readtier_inspector_stale_total",
-    "readtier_inspector_stale_age_seconds",
-];
-
 /// The metric names a PromQL expression reads (`readtier_…` and `process_…`).
 fn metric_names(expr: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -379,33 +369,14 @@ async fn every_metric_the_dashboard_queries_is_exported_by_a_live_node() {
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
 
-    let base = |n: &str| {
-        ["_bucket", "_count", "_sum"]
-            .iter()
-            .find_map(|s| n.strip_suffix(s))
-            .unwrap_or(n)
-            .to_string()
-    };
     let missing: Vec<&String> = queried
         .iter()
         .filter(|n| !exported.contains(n.as_str()))
-        .filter(|n| !NOT_YET_EXPORTED.contains(&base(n).as_str()))
         .collect();
     assert!(
         missing.is_empty(),
         "queried by the dashboard, absent from /metrics: {missing:?}\n{text}"
     );
-    // The exemption hides nothing else, and ends when the inspector arrives.
-    for name in NOT_YET_EXPORTED {
-        assert!(
-            queried.iter().any(|q| base(q) == *name),
-            "{name} is exempted but the dashboard does not query it"
-        );
-        assert!(
-            !exported.iter().any(|e| base(e) == *name),
-            "{name} is exported now: remove it from NOT_YET_EXPORTED"
-        );
-    }
 }
 
 #[test]

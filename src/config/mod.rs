@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use sections::{ChangesConfig, HttpConfig, L1Config, RelayConfig, TierConfig};
+pub use sections::{ChangesConfig, HttpConfig, InspectorConfig, L1Config, RelayConfig, TierConfig};
 pub use values::{
     parse_duration, redis_scheme, CaFile, PgSslMode, PgTarget, PgTls, RedisScheme, RedisTopology,
     StoreUrl, Zone,
@@ -30,6 +30,9 @@ pub const ENV_PREFIX: &str = "READTIER_";
 
 /// The environment variable naming an optional configuration file.
 pub const ENV_CONFIG_FILE: &str = "READTIER_CONFIG";
+
+/// Most answers the inspector may sample per second (`inspector.samples_per_second`).
+pub const MAX_INSPECTOR_SAMPLES: u32 = 10_000;
 
 /// A configuration that cannot be used; the message names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub changes: ChangesConfig,
     pub relay: RelayConfig,
+    pub inspector: InspectorConfig,
 }
 
 /// The merged layers: the value of every key and which layer set it.
@@ -395,6 +399,19 @@ impl Config {
             return Err(layers.invalid("relay.lease_ttl", "must be at least 300ms"));
         }
 
+        // Each sample is a store read: past this the inspector would be a load test.
+        if raw.inspector.samples_per_second > MAX_INSPECTOR_SAMPLES {
+            return Err(layers.invalid(
+                "inspector.samples_per_second",
+                format!("must be at most {MAX_INSPECTOR_SAMPLES} (0 turns the inspector off)"),
+            ));
+        }
+        // A newer version older than the log's retention is known only by its row's
+        // write time; a grace that long would hide every such answer.
+        if raw.inspector.grace >= raw.changes.retention {
+            return Err(layers.invalid("inspector.grace", "must be shorter than changes.retention"));
+        }
+
         Ok(Config {
             listen: raw.listen,
             admin_listen: raw.admin_listen,
@@ -415,6 +432,7 @@ impl Config {
                 stream_maxlen: raw.changes.stream_maxlen,
             },
             relay: raw.relay,
+            inspector: raw.inspector,
         })
     }
 }

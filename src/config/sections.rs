@@ -32,6 +32,7 @@ pub struct RawConfig {
     pub http: HttpConfig,
     pub changes: ChangesSection,
     pub relay: RelayConfig,
+    pub inspector: InspectorConfig,
 }
 
 /// `[l1]`: the in-process member cache.
@@ -140,6 +141,20 @@ pub struct ChangesConfig {
 pub struct RelayConfig {
     #[serde(deserialize_with = "duration")]
     pub lease_ttl: Duration,
+}
+
+/// `[inspector]`: the continuous consistency inspector (`lookup/inspector.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectorConfig {
+    /// Answers sampled per second and checked against the store (0: off). Each is one
+    /// indexed store read, off the request path.
+    pub samples_per_second: u32,
+    /// How far behind the store an answer may be before it counts as stale: the
+    /// budget for a writing transaction's own duration, clock skew between node and
+    /// store, and normal change propagation.
+    #[serde(deserialize_with = "duration")]
+    pub grace: Duration,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

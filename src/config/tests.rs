@@ -277,3 +277,46 @@ fn tls_urls_and_the_redis_ca_file_are_checked_at_start() {
         assert!(!err.contains("secret"), "{pairs:?}: {err}");
     }
 }
+
+#[test]
+fn inspector_keys_are_read_and_checked() {
+    let c = Config::from_layers(None, &[]).unwrap();
+    assert_eq!(c.inspector.samples_per_second, 10);
+    assert_eq!(c.inspector.grace, Duration::from_secs(1));
+    let c = Config::from_layers(
+        None,
+        &env(&[
+            ("READTIER_INSPECTOR_SAMPLES_PER_SECOND", "0"),
+            ("READTIER_INSPECTOR_GRACE", "250ms"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.inspector.samples_per_second, 0, "0 turns it off");
+    assert_eq!(c.inspector.grace, Duration::from_millis(250));
+    for (pairs, key) in [
+        (
+            vec![("READTIER_INSPECTOR_SAMPLES_PER_SECOND", "10001")],
+            "`inspector.samples_per_second`",
+        ),
+        (
+            vec![("READTIER_INSPECTOR_SAMPLES_PER_SECOND", "-1")],
+            "`inspector.samples_per_second`",
+        ),
+        (
+            vec![("READTIER_INSPECTOR_GRACE", "soon")],
+            "`inspector.grace`",
+        ),
+        (
+            vec![
+                ("READTIER_INSPECTOR_GRACE", "2h"),
+                ("READTIER_CHANGES_RETENTION", "1h"),
+            ],
+            "`inspector.grace`",
+        ),
+    ] {
+        let err = Config::from_layers(None, &env(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{err} should name {key}");
+    }
+}

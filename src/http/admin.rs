@@ -7,23 +7,43 @@
 //! Each route is one arm of [`route`]; an unknown path under `/admin/` is a 404
 //! problem, a known path with the wrong method a 405 with `Allow`.
 
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use super::history;
-use super::problem::{only_get, problem};
+use super::problem::{method_not_allowed, only_get, problem};
 use super::{App, Body};
+
+mod members;
 
 /// Answers a request for `/admin/…`.
 pub(super) async fn route(app: &App, req: Request<Incoming>) -> http::Response<Body> {
     let path = req.uri().path();
     let query = req.uri().query();
+    // Member operations (see `members` and `history`).
     if let Some(rest) = path.strip_prefix("/admin/members/") {
-        if let Some((id, "history")) = rest.split_once('/') {
-            return match only_get(&req) {
-                Some(resp) => resp,
-                None => history::member(app, id, query).await,
-            };
+        if let Some((id, action)) = rest.split_once('/') {
+            match action {
+                "inspect" => {
+                    return match only_get(&req) {
+                        Some(resp) => resp,
+                        None => members::inspect(app, id).await,
+                    }
+                }
+                "flush" => {
+                    return match *req.method() {
+                        Method::POST => members::flush(app, id).await,
+                        _ => method_not_allowed("POST"),
+                    }
+                }
+                "history" => {
+                    return match only_get(&req) {
+                        Some(resp) => resp,
+                        None => history::member(app, id, query).await,
+                    }
+                }
+                _ => {}
+            }
         }
     }
     if path == "/admin/catalog/history" {

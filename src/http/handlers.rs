@@ -104,6 +104,9 @@ impl App {
     }
 
     fn entitlement_answer(&self, id: u64, entry: &Entry, from: ServedFrom) -> Response<Body> {
+        // A relaxed load and a compare unless this answer is sampled (see
+        // `lookup::inspector`).
+        self.inspector.sample(id, entry.version);
         let snapshot = self.catalog.load();
         let Some(member) = entry.member.as_ref() else {
             let mut resp = problem(
@@ -188,6 +191,7 @@ impl App {
             Ok(found) => found,
             Err(resp) => return resp,
         };
+        self.inspector.sample(ask.member_id, entry.version);
         let snapshot = self.catalog.load();
         let member = entry.member.as_ref();
         let plan = member

@@ -45,6 +45,7 @@ pub use render::render_entitlement;
 
 use crate::catalog::CatalogHandle;
 use crate::config::HttpConfig;
+use crate::lookup::inspector::Inspector;
 use crate::lookup::Members;
 use crate::telemetry::{HttpMetrics, Route};
 use problem::{only_get, problem};
@@ -86,6 +87,8 @@ impl Later {
 pub struct App {
     pub catalog: Arc<CatalogHandle>,
     pub members: Arc<Members>,
+    /// Samples member answers for the consistency inspector (`lookup::inspector`).
+    pub inspector: Arc<Inspector>,
     /// Set at shutdown: `/readyz` answers 503 so load balancers stop sending.
     pub draining: AtomicBool,
     pub limits: HttpConfig,
@@ -116,12 +119,14 @@ impl App {
     pub fn new(
         catalog: Arc<CatalogHandle>,
         members: Arc<Members>,
+        inspector: Arc<Inspector>,
         limits: HttpConfig,
         prometheus: PrometheusHandle,
     ) -> App {
         App {
             catalog,
             members,
+            inspector,
             draining: AtomicBool::new(false),
             waiting: limit::WaitLimit::new(limit::LimitConfig {
                 adaptive: limits.adaptive_waiting,

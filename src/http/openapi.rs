@@ -72,6 +72,9 @@ pub const ROUTES: &[RouteSpec] = &[
     // Admin routes (`admin::route`) go here, with `ADMIN`.
     route("GET", "/admin/members/{member_id}/history", ADMIN),
     route("HEAD", "/admin/members/{member_id}/history", ADMIN),
+    route("GET", "/admin/members/{member_id}/inspect", ADMIN),
+    route("HEAD", "/admin/members/{member_id}/inspect", ADMIN),
+    route("POST", "/admin/members/{member_id}/flush", ADMIN),
     route("GET", "/admin/catalog/history", ADMIN),
     route("HEAD", "/admin/catalog/history", ADMIN),
 ];

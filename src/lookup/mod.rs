@@ -41,6 +41,7 @@ use crate::member::Member;
 use crate::store::{Store, StoreError};
 
 mod entry;
+pub mod inspector;
 use crate::telemetry::MemberMetrics;
 use crate::tier::{Tier, TierEntry};
 pub use entry::{Cached, Entry, FillLimits, LookupError, ServedFrom};
@@ -56,6 +57,20 @@ struct Slot {
     expires: Instant,
     /// The L1 generation the entry belongs to (see [`Members::invalidate_all`]).
     generation: u32,
+}
+
+/// What L1 holds for one member ([`Members::l1_view`]).
+#[derive(Clone)]
+pub struct L1View {
+    /// The record or "no such member" held, if any (perhaps expired or of an old
+    /// generation: see `served`).
+    pub entry: Option<Entry>,
+    /// The member's floor, if L1 remembers one.
+    pub floor: Option<i64>,
+    /// Whether a read now would be answered from `entry`.
+    pub served: bool,
+    /// Time left before `entry` expires.
+    pub expires_in: Duration,
 }
 
 /// A "no such member" answer held in the negative cache.
@@ -390,6 +405,63 @@ impl Members {
             None => {}
         }
         drop(loading);
+    }
+
+    /// What L1 holds for a member, read without counting a hit or touching its
+    /// eviction state (the admin endpoint `inspect`).
+    pub fn l1_view(&self, id: u64) -> L1View {
+        let now = Instant::now();
+        let generation = self.generation.load(Ordering::Acquire);
+        let slot = self.l1.peek(&id);
+        let negative = self.negative.peek(&id);
+        let floor = slot.as_ref().map(|s| s.floor);
+        if let Some(slot) = slot {
+            if let Some(entry) = slot.entry {
+                return L1View {
+                    served: slot.expires > now && slot.generation == generation,
+                    expires_in: slot.expires.saturating_duration_since(now),
+                    entry: Some(entry),
+                    floor,
+                };
+            }
+        }
+        match negative {
+            Some(n) => L1View {
+                served: n.expires > now && n.generation == generation,
+                expires_in: n.expires.saturating_duration_since(now),
+                entry: Some(n.entry),
+                floor,
+            },
+            None => L1View {
+                entry: None,
+                floor,
+                served: false,
+                expires_in: Duration::ZERO,
+            },
+        }
+    }
+
+    /// Drops a member's entry (record or "no such member") and sets its floor to
+    /// `floor`, the store's version just read (the admin endpoint `flush`). The floor
+    /// is *set*, not raised: the operator names the store as the truth, even below a
+    /// version this node answered (a corrupt value). A load in flight that read
+    /// anything older than `floor` is answered but not kept. Returns whether an
+    /// entry was held.
+    pub fn flush(&self, id: u64, floor: i64) -> bool {
+        let _loading = self.stripe(id);
+        let negative = self.negative.remove(&id).is_some();
+        let held = self.l1.peek(&id).is_some_and(|s| s.entry.is_some());
+        self.l1.insert(
+            id,
+            Slot {
+                entry: None,
+                floor,
+                expires: Instant::now() + self.ttl,
+                generation: self.generation.load(Ordering::Acquire),
+            },
+        );
+        self.metrics.l1_invalidations.increment(1);
+        held || negative
     }
 
     /// Drops every entry (the node cannot prove it saw every change): a new

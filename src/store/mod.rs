@@ -89,6 +89,31 @@ pub struct BadRow {
 /// A member row as read: the record, or why it cannot be read.
 pub type MemberRow = Result<Member, BadRow>;
 
+/// A member's versions as the store holds them now, against a version answered
+/// earlier ([`Store::version_check`]). Times are milliseconds since the Unix epoch on
+/// the store's clock, stamped when the row was *written* (inside the writer's
+/// transaction), which is at or before its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VersionCheck {
+    /// `memberships.version`, if the row exists.
+    pub row_version: Option<i64>,
+    /// When the row was last written (`memberships.updated_at`), if it exists.
+    pub row_written_ms: Option<i64>,
+    /// The highest version the change log still holds for the member (a deletion's
+    /// tombstone when the row is gone).
+    pub logged_version: Option<i64>,
+    /// When the earliest logged version above the answered one was written; `None`
+    /// when the log holds none (there is none, or it was trimmed).
+    pub first_newer_ms: Option<i64>,
+}
+
+impl VersionCheck {
+    /// The member's current version: its row's, or the last logged one (a tombstone).
+    pub fn current(&self) -> Option<i64> {
+        self.row_version.or(self.logged_version)
+    }
+}
+
 /// Counts and logs unreadable rows among `rows`, returning them unchanged.
 fn noted(rows: Vec<MemberRow>) -> Vec<MemberRow> {
     for r in &rows {
@@ -151,6 +176,16 @@ impl Store {
             note_bad_row(bad);
         }
         got
+    }
+
+    /// What the store knows of a member's versions newer than `answered`: its current
+    /// version and when the first newer one was written (the consistency inspector's
+    /// question; one indexed read).
+    pub async fn version_check(&self, id: u64, answered: i64) -> Result<VersionCheck, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.version_check(id, answered)).await,
+            Backend::Postgres(p) => p.version_check(id, answered).await,
+        }
     }
 
     /// The current rows of these members (ids the store lacks are absent).

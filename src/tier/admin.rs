@@ -35,6 +35,21 @@ impl Tier {
         Ok(done == 1)
     }
 
+    /// The raw value one zone holds for a member (`None`: nothing), undecoded, so a
+    /// caller can show what is there and compare-and-set against exactly it.
+    pub async fn raw_in(&self, zone: usize, id: u64) -> Result<Option<Vec<u8>>, TierError> {
+        let (key, field) = encoding::locate(&self.prefix, self.bucket_size, id);
+        let node = self.zones[zone].node_for(&key);
+        node.call("HGET", |mut c| async move {
+            redis::cmd("HGET")
+                .arg(&key)
+                .arg(&field)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
     /// Every bucket number one zone holds (SCAN of each of its nodes).
     pub async fn buckets_in(&self, zone: usize) -> Result<Vec<u64>, TierError> {
         let mut out = Vec::new();

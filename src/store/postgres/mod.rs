@@ -430,6 +430,40 @@ impl PgStore {
             .transpose()
     }
 
+    /// See [`crate::store::Store::version_check`]. On the general pool, not the member
+    /// reads' one: the inspector must never take a permit a fill is waiting for.
+    pub async fn version_check(
+        &self,
+        id: u64,
+        answered: i64,
+    ) -> Result<super::VersionCheck, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(Default::default());
+        };
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT m.version, (extract(epoch FROM m.updated_at) * 1000)::bigint,
+                    (SELECT max(version) FROM change_log
+                      WHERE member_id = $1 AND table_name = 'memberships'),
+                    (SELECT (extract(epoch FROM min(changed_at)) * 1000)::bigint FROM change_log
+                      WHERE member_id = $1 AND table_name = 'memberships' AND version > $2)
+                 FROM (SELECT 1) one LEFT JOIN memberships m ON m.member_id = $1",
+            )
+            .await
+            .map_err(self.err("prepare version check"))?;
+        let r = c
+            .query_one(&st, &[&id, &answered])
+            .await
+            .map_err(self.err("version check"))?;
+        Ok(super::VersionCheck {
+            row_version: r.get(0),
+            row_written_ms: r.get(1),
+            logged_version: r.get(2),
+            first_newer_ms: r.get(3),
+        })
+    }
+
     /// The current rows of these members (missing ids are absent from the answer).
     pub async fn members_by_ids(&self, ids: &[u64]) -> Result<Vec<MemberRow>, StoreError> {
         let ids: Vec<i64> = ids

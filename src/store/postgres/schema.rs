@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS change_log (
     changed_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS change_log_txid ON change_log (txid, seq);
+-- The consistency inspector's question, "when was the first version above v written?",
+-- read per sampled answer (inspector.samples_per_second a node).
+CREATE INDEX IF NOT EXISTS change_log_member ON change_log (member_id, version) WHERE member_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS catalog_meta (
     id      INT PRIMARY KEY CHECK (id = 1),
     version BIGINT NOT NULL

@@ -328,6 +328,35 @@ impl SqliteStore {
         })
     }
 
+    /// See [`crate::store::Store::version_check`].
+    pub fn version_check(&self, id: u64, answered: i64) -> Result<super::VersionCheck, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(Default::default());
+        };
+        self.with_conn(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT m.version,
+                        CAST((julianday(m.updated_at) - 2440587.5) * 86400000 AS INTEGER),
+                        (SELECT max(version) FROM change_log
+                          WHERE member_id = ?1 AND table_name = 'memberships'),
+                        (SELECT min(changed_at_ms) FROM change_log
+                          WHERE member_id = ?1 AND table_name = 'memberships' AND version > ?2)
+                     FROM (SELECT 1) one LEFT JOIN memberships m ON m.member_id = ?1",
+                )
+                .map_err(self.err("prepare version check"))?;
+            st.query_row(rusqlite::params![id, answered], |r| {
+                Ok(super::VersionCheck {
+                    row_version: r.get(0)?,
+                    row_written_ms: r.get(1)?,
+                    logged_version: r.get(2)?,
+                    first_newer_ms: r.get(3)?,
+                })
+            })
+            .map_err(self.err("version check"))
+        })
+    }
+
     /// The current rows of these members (ids the store lacks are absent).
     pub fn members_by_ids(&self, ids: &[u64]) -> Result<Vec<MemberRow>, StoreError> {
         self.with_conn(|c| {
