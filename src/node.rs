@@ -185,12 +185,15 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         &cfg.l1,
         FillLimits::of(&cfg),
     ));
-    let app = Arc::new(App::new(
-        catalog.clone(),
-        members.clone(),
-        cfg.http.clone(),
-        prometheus.clone(),
-    ));
+    let app = Arc::new(
+        App::new(
+            catalog.clone(),
+            members.clone(),
+            cfg.http.clone(),
+            prometheus.clone(),
+        )
+        .with_config(&cfg),
+    );
 
     let public = http::bind(cfg.listen).await.map_err(NodeError::Bind)?;
     let admin = http::bind(cfg.admin_listen)

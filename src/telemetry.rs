@@ -185,6 +185,13 @@ pub enum Route {
     Admin = 7,
 }
 
+impl Route {
+    /// The route's name, as in metric labels (and the access log).
+    pub fn name(self) -> &'static str {
+        ROUTES[self as usize]
+    }
+}
+
 const ROUTES: [&str; 8] = [
     "plans",
     "entitlement",

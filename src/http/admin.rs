@@ -14,7 +14,13 @@ use super::problem::problem;
 use super::{App, Body};
 
 /// Answers a request for `/admin/…`.
-pub(super) async fn route(_app: &App, req: Request<Incoming>) -> http::Response<Body> {
+pub(super) async fn route(app: &App, req: Request<Incoming>) -> http::Response<Body> {
+    // Logs and configuration (see `operate`).
+    match req.uri().path() {
+        "/admin/config" => return super::operate::config(app, &req),
+        "/admin/log-level" => return super::operate::log_level(app, req).await,
+        _ => {}
+    }
     let path = req.uri().path();
     problem(
         StatusCode::NOT_FOUND,
