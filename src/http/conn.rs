@@ -163,7 +163,12 @@ pub async fn serve(
                             _ => None,
                         };
                         let app = app.clone();
-                        Either::Right(async move {
+                        // Boxed: the service future hyper keeps per request is the
+                        // larger of the two arms, and this one (misses, with their
+                        // spans, bodies and admin routes) is large; a hit then moves
+                        // only a ready answer (an allocation here costs a miss nothing
+                        // it would notice).
+                        Either::Right(Box::pin(async move {
                             let is_admitted = admitted.is_some();
                             let _admitted = admitted;
                             // Off the hit path: the request is consumed below.
@@ -172,7 +177,7 @@ pub async fn serve(
                             let resp = app.finish(route, &method, resp, started);
                             drop(in_flight);
                             Ok::<_, Infallible>(resp)
-                        })
+                        }))
                     }
                 }
             });
