@@ -9,7 +9,7 @@ LAYERS = [
     ["http", "follower"],
     ["lookup", "catalog"],
     ["tier", "stream", "store"],
-    ["member", "plan", "config", "telemetry", "redis_conn"],
+    ["member", "plan", "config", "telemetry", "redis_conn", "logging"],
 ]
 level = {m: i for i, ms in enumerate(LAYERS) for m in ms}
 edges = set()

@@ -154,17 +154,20 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The configuration names the log's format and filter, so it is read first; its
+    // errors go to stderr as plain text.
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("readtier: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Held until the process ends: dropping it flushes the spans not yet exported.
+    let _logging = match crate::logging::install(&cfg.log, &cfg.otel) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("readtier: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };

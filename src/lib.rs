@@ -18,13 +18,15 @@
 //!   (embedded SQLite or PostgreSQL), its change log and seeding;
 //! - [`member`] and [`plan`]: the domain records and the playback decision;
 //!   [`config`]: layered configuration; [`telemetry`]: Prometheus metrics;
-//!   [`redis_conn`]: the one Redis connection type.
+//!   [`redis_conn`]: the one Redis connection type; [`logging`]: the log, its
+//!   run-time filter, W3C trace context on the miss path and OpenTelemetry export.
 
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod follower;
 pub mod http;
+pub mod logging;
 pub mod lookup;
 pub mod member;
 pub mod node;

@@ -187,13 +187,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         FillLimits::of(&cfg),
     ));
     let (inspector, samples) = Inspector::new(&cfg.inspector);
-    let app = Arc::new(App::new(
-        catalog.clone(),
-        members.clone(),
-        inspector.clone(),
-        cfg.http.clone(),
-        prometheus.clone(),
-    ));
+    let app = Arc::new(
+        App::new(
+            catalog.clone(),
+            members.clone(),
+            inspector.clone(),
+            cfg.http.clone(),
+            prometheus.clone(),
+        )
+        .with_config(&cfg),
+    );
 
     let public = http::bind(cfg.listen).await.map_err(NodeError::Bind)?;
     let admin = http::bind(cfg.admin_listen)

@@ -223,6 +223,13 @@ pub enum Route {
     Openapi = 8,
 }
 
+impl Route {
+    /// The route's name, as in metric labels (and the access log).
+    pub fn name(self) -> &'static str {
+        ROUTES[self as usize]
+    }
+}
+
 const ROUTES: [&str; 9] = [
     "plans",
     "entitlement",

@@ -8,6 +8,7 @@
 //! it came from. The rest of the program holds a typed [`Config`] and never parses a
 //! setting again.
 
+pub mod provenance;
 pub mod sections;
 pub mod values;
 
@@ -16,7 +17,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use sections::{ChangesConfig, HttpConfig, InspectorConfig, L1Config, RelayConfig, TierConfig};
+pub use provenance::{Layer, Provenance};
+pub use sections::{
+    ChangesConfig, HttpConfig, InspectorConfig, L1Config, LogConfig, LogFormat, OtelConfig,
+    RelayConfig, TierConfig,
+};
 pub use values::{
     parse_duration, redis_scheme, CaFile, PgSslMode, PgTarget, PgTls, RedisScheme, RedisTopology,
     StoreUrl, Zone,
@@ -70,12 +75,20 @@ pub struct Config {
     pub changes: ChangesConfig,
     pub relay: RelayConfig,
     pub inspector: InspectorConfig,
+    /// `[log]`: log format, filter and the sampled access log.
+    pub log: LogConfig,
+    /// `[otel]`: OpenTelemetry export of the miss path's spans.
+    pub otel: OtelConfig,
+    /// Every key's value and the layer that set it (`GET /admin/config`).
+    pub provenance: std::sync::Arc<Provenance>,
 }
 
 /// The merged layers: the value of every key and which layer set it.
 struct Layers {
     table: toml::Table,
     source: BTreeMap<String, String>,
+    /// The layer that set each key not left at its default.
+    layer: BTreeMap<String, Layer>,
 }
 
 impl Layers {
@@ -109,7 +122,7 @@ impl Layers {
     }
 
     /// Sets a dotted key, recording where it came from.
-    fn set(&mut self, key: &str, value: toml::Value, source: &str) {
+    fn set(&mut self, key: &str, value: toml::Value, source: &str, layer: Layer) {
         let mut table = &mut self.table;
         let parts: Vec<&str> = key.split('.').collect();
         for part in &parts[..parts.len() - 1] {
@@ -121,6 +134,24 @@ impl Layers {
         }
         table.insert(parts[parts.len() - 1].to_string(), value);
         self.source.insert(key.to_string(), source.to_string());
+        self.layer.insert(key.to_string(), layer);
+    }
+
+    /// Every key of the default file with its merged value and where it came from.
+    fn provenance(&self, keys: &[(String, toml::Value)]) -> Provenance {
+        Provenance {
+            keys: keys
+                .iter()
+                .map(|(key, default)| provenance::KeySource {
+                    key: key.clone(),
+                    value: Layers::default_of(&self.table, key)
+                        .cloned()
+                        .unwrap_or_else(|| default.clone()),
+                    layer: self.layer.get(key).copied().unwrap_or(Layer::Default),
+                    source: self.source_of(key),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -197,6 +228,7 @@ impl Config {
         let mut layers = Layers {
             table: defaults.clone(),
             source: BTreeMap::new(),
+            layer: BTreeMap::new(),
         };
 
         if let Some((path, text)) = file {
@@ -216,7 +248,7 @@ impl Config {
                         source_name: name,
                     });
                 }
-                layers.set(&key, value, &name);
+                layers.set(&key, value, &name, Layer::File);
             }
         }
 
@@ -255,7 +287,7 @@ impl Config {
                 },
                 _ => toml::Value::String(text.clone()),
             };
-            layers.set(key, value, &source_name);
+            layers.set(key, value, &source_name, Layer::Env);
         }
 
         let raw: sections::RawConfig = serde_path_to_error::deserialize(toml::Value::Table(
@@ -266,7 +298,10 @@ impl Config {
             let reason = e.inner().message().to_string();
             layers.invalid(&key, reason)
         })?;
-        Self::validate(raw, &layers)
+        let provenance = std::sync::Arc::new(layers.provenance(&keys));
+        let mut config = Self::validate(raw, &layers)?;
+        config.provenance = provenance;
+        Ok(config)
     }
 
     /// Checks ranges and cross-section rules, in file order, and resolves what the
@@ -411,6 +446,19 @@ impl Config {
         if raw.inspector.grace >= raw.changes.retention {
             return Err(layers.invalid("inspector.grace", "must be shorter than changes.retention"));
         }
+        sections::check_log_filter(&raw.log.level).map_err(|r| layers.invalid("log.level", r))?;
+        if !(0.0..=1.0).contains(&raw.log.access_sample) {
+            return Err(layers.invalid(
+                "log.access_sample",
+                "must be a fraction from 0.0 (off) to 1.0 (every request)",
+            ));
+        }
+        sections::check_otel_endpoint(&raw.otel.endpoint)
+            .map_err(|r| layers.invalid("otel.endpoint", r))?;
+        if !(0.0..=1.0).contains(&raw.otel.sample_ratio) {
+            return Err(layers.invalid("otel.sample_ratio", "must be a number from 0.0 to 1.0"));
+        }
+        nonzero("otel.timeout", raw.otel.timeout)?;
 
         Ok(Config {
             listen: raw.listen,
@@ -433,6 +481,9 @@ impl Config {
             },
             relay: raw.relay,
             inspector: raw.inspector,
+            log: raw.log,
+            otel: raw.otel,
+            provenance: Default::default(),
         })
     }
 }

@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub changes: ChangesSection,
     pub relay: RelayConfig,
     pub inspector: InspectorConfig,
+    pub log: LogConfig,
+    pub otel: OtelConfig,
 }
 
 /// `[l1]`: the in-process member cache.
@@ -169,4 +171,75 @@ fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         .map(|z| z.trim().to_string())
         .filter(|z| !z.is_empty())
         .collect())
+}
+
+/// `[log]`: what the process writes on stderr.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// One line per event as text for a terminal, or as a JSON object for a collector.
+    pub format: LogFormat,
+    /// The filter (tracing-subscriber's `EnvFilter` directives, e.g. `info` or
+    /// `warn,readtier=debug`); `RUST_LOG`, when set, is used instead.
+    pub level: String,
+    /// The share of requests written to the access log (0: none, 1: every one).
+    pub access_sample: f64,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[otel]`: OpenTelemetry (OTLP over HTTP) export of the spans of member misses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelConfig {
+    /// The collector's OTLP/HTTP base URL (`http://host:4318`; spans are POSTed to
+    /// `/v1/traces` under it). Empty: no export.
+    pub endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// The share of misses without a sampled incoming `traceparent` that start a
+    /// trace of their own (a caller's sampling decision is always followed).
+    pub sample_ratio: f64,
+    /// Longest one export may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+/// Checks a filter as the log layer will read it (strictly: a directive that would be
+/// dropped with a warning is an error here).
+pub fn check_log_filter(text: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(|_| ())
+        .map_err(|e| {
+            format!("{text:?} is not a log filter such as \"info\" or \"warn,readtier=debug\": {e}")
+        })
+}
+
+/// Empty, or an `http://host[:port][/path]` URL (the exporter speaks plain HTTP: run
+/// a collector beside the node, as OpenTelemetry's deployments do).
+pub fn check_otel_endpoint(text: &str) -> Result<(), String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(());
+    }
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("{}: not a URL: {e}", super::provenance::redact_urls(text)))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!(
+            "{}: must be http://host:port (plain HTTP to a collector beside the node; https is not supported)",
+            super::provenance::redact_urls(text)
+        ));
+    }
+    if uri.query().is_some() {
+        return Err("must not carry a query".into());
+    }
+    Ok(())
 }

@@ -18,6 +18,12 @@ mod members;
 
 /// Answers a request for `/admin/…`.
 pub(super) async fn route(app: &App, req: Request<Incoming>) -> http::Response<Body> {
+    // Logs and configuration (see `operate`).
+    match req.uri().path() {
+        "/admin/config" => return super::operate::config(app, &req),
+        "/admin/log-level" => return super::operate::log_level(app, req).await,
+        _ => {}
+    }
     let path = req.uri().path();
     let query = req.uri().query();
     // Member operations (see `members` and `history`).

@@ -120,19 +120,20 @@ pub async fn serve(
                 if fresh > app.limits.max_header_bytes as u64
                     && super::head_size(&req) > app.limits.max_header_bytes
                 {
-                    drop(req);
                     let resp = app.finish(
                         crate::telemetry::Route::Other,
+                        req.method(),
                         app.head_too_large(),
                         started,
                     );
+                    drop(req);
                     drop(in_flight);
                     return Either::Left(std::future::ready(Ok::<_, Infallible>(resp)));
                 }
                 match app.route_now(&req, kind) {
                     Ok((route, resp)) => {
+                        let resp = app.finish(route, req.method(), resp, started);
                         drop(req);
-                        let resp = app.finish(route, resp, started);
                         drop(in_flight);
                         Either::Left(std::future::ready(Ok::<_, Infallible>(resp)))
                     }
@@ -145,12 +146,13 @@ pub async fn serve(
                                 match app.admit_waiting(started) {
                                     Some(w) => Some(w),
                                     None => {
-                                        drop(req);
                                         let resp = app.finish(
                                             later.route(),
+                                            req.method(),
                                             super::problem::shed_waiting(),
                                             started,
                                         );
+                                        drop(req);
                                         drop(in_flight);
                                         return Either::Left(std::future::ready(
                                             Ok::<_, Infallible>(resp),
@@ -161,14 +163,21 @@ pub async fn serve(
                             _ => None,
                         };
                         let app = app.clone();
-                        Either::Right(async move {
+                        // Boxed: the service future hyper keeps per request is the
+                        // larger of the two arms, and this one (misses, with their
+                        // spans, bodies and admin routes) is large; a hit then moves
+                        // only a ready answer (an allocation here costs a miss nothing
+                        // it would notice).
+                        Either::Right(Box::pin(async move {
                             let is_admitted = admitted.is_some();
                             let _admitted = admitted;
+                            // Off the hit path: the request is consumed below.
+                            let method = req.method().clone();
                             let (route, resp) = app.route_later(req, later, is_admitted).await;
-                            let resp = app.finish(route, resp, started);
+                            let resp = app.finish(route, &method, resp, started);
                             drop(in_flight);
                             Ok::<_, Infallible>(resp)
-                        })
+                        }))
                     }
                 }
             });

@@ -10,6 +10,7 @@ use http::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use super::params::{
     country_param, etag_matches, parse_member_id, read_body, valid_device_class, AuthorizeRequest,
@@ -20,6 +21,7 @@ use super::render::{
     X_CATALOG_VERSION, X_SERVED_FROM,
 };
 use super::{App, Body, Later};
+use crate::logging::trace::{miss_span, TRACEPARENT, TRACERESPONSE};
 use crate::lookup::{Entry, LookupError, ServedFrom};
 use crate::member::{self, Reason};
 
@@ -96,11 +98,20 @@ impl App {
         }
     }
 
-    pub(super) async fn entitlement_miss(&self, id: u64, admitted: bool) -> Response<Body> {
-        match self.lookup(id, admitted).await {
+    /// An entitlement whose member was not in L1 when the request arrived.
+    pub(super) async fn entitlement_miss(
+        &self,
+        id: u64,
+        admitted: bool,
+        req: &Request<Incoming>,
+    ) -> Response<Body> {
+        let traceparent = req.headers().get(TRACEPARENT).map(|v| v.as_bytes());
+        let (found, trace) = self.lookup(id, admitted, "entitlement", traceparent).await;
+        let resp = match found {
             Ok((entry, from)) => self.entitlement_answer(id, &entry, from),
             Err(resp) => resp,
-        }
+        };
+        with_traceresponse(resp, trace)
     }
 
     fn entitlement_answer(&self, id: u64, entry: &Entry, from: ServedFrom) -> Response<Body> {
@@ -156,6 +167,8 @@ impl App {
                 "send the body as application/json",
             );
         }
+        // Kept for a miss (the body consumes the request); parsed only then.
+        let traceparent = req.headers().get(TRACEPARENT).cloned();
         let body = match read_body(req, &self.limits).await {
             Ok(b) => b,
             Err(resp) => return resp,
@@ -187,9 +200,17 @@ impl App {
                 "device_class must be 1 to 32 characters of a-z, 0-9, '_' or '-' (for example \"tv\")",
             );
         }
-        let (entry, from) = match self.lookup(ask.member_id, false).await {
+        let (found, trace) = self
+            .lookup(
+                ask.member_id,
+                false,
+                "authorize",
+                traceparent.as_ref().map(|v| v.as_bytes()),
+            )
+            .await;
+        let (entry, from) = match found {
             Ok(found) => found,
-            Err(resp) => return resp,
+            Err(resp) => return with_traceresponse(resp, trace),
         };
         self.inspector.sample(ask.member_id, entry.version);
         let snapshot = self.catalog.load();
@@ -219,17 +240,35 @@ impl App {
         out.push(b'}');
         let mut resp = json_ok(Bytes::from(out));
         with_member_headers(&mut resp, &snapshot, from);
-        resp
+        with_traceresponse(resp, trace)
     }
 
     /// A member lookup bounded by the request timeout; failures become 503 problems.
     /// A miss not `admitted` under the waiting limit yet (authorize) is admitted here,
-    /// or shed.
-    async fn lookup(&self, id: u64, admitted: bool) -> Result<(Entry, ServedFrom), Response<Body>> {
-        // The hit path needs no timer: only a miss can wait.
+    /// or shed. A miss runs under a span continuing the caller's `traceparent` (raw
+    /// header, parsed only here), and returns the `traceresponse` to answer with.
+    async fn lookup(
+        &self,
+        id: u64,
+        admitted: bool,
+        route: &'static str,
+        traceparent: Option<&[u8]>,
+    ) -> (Result<(Entry, ServedFrom), Response<Body>>, Option<String>) {
+        // The hit path needs no timer and no span: only a miss can wait.
         if let Some(entry) = self.members.get_l1(id) {
-            return Ok((entry, ServedFrom::L1));
+            return (Ok((entry, ServedFrom::L1)), None);
         }
+        let trace = miss_span(route, traceparent);
+        let found = self.lookup_miss(id, admitted).instrument(trace.span).await;
+        (found, trace.response)
+    }
+
+    /// [`App::lookup`] once L1 has missed.
+    async fn lookup_miss(
+        &self,
+        id: u64,
+        admitted: bool,
+    ) -> Result<(Entry, ServedFrom), Response<Body>> {
         let _waiting = if admitted {
             None
         } else {
@@ -241,7 +280,9 @@ impl App {
                 "{n} store reads are in flight already; retry shortly"
             ))),
             Ok(Err(e)) => {
-                tracing::warn!(member = id, error = %e, "member lookup failed");
+                // No member id: the log never names a member (the trace id, when the
+                // request carries one, leads to the request).
+                tracing::warn!(error = %e, "member lookup failed");
                 Err(problem(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store-unavailable",
@@ -292,4 +333,13 @@ impl App {
         );
         resp
     }
+}
+
+/// Adds `traceresponse` to a miss's answer when the request carried a trace.
+fn with_traceresponse(mut resp: Response<Body>, trace: Option<String>) -> Response<Body> {
+    if let Some(value) = trace.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut()
+            .insert(http::header::HeaderName::from_static(TRACERESPONSE), value);
+    }
+    resp
 }

@@ -17,12 +17,14 @@
 //!   body over the limit, 415 not JSON, 431 (from hyper) head over the limit.
 //!
 
+mod access;
 mod admin;
 mod conn;
 mod handlers;
 mod history;
 mod limit;
 pub mod openapi;
+mod operate;
 pub mod params;
 pub mod problem;
 pub mod render;
@@ -33,7 +35,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -44,7 +46,7 @@ pub use params::{country_param, AuthorizeRequest};
 pub use render::render_entitlement;
 
 use crate::catalog::CatalogHandle;
-use crate::config::HttpConfig;
+use crate::config::{Config, HttpConfig};
 use crate::lookup::inspector::Inspector;
 use crate::lookup::Members;
 use crate::telemetry::{HttpMetrics, Route};
@@ -99,6 +101,10 @@ pub struct App {
     /// Requests waiting on Redis or the store, under a limit that follows their
     /// latency (`http.max_waiting`, `http.adaptive_waiting`; see `limit`).
     waiting: limit::WaitLimit,
+    /// The sampled access log (`log.access_sample`); off unless configured.
+    access: access::AccessLog,
+    /// `GET /admin/config`'s answer, rendered once (secrets redacted).
+    config_json: Bytes,
 }
 
 /// A request admitted to wait on Redis or the store; counts until dropped, and its
@@ -139,7 +145,17 @@ impl App {
             prometheus,
             metrics: HttpMetrics::register(),
             connections: AtomicUsize::new(0),
+            access: access::AccessLog::new(0.0),
+            config_json: Bytes::from_static(b"{\"keys\":{}}"),
         }
+    }
+
+    /// What the operators' side takes from the whole configuration: the access log's
+    /// sample and the effective configuration `GET /admin/config` answers.
+    pub fn with_config(mut self, cfg: &Config) -> App {
+        self.access = access::AccessLog::new(cfg.log.access_sample);
+        self.config_json = Bytes::from(cfg.provenance.to_json().to_string());
+        self
     }
 
     /// Admits a request, which arrived at `started`, to wait on Redis or the store, or
@@ -176,10 +192,21 @@ impl App {
         self.metrics.shed_connections.increment(1);
     }
 
-    /// Counts and times an answer, and asks the client to close once draining.
-    fn finish(&self, route: Route, mut resp: Response<Body>, started: Instant) -> Response<Body> {
-        self.metrics
-            .record(route, resp.status().as_u16(), started.elapsed());
+    /// Counts and times an answer, writes it to the access log when sampled, and asks
+    /// the client to close once draining.
+    fn finish(
+        &self,
+        route: Route,
+        method: &Method,
+        mut resp: Response<Body>,
+        started: Instant,
+    ) -> Response<Body> {
+        let elapsed = started.elapsed();
+        self.metrics.record(route, resp.status().as_u16(), elapsed);
+        // Off: one load and one branch (the hit path's whole cost of the access log).
+        if self.access.on() {
+            self.access.record(method, route, &resp, elapsed);
+        }
         if self.draining.load(Ordering::Relaxed) {
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -274,7 +301,7 @@ impl App {
         match later {
             Later::Entitlement(id) => (
                 Route::Entitlement,
-                self.entitlement_miss(id, admitted).await,
+                self.entitlement_miss(id, admitted, &req).await,
             ),
             Later::Authorize => (Route::Authorize, self.authorize(req).await),
             Later::Metrics => (Route::Metrics, self.metrics_text().await),

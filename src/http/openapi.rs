@@ -75,6 +75,11 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/admin/members/{member_id}/inspect", ADMIN),
     route("HEAD", "/admin/members/{member_id}/inspect", ADMIN),
     route("POST", "/admin/members/{member_id}/flush", ADMIN),
+    route("GET", "/admin/config", ADMIN),
+    route("HEAD", "/admin/config", ADMIN),
+    route("GET", "/admin/log-level", ADMIN),
+    route("HEAD", "/admin/log-level", ADMIN),
+    route("PUT", "/admin/log-level", ADMIN),
     route("GET", "/admin/catalog/history", ADMIN),
     route("HEAD", "/admin/catalog/history", ADMIN),
 ];

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 
 use crate::config::L1Config;
 use crate::member::Member;
@@ -204,7 +205,13 @@ impl Members {
         };
         let mut rx = load.result.subscribe();
         if leader {
-            tokio::spawn(self.clone().run_load(id, load));
+            // A task of its own, traced under the request that started it (misses
+            // only: the spans below are DEBUG, free unless a layer wants them).
+            tokio::spawn(
+                self.clone()
+                    .run_load(id, load)
+                    .instrument(tracing::debug_span!("member_load")),
+            );
         } else {
             self.metrics.l1_coalesced.increment(1);
         }
@@ -280,7 +287,11 @@ impl Members {
     /// An L1 miss: the tier (at or above `floor`), then the store (filling the tier).
     async fn load(&self, id: u64, floor: i64) -> LoadResult {
         if let Some(tier) = &self.tier {
-            if let Some(entry) = tier.get(id, floor).await {
+            if let Some(entry) = tier
+                .get(id, floor)
+                .instrument(tracing::debug_span!("redis.get"))
+                .await
+            {
                 let version = entry.version();
                 let member = match entry {
                     TierEntry::Member(m) => Some(m),
@@ -302,10 +313,13 @@ impl Members {
         // runs in the store (until `store_statement_timeout`), and still counts
         // against `l2.max_store_fills`.
         let store = self.store.clone();
-        let read = tokio::spawn(async move {
-            let _permit = permit;
-            store.get_member(id).await
-        });
+        let read = tokio::spawn(
+            async move {
+                let _permit = permit;
+                store.get_member(id).await
+            }
+            .instrument(tracing::debug_span!("store.read_member")),
+        );
         let read = match read.await {
             Ok(r) => r,
             // The read task panicked: report it as a store failure, not a crash.
@@ -324,11 +338,14 @@ impl Members {
             // the tier nothing (a deletion's tombstone is the relay's to write).
             let entry = TierEntry::Member(m.clone());
             let tier = tier.clone();
-            tokio::spawn(async move {
-                for (zone, e) in tier.set_all(id, &entry).await {
-                    tracing::debug!(zone, error = %e, "tier fill failed");
+            tokio::spawn(
+                async move {
+                    for (zone, e) in tier.set_all(id, &entry).await {
+                        tracing::debug!(zone, error = %e, "tier fill failed");
+                    }
                 }
-            });
+                .instrument(tracing::debug_span!("redis.fill")),
+            );
         }
         // The store is the truth: a member it does not have is gone at least as of
         // every deletion this node has heard of.

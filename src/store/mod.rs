@@ -78,9 +78,10 @@ pub enum StoreError {
 
 /// A `memberships` row that cannot be read as a [`Member`] (written in raw SQL with a
 /// value this build does not know). Never silently dropped: counted, logged, and
-/// reported to the caller, who must not mistake it for a missing member.
+/// reported to the caller, who must not mistake it for a missing member. Its message
+/// names no member (it reaches the log): the reason says which value to look for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("memberships row member_id={id} cannot be read: {reason}")]
+#[error("a memberships row cannot be read: {reason}")]
 pub struct BadRow {
     pub id: u64,
     pub reason: String,
@@ -126,7 +127,9 @@ fn noted(rows: Vec<MemberRow>) -> Vec<MemberRow> {
 
 fn note_bad_row(bad: &BadRow) {
     crate::telemetry::count_store_bad_row();
-    tracing::warn!(member = bad.id, reason = %bad.reason, "unreadable member row");
+    // No member id: the log never names a member (`readtier_store_bad_rows_total`
+    // counts them; `SELECT … WHERE status NOT IN (…)` finds them).
+    tracing::warn!(reason = %bad.reason, "unreadable member row");
 }
 
 /// The store a node reads from.
