@@ -101,7 +101,10 @@ fn initial_filter(log: &LogConfig) -> (String, Option<String>) {
 pub fn install(log: &LogConfig, otel_cfg: &OtelConfig) -> Result<Guard, LoggingError> {
     let (text, bad_rust_log) = initial_filter(log);
     let (filter, handle) = reload::Layer::new(parse_filter(&text)?);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a terminal: a file or a collector gets plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let log_layer = match log.format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt
