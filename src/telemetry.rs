@@ -195,9 +195,11 @@ pub enum Route {
     Admin = 7,
     /// `/openapi.json`, the API's document.
     Openapi = 8,
+    /// `POST /v1/entitlements:batch`.
+    Batch = 9,
 }
 
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 10] = [
     "plans",
     "entitlement",
     "authorize",
@@ -207,6 +209,7 @@ const ROUTES: [&str; 9] = [
     "other",
     "admin",
     "openapi",
+    "batch",
 ];
 
 /// The statuses this service answers with; anything else is counted as "other".

@@ -18,6 +18,7 @@
 //!
 
 mod admin;
+mod batch;
 mod conn;
 mod handlers;
 mod history;
@@ -65,6 +66,8 @@ pub enum Later {
     /// A member not in L1.
     Entitlement(u64),
     Authorize,
+    /// `POST /v1/entitlements:batch` (reads a body; admitted if any id misses L1).
+    Batch,
     Metrics,
     /// `/admin/…` on the admin listener (see `admin`).
     Admin,
@@ -76,6 +79,7 @@ impl Later {
         match self {
             Later::Entitlement(_) => Route::Entitlement,
             Later::Authorize => Route::Authorize,
+            Later::Batch => Route::Batch,
             Later::Metrics => Route::Metrics,
             Later::Admin => Route::Admin,
         }
@@ -214,6 +218,9 @@ impl App {
             if path == "/v1/playback/authorize" {
                 return Err(Later::Authorize);
             }
+            if path == "/v1/entitlements:batch" {
+                return Err(Later::Batch);
+            }
             if let Some(rest) = path.strip_prefix("/v1/members/") {
                 if let Some(id) = rest.strip_suffix("/entitlement") {
                     if !id.contains('/') {
@@ -272,6 +279,7 @@ impl App {
                 self.entitlement_miss(id, admitted).await,
             ),
             Later::Authorize => (Route::Authorize, self.authorize(req).await),
+            Later::Batch => (Route::Batch, self.batch(req).await),
             Later::Metrics => (Route::Metrics, self.metrics_text().await),
             Later::Admin => (Route::Admin, admin::route(self, req).await),
         }
