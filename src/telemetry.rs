@@ -221,6 +221,8 @@ pub enum Route {
     Admin = 7,
     /// `/openapi.json`, the API's document.
     Openapi = 8,
+    /// `POST /v1/entitlements:batch`.
+    Batch = 9,
 }
 
 impl Route {
@@ -230,7 +232,7 @@ impl Route {
     }
 }
 
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 10] = [
     "plans",
     "entitlement",
     "authorize",
@@ -240,6 +242,7 @@ const ROUTES: [&str; 9] = [
     "other",
     "admin",
     "openapi",
+    "batch",
 ];
 
 /// The statuses this service answers with; anything else is counted as "other".

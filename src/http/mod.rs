@@ -19,6 +19,7 @@
 
 mod access;
 mod admin;
+mod batch;
 mod conn;
 mod handlers;
 mod history;
@@ -68,6 +69,8 @@ pub enum Later {
     /// A member not in L1.
     Entitlement(u64),
     Authorize,
+    /// `POST /v1/entitlements:batch` (reads a body; admitted if any id misses L1).
+    Batch,
     Metrics,
     /// `/admin/…` on the admin listener (see `admin`).
     Admin,
@@ -79,6 +82,7 @@ impl Later {
         match self {
             Later::Entitlement(_) => Route::Entitlement,
             Later::Authorize => Route::Authorize,
+            Later::Batch => Route::Batch,
             Later::Metrics => Route::Metrics,
             Later::Admin => Route::Admin,
         }
@@ -255,6 +259,10 @@ impl App {
                     }
                 }
             }
+            // After the hot paths: costs them nothing.
+            if path == "/v1/entitlements:batch" {
+                return Err(Later::Batch);
+            }
         }
         Ok(match path {
             "/healthz" => (
@@ -304,6 +312,7 @@ impl App {
                 self.entitlement_miss(id, admitted, &req).await,
             ),
             Later::Authorize => (Route::Authorize, self.authorize(req).await),
+            Later::Batch => (Route::Batch, self.batch(req).await),
             Later::Metrics => (Route::Metrics, self.metrics_text().await),
             Later::Admin => (Route::Admin, admin::route(self, req).await),
         }

@@ -61,6 +61,7 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/v1/members/{member_id}/entitlement", PUBLIC),
     route("HEAD", "/v1/members/{member_id}/entitlement", PUBLIC),
     route("POST", "/v1/playback/authorize", PUBLIC),
+    route("POST", "/v1/entitlements:batch", PUBLIC),
     route("GET", "/healthz", BOTH),
     route("HEAD", "/healthz", BOTH),
     route("GET", "/readyz", BOTH),

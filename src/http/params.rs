@@ -32,7 +32,7 @@ const EXACT_IN_F64: f64 = 9_007_199_254_740_992.0;
 /// (Schemathesis sent `2185.0` and got a 400). A fraction, a negative number, and a
 /// float above 2^53 (which may have been rounded on the way in: a member id must
 /// never be read as its neighbour) are refused.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct Whole;
     impl serde::de::Visitor<'_> for Whole {
         type Value = u64;
@@ -119,12 +119,22 @@ pub async fn read_body(
     req: Request<Incoming>,
     limits: &HttpConfig,
 ) -> Result<Bytes, Response<Body>> {
+    read_body_up_to(req, limits.max_body_bytes, limits).await
+}
+
+/// [`read_body`] with a limit of its own (`max` bytes; a batch needs more than one
+/// member's request), timed by `http.request_timeout` all the same.
+pub async fn read_body_up_to(
+    req: Request<Incoming>,
+    max: usize,
+    limits: &HttpConfig,
+) -> Result<Bytes, Response<Body>> {
     let too_large = || {
         problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body-too-large",
             "Body too large",
-            &format!("the body may be at most {} bytes", limits.max_body_bytes),
+            &format!("the body may be at most {max} bytes"),
         )
     };
     let declared = req
@@ -132,10 +142,10 @@ pub async fn read_body(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let limited = Limited::new(req.into_body(), limits.max_body_bytes);
+    let limited = Limited::new(req.into_body(), max);
     match tokio::time::timeout(limits.request_timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e))

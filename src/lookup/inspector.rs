@@ -244,13 +244,13 @@ impl Inspector {
         let found = match read {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
-                tracing::debug!(member = sample.id, error = %e, "inspector check failed");
+                tracing::debug!(error = %e, "inspector check failed");
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 self.metrics.errors.increment(1);
                 return;
             }
             Err(_) => {
-                tracing::debug!(member = sample.id, "inspector check timed out");
+                tracing::debug!("inspector check timed out");
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 self.metrics.errors.increment(1);
                 return;

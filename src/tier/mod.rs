@@ -259,6 +259,122 @@ impl Tier {
         None
     }
 
+    /// Reads many members in one zone: per node, one `HMGET` per bucket, the node's
+    /// commands pipelined into one round trip (one by one on a cluster, which refuses
+    /// pipelines across slots). Returns what was found; misses, and members whose node
+    /// failed (its breaker and metrics note the failure), are absent.
+    pub async fn get_many_from(&self, zone: usize, ids: &[u64]) -> Vec<(u64, TierEntry)> {
+        let z = &self.zones[zone];
+        // Per node: bucket key -> (fields, members), in a stable order.
+        type Buckets = std::collections::BTreeMap<String, (Vec<String>, Vec<u64>)>;
+        let mut plan: Vec<Buckets> = (0..z.nodes.len()).map(|_| Default::default()).collect();
+        for id in ids {
+            let (key, field) = encoding::locate(&self.prefix, self.bucket_size, *id);
+            let node = z.ring.node_for(key.as_bytes());
+            let (fields, members) = plan[node].entry(key).or_default();
+            fields.push(field);
+            members.push(*id);
+        }
+        let calls = plan.into_iter().enumerate().map(|(n, buckets)| async move {
+            if buckets.is_empty() {
+                return Vec::new();
+            }
+            let node = &z.nodes[n];
+            let cluster = node.redis.is_cluster();
+            let result = node
+                .call("hmget-many", |mut c| {
+                    let buckets = &buckets;
+                    async move {
+                        if cluster {
+                            let mut out = Vec::with_capacity(buckets.len());
+                            for (key, (fields, _)) in buckets {
+                                let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                                    .arg(key)
+                                    .arg(fields)
+                                    .query_async(&mut c)
+                                    .await?;
+                                out.push(values);
+                            }
+                            return Ok(out);
+                        }
+                        let mut pipe = redis::pipe();
+                        for (key, (fields, _)) in buckets {
+                            pipe.cmd("HMGET").arg(key).arg(fields);
+                        }
+                        pipe.query_async::<Vec<Vec<Option<Vec<u8>>>>>(&mut c).await
+                    }
+                })
+                .await;
+            let asked: usize = buckets.values().map(|(_, m)| m.len()).sum();
+            match result {
+                Ok(values) => {
+                    let mut found = Vec::new();
+                    for ((_, (_, members)), values) in buckets.iter().zip(values) {
+                        for (id, raw) in members.iter().zip(values) {
+                            if let Some(entry) = raw.and_then(|v| encoding::decode(*id, &v)) {
+                                found.push((*id, entry));
+                            }
+                        }
+                    }
+                    node.metrics.hits.increment(found.len() as u64);
+                    node.metrics.misses.increment((asked - found.len()) as u64);
+                    found
+                }
+                Err(e) => {
+                    tracing::debug!(zone = %z.name, error = %e, "tier batch read failed");
+                    Vec::new()
+                }
+            }
+        });
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Reads many members, each at or above its floor (`wanted`: id, floor), as
+    /// [`Tier::get`] does one: the local zone first, then each other readable zone for
+    /// what is still missing, at most one round trip per node per zone read. Values
+    /// found in another zone are written back to the local one. What no zone holds is
+    /// absent from the answer (the caller reads the store).
+    pub async fn get_many(
+        self: &Arc<Self>,
+        wanted: &[(u64, i64)],
+    ) -> std::collections::HashMap<u64, TierEntry> {
+        let floors: std::collections::HashMap<u64, i64> = wanted.iter().copied().collect();
+        let mut missing: Vec<u64> = wanted.iter().map(|(id, _)| *id).collect();
+        let mut out = std::collections::HashMap::with_capacity(missing.len());
+        let zones: Vec<usize> = self.read_order().collect();
+        for zone in zones {
+            if missing.is_empty() {
+                break;
+            }
+            let found = self.get_many_from(zone, &missing).await;
+            let mut back = Vec::new();
+            for (id, entry) in found {
+                if entry.version() < floors.get(&id).copied().unwrap_or(0) {
+                    self.stale_skips.increment(1);
+                    continue;
+                }
+                if zone != self.local {
+                    back.push((id, entry.clone()));
+                }
+                out.insert(id, entry);
+            }
+            if !back.is_empty() {
+                // Write back so the next reads here stay in the zone.
+                let tier = self.clone();
+                let local = self.local;
+                tokio::spawn(async move {
+                    let _ = tier.set_many_in(local, &back).await;
+                });
+            }
+            missing.retain(|id| !out.contains_key(id));
+        }
+        out
+    }
+
     /// Versioned set in one zone; `Ok(true)` if written, `Ok(false)` if what is held
     /// is as new or newer.
     pub async fn set_in(&self, zone: usize, id: u64, entry: &TierEntry) -> Result<bool, TierError> {
