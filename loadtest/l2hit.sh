@@ -39,7 +39,8 @@ export READTIER_REDIS_URLS="a=redis://127.0.0.1:$R" READTIER_ZONE=a RUST_LOG=war
 export READTIER_L1_CAPACITY=16 READTIER_L1_TTL=1ms
 "$BIN/readtier" migrate >/dev/null
 "$BIN/readtier" seed --members "$MEMBERS" >/dev/null
-"$BIN/readtier" reconcile --fill-missing >"$tmp/reconcile.log"
+# A generous Redis timeout for the bulk fill only (the node keeps the default).
+READTIER_L2_TIMEOUT=5s "$BIN/readtier" reconcile --fill-missing >"$tmp/reconcile.log"
 taskset -c "$SERVER_CORE" "$BIN/readtier" serve >"$tmp/node.log" 2>&1 &
 node=$!
 pids+=($node)
@@ -47,7 +48,7 @@ wait_port "$RT"
 
 # A member's bucket (a hash, src/tier/encoding.rs) and one of its fields: the node's
 # read of a member is one HGET of these.
-key=$(redis-cli -p "$R" --scan --pattern 'readtier:h:*' --count 1000 | head -n 1)
+key=$(redis-cli -p "$R" --scan --pattern 'readtier:h:*' | head -n 1)
 field=$(redis-cli -p "$R" hkeys "$key" | head -n 1)
 [ -n "$key" ] && [ -n "$field" ] || { echo "the zone holds no member after reconcile" >&2; cat "$tmp/reconcile.log" >&2; exit 1; }
 
