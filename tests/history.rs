@@ -203,9 +203,12 @@ async fn history_records_every_change_with_who_and_why_and_answers_as_of() {
     )
     .await
     .unwrap();
-    let cat = admin_get(&node, "/admin/catalog/history?country=de&limit=1")
+    let cat = admin_get(&node, "/admin/catalog/history?country=de&limit=2")
         .await
         .json();
+    // Before it, the reference catalog's load, which names itself.
+    assert_eq!(cat["entries"][1]["op"], "insert");
+    assert_eq!(cat["entries"][1]["actor"], "readtier-seed");
     let e = &cat["entries"][0];
     assert_eq!(e["op"], "update");
     assert_eq!(e["table"], "plan_prices");
@@ -573,6 +576,12 @@ async fn sqlite_history_names_writers_through_history_context_follows_and_restor
     assert_eq!(h["entries"][0]["actor"], "billing");
     assert_eq!(h["entries"][0]["reason"], "renewal declined");
     assert_eq!(h["entries"][0]["after"]["status"], "on_hold");
+    // The node's own seed of the reference catalog names itself.
+    let cat = admin_get(&node, "/admin/catalog/history?country=US&limit=1")
+        .await
+        .json();
+    assert_eq!(cat["entries"][0]["actor"], "readtier-seed");
+    assert_eq!(cat["entries"][0]["reason"], "reference catalog");
     let d = admin_get(&node, "/admin/members/4/history").await.json();
     assert_eq!(d["entries"][0]["op"], "delete");
     assert_eq!(d["entries"][0]["actor"], "sqlite");

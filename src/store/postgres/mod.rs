@@ -193,6 +193,12 @@ impl PgStore {
     pub async fn write_catalog(&self, data: &CatalogData) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(self.err("write catalog"))?;
+        // History names this writer (README, "History").
+        tx.batch_execute(
+            "SET LOCAL readtier.actor = 'readtier-seed'; SET LOCAL readtier.reason = 'reference catalog'",
+        )
+        .await
+        .map_err(self.err("name the catalog writer"))?;
         let plan = tx
             .prepare(
                 "INSERT INTO plans (plan_id, name, max_streams, max_resolution, download_devices, ads, device_classes)

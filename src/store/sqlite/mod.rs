@@ -136,6 +136,12 @@ impl SqliteStore {
     pub fn write_catalog(&self, data: &CatalogData) -> Result<(), StoreError> {
         self.with_conn(|c| {
             let tx = c.transaction().map_err(self.err("write catalog"))?;
+            // History names this writer; cleared before commit (README, "History").
+            tx.execute(
+                "UPDATE history_context SET actor = 'readtier-seed', reason = 'reference catalog' WHERE id = 1",
+                [],
+            )
+            .map_err(self.err("name the catalog writer"))?;
             {
                 let mut plan = tx
                     .prepare(
@@ -170,6 +176,11 @@ impl SqliteStore {
                         .map_err(self.err("upsert price"))?;
                 }
             }
+            tx.execute(
+                "UPDATE history_context SET actor = NULL, reason = NULL WHERE id = 1",
+                [],
+            )
+            .map_err(self.err("name the catalog writer"))?;
             tx.commit().map_err(self.err("write catalog commit"))
         })
     }
