@@ -4,7 +4,7 @@
 # history inserts (as it was before history, git e1e8573), in alternating rounds on one
 # schema; then bytes per history entry (table and indexes).
 #
-#   loadtest/history_cost.sh [ROUNDS=3] [SECONDS=15] [CLIENTS=4]
+#   [SYNC=off] loadtest/history_cost.sh [ROUNDS=3] [SECONDS=15] [CLIENTS=4]
 #
 # Needs PostgreSQL (PGURL, default the local test database), pgbench and psql; run
 # from the repository root (it builds the release binary for `migrate` and `seed`).
@@ -43,7 +43,9 @@ cat > "$work/update.sql" <<SQL
 \set id random(1, $MEMBERS)
 UPDATE memberships SET status = CASE status WHEN 'active' THEN 'grace' ELSE 'active' END WHERE member_id = :id;
 SQL
-export PGOPTIONS="-c search_path=$schema"
+# SYNC=off measures the writers' CPU (no wait for the WAL flush), where the triggers'
+# cost shows most; the default measures what a committing writer sees.
+export PGOPTIONS="-c search_path=$schema -c synchronous_commit=${SYNC:-on}"
 tps() { pgbench -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/update.sql" "$PGDB" 2>/dev/null \
   | awk '/^tps/ {print $3; exit}'; }
 declare -a with without
