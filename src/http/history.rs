@@ -112,9 +112,13 @@ fn page_answer(
     entries: Vec<Entry>,
     limit: i64,
 ) -> http::Response<Body> {
-    let next = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq));
+    // A full page may have a next one, older than its last entry.
+    let next = entries
+        .last()
+        .map(|e| e.seq)
+        .filter(|_| entries.len() as i64 == limit);
     head["entries"] = json!(entries);
-    if let Some(Some(seq)) = next {
+    if let Some(seq) = next {
         head["next_before"] = json!(seq);
     }
     json_ok(Bytes::from(head.to_string()))

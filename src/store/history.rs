@@ -143,7 +143,7 @@ pub(crate) struct Evidence {
     pub current: Option<Value>,
 }
 
-/// One bulk seed: its entry's seq and time, and the versions it handed out.
+/// One bulk seed: its entry's seq and time.
 #[derive(Debug, Clone)]
 pub(crate) struct Seed {
     pub seq: i64,

@@ -54,20 +54,12 @@ impl PgStore {
         limit: i64,
         before: Option<i64>,
     ) -> Result<Vec<Entry>, StoreError> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT {} FROM member_history
-                      WHERE member_id = $1 AND ($2::bigint IS NULL OR seq < $2)
-                      ORDER BY seq DESC LIMIT $3",
-                    member_columns()
-                ),
-                &[&id, &before, &limit],
-            )
+        let sql = format!(
+            "SELECT {} FROM member_history WHERE member_id = $1",
+            member_columns()
+        );
+        self.newest_first(&sql, &id, limit, before, "read member history")
             .await
-            .map_err(self.err("read member history"))?;
-        Ok(rows.iter().map(entry).collect())
     }
 
     pub async fn catalog_history(
@@ -76,19 +68,33 @@ impl PgStore {
         limit: i64,
         before: Option<i64>,
     ) -> Result<Vec<Entry>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM catalog_history WHERE ($1::text IS NULL OR country = $1)",
+            catalog_columns()
+        );
+        self.newest_first(&sql, &country, limit, before, "read catalog history")
+            .await
+    }
+
+    /// One page of `select` (filtered by `$1` = `key`), newest first, older than `before`.
+    async fn newest_first(
+        &self,
+        select: &str,
+        key: &(dyn tokio_postgres::types::ToSql + Sync),
+        limit: i64,
+        before: Option<i64>,
+        op: &'static str,
+    ) -> Result<Vec<Entry>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
                 &format!(
-                    "SELECT {} FROM catalog_history
-                      WHERE ($1::text IS NULL OR country = $1) AND ($2::bigint IS NULL OR seq < $2)
-                      ORDER BY seq DESC LIMIT $3",
-                    catalog_columns()
+                    "{select} AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3"
                 ),
-                &[&country, &before, &limit],
+                &[key, &before, &limit],
             )
             .await
-            .map_err(self.err("read catalog history"))?;
+            .map_err(self.err(op))?;
         Ok(rows.iter().map(entry).collect())
     }
 

@@ -50,20 +50,8 @@ impl SqliteStore {
         limit: i64,
         before: Option<i64>,
     ) -> Result<Vec<Entry>, StoreError> {
-        self.with_conn(|c| {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {MEMBER_COLUMNS} FROM member_history
-                      WHERE member_id = ?1 AND (?2 IS NULL OR seq < ?2)
-                      ORDER BY seq DESC LIMIT ?3"
-                ))
-                .map_err(self.err("prepare member history"))?;
-            let rows = st
-                .query_map(params![id, before, limit], entry)
-                .map_err(self.err("read member history"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(self.err("read member history"))
-        })
+        let sql = format!("SELECT {MEMBER_COLUMNS} FROM member_history WHERE member_id = ?1");
+        self.newest_first(&sql, &id, limit, before, "read member history")
     }
 
     pub fn catalog_history(
@@ -72,19 +60,31 @@ impl SqliteStore {
         limit: i64,
         before: Option<i64>,
     ) -> Result<Vec<Entry>, StoreError> {
+        let sql = format!(
+            "SELECT {CATALOG_COLUMNS} FROM catalog_history WHERE (?1 IS NULL OR country = ?1)"
+        );
+        self.newest_first(&sql, &country, limit, before, "read catalog history")
+    }
+
+    /// One page of `select` (filtered by `?1` = `key`), newest first, older than `before`.
+    fn newest_first(
+        &self,
+        select: &str,
+        key: &dyn rusqlite::ToSql,
+        limit: i64,
+        before: Option<i64>,
+        op: &'static str,
+    ) -> Result<Vec<Entry>, StoreError> {
         self.with_conn(|c| {
             let mut st = c
                 .prepare_cached(&format!(
-                    "SELECT {CATALOG_COLUMNS} FROM catalog_history
-                      WHERE (?1 IS NULL OR country = ?1) AND (?2 IS NULL OR seq < ?2)
-                      ORDER BY seq DESC LIMIT ?3"
+                    "{select} AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3"
                 ))
-                .map_err(self.err("prepare catalog history"))?;
+                .map_err(self.err(op))?;
             let rows = st
-                .query_map(params![country, before, limit], entry)
-                .map_err(self.err("read catalog history"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(self.err("read catalog history"))
+                .query_map(params![key, before, limit], entry)
+                .map_err(self.err(op))?;
+            rows.collect::<Result<_, _>>().map_err(self.err(op))
         })
     }
 
