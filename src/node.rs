@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{disk, CatalogHandle, Snapshot};
-use crate::config::Config;
+use crate::config::{Config, HttpRuntime};
 use crate::follower::{Follower, Source};
 use crate::http::{self, App, Listener};
 use crate::lookup::inspector::Inspector;
@@ -158,6 +158,12 @@ async fn first_catalog(
     }
 }
 
+/// The public listener: one socket for the shared runtime, or one per core.
+enum Public {
+    Shared(tokio::net::TcpListener),
+    PerCore(Vec<std::net::TcpListener>),
+}
+
 /// Starts a node; it runs until `shutdown` is cancelled, then drains and stops.
 pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, NodeError> {
     let prometheus = telemetry::install();
@@ -198,11 +204,29 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         .with_config(&cfg),
     );
 
-    let public = http::bind(cfg.listen).await.map_err(NodeError::Bind)?;
+    let public = match cfg.http.runtime {
+        HttpRuntime::MultiThread => {
+            Public::Shared(http::bind(cfg.listen).await.map_err(NodeError::Bind)?)
+        }
+        HttpRuntime::PerCore => {
+            // One per core this process may run on (the affinity mask, as tokio sizes
+            // its multi-thread runtime).
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Public::PerCore(
+                http::bind_shared(cfg.listen, cores)
+                    .await
+                    .map_err(NodeError::Bind)?,
+            )
+        }
+    };
     let admin = http::bind(cfg.admin_listen)
         .await
         .map_err(NodeError::Bind)?;
-    let addr = public.local_addr().map_err(NodeError::Bind)?;
+    let addr = match &public {
+        Public::Shared(l) => l.local_addr(),
+        Public::PerCore(ls) => ls[0].local_addr(),
+    }
+    .map_err(NodeError::Bind)?;
     let admin_addr = admin.local_addr().map_err(NodeError::Bind)?;
 
     // `background` stops the follower and upkeep; `stop_accepting` closes listeners and
@@ -220,24 +244,42 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     }
     let change_position = follower.position();
     let follower = tokio::spawn(follower.run(background.clone()));
-    let listeners = [
-        tokio::spawn(http::serve(
+    // Cancelled last: the per-core runtimes stay until the node has stopped.
+    let finished = CancellationToken::new();
+    let mut listeners = match public {
+        Public::Shared(public) => vec![tokio::spawn(http::serve(
             public,
             app.clone(),
             Listener::Public,
             stop_accepting.clone(),
             connections.clone(),
             cut.clone(),
-        )),
-        tokio::spawn(http::serve(
-            admin,
+        ))],
+        Public::PerCore(publics) => http::serve_per_core(
+            publics,
             app.clone(),
-            Listener::Admin,
             stop_accepting.clone(),
             connections.clone(),
             cut.clone(),
-        )),
-    ];
+            finished.clone(),
+        )
+        .map_err(NodeError::Bind)?
+        .into_iter()
+        .map(|stopped| {
+            tokio::spawn(async move {
+                let _ = stopped.await;
+            })
+        })
+        .collect(),
+    };
+    listeners.push(tokio::spawn(http::serve(
+        admin,
+        app.clone(),
+        Listener::Admin,
+        stop_accepting.clone(),
+        connections.clone(),
+        cut.clone(),
+    )));
 
     let drain_app = app.clone();
     let http_cfg = cfg.http.clone();
@@ -263,6 +305,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         }
         background.cancel();
         let _ = follower.await;
+        finished.cancel();
         tracing::info!("stopped");
     });
 

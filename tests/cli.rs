@@ -28,6 +28,7 @@ fn invalid_configuration_exits_64_naming_the_key() {
         ("READTIER_LISTEN", "localhost", "listen"),
         ("READTIER_L1_CAPACITY", "many", "l1.capacity"),
         ("READTIER_LISTN", "127.0.0.1:0", "listn"),
+        ("READTIER_HTTP_RUNTIME", "fibers", "http.runtime"),
     ];
     for (key, value, named) in cases {
         let out = readtier()

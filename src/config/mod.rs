@@ -19,8 +19,8 @@ use std::time::Duration;
 
 pub use provenance::{Layer, Provenance};
 pub use sections::{
-    ChangesConfig, HttpConfig, InspectorConfig, L1Config, LogConfig, LogFormat, OtelConfig,
-    RelayConfig, TierConfig,
+    ChangesConfig, HttpConfig, HttpRuntime, InspectorConfig, L1Config, LogConfig, LogFormat,
+    OtelConfig, RelayConfig, TierConfig,
 };
 pub use values::{
     parse_duration, redis_scheme, CaFile, PgSslMode, PgTarget, PgTls, RedisScheme, RedisTopology,

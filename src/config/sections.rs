@@ -109,6 +109,19 @@ pub struct HttpConfig {
     /// The share of the runtime's worker time spent busy at or above which a slow
     /// window lowers the adaptive limit (0: any slow window does).
     pub waiting_saturation: f64,
+    /// How the public listener's connections are run.
+    pub runtime: HttpRuntime,
+}
+
+/// `http.runtime`: the public listener on the shared multi-thread runtime, or on one
+/// current-thread runtime per core, each accepting on its own `SO_REUSEPORT` socket
+/// (no work stealing: about 250 fewer instructions a request on this machine,
+/// docs/PERFORMANCE.md, "Runtime flavour").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpRuntime {
+    MultiThread,
+    PerCore,
 }
 
 /// `[changes]` as written; [`ChangesConfig`] once the stream URL is resolved.

@@ -401,3 +401,83 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
+
+/// Binds `n` listeners on one address with `SO_REUSEPORT` (the kernel spreads new
+/// connections over them), for [`serve_per_core`]. With port 0 the first picks the
+/// port and the others join it. Returned deregistered (as std listeners), since each
+/// is registered with the runtime that will accept on it.
+pub async fn bind_shared(
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let one = |at: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = if at.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(at)?;
+        // The backlog tokio's `TcpListener::bind` uses.
+        socket.listen(1024)?.into_std()
+    };
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    let first = one(addr).map_err(named)?;
+    let at = first.local_addr().map_err(named)?;
+    let mut all = vec![first];
+    for _ in 1..n.max(1) {
+        all.push(one(at).map_err(named)?);
+    }
+    Ok(all)
+}
+
+/// Serves the public listener on one current-thread runtime per listener, each on a
+/// thread of its own (`http.runtime = "per_core"`): a connection's request, its
+/// lookup and its answer run on one thread, with no work-stealing queues between them.
+///
+/// Each thread runs [`serve`] on its listener; the receiver it returns resolves when
+/// that accept loop has stopped (the node drains as with one listener). Connections
+/// are tracked by `tracker` as usual. Each runtime is kept until `finished` is
+/// cancelled, which the node does last: a Redis connection made on first use by one of
+/// these runtimes runs its driver task there, and other threads may still use it.
+pub fn serve_per_core(
+    listeners: Vec<std::net::TcpListener>,
+    app: Arc<App>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    cut: CancellationToken,
+    finished: CancellationToken,
+) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
+    let mut stopped = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let (app, stop, tracker, cut, finished) = (
+            app.clone(),
+            stop.clone(),
+            tracker.clone(),
+            cut.clone(),
+            finished.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("readtier-http-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            serve(listener, app, Listener::Public, stop, tracker, cut).await
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot accept on this core"),
+                    }
+                    let _ = done.send(());
+                    finished.cancelled().await;
+                });
+            })?;
+        stopped.push(rx);
+    }
+    Ok(stopped)
+}

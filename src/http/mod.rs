@@ -41,7 +41,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-pub use conn::{bind, serve};
+pub use conn::{bind, bind_shared, serve, serve_per_core};
 pub use openapi::{RouteSpec, ROUTES};
 pub use params::{country_param, AuthorizeRequest};
 pub use render::render_entitlement;
