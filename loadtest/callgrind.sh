@@ -47,7 +47,7 @@ curl -s -K "$tmp/warm.curl"
 
 start_baseline() { # port copy-url
   (cd "$tmp" && exec taskset -c "$SERVER_CORE" valgrind --tool=callgrind --callgrind-out-file="$tmp/bl$1.%p" \
-    "$BIN/baseline" --listen "127.0.0.1:$1" --copy "$2" >/dev/null 2>&1) &
+    "$BIN/baseline" --listen "127.0.0.1:$1" --copy "$2" ${BASELINE_ARGS:-} >/dev/null 2>&1) &
   pids+=($!)
   wait_port "$1"
 }

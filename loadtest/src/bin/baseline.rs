@@ -29,6 +29,14 @@ struct Args {
     /// instead of dropping it unread.
     #[arg(long)]
     hold_request: bool,
+    /// Make one Redis call per request before answering (the bare server of the
+    /// L2-hit path): `HGET key field` on this server, over one shared pipelined
+    /// connection, as readtier reads a member from its zone. Needs `--hget`.
+    #[arg(long, requires = "hget")]
+    redis: Option<String>,
+    /// The hash and field read per request with `--redis`.
+    #[arg(long, num_args = 2, value_names = ["KEY", "FIELD"])]
+    hget: Option<Vec<String>>,
 }
 
 async fn fetch(url: &str) -> anyhow::Result<http::Response<Bytes>> {
@@ -79,11 +87,22 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let body = template.into_body();
         let hold = args.hold_request;
+        let redis = match (&args.redis, &args.hget) {
+            (Some(url), Some(kf)) => {
+                let client = redis::Client::open(url.as_str())?;
+                let conn = client.get_multiplexed_async_connection().await?;
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(&kf[0]).arg(&kf[1]);
+                Some((conn, std::sync::Arc::new(cmd)))
+            }
+            _ => None,
+        };
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             let headers = headers.clone();
             let body = body.clone();
+            let redis = redis.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let mut resp = http::Response::new(Full::new(body.clone()));
@@ -92,7 +111,14 @@ fn main() -> anyhow::Result<()> {
                         resp.headers_mut().insert(k.clone(), v.clone());
                     }
                     let held = if hold { Some(req) } else { None };
+                    let redis = redis.clone();
                     async move {
+                        if let Some((mut conn, cmd)) = redis {
+                            // The answer is the copied bytes whatever Redis says: the
+                            // call's cost is what is measured.
+                            let _: redis::RedisResult<Option<Vec<u8>>> =
+                                cmd.query_async(&mut conn).await;
+                        }
                         drop(held);
                         Ok::<_, Infallible>(resp)
                     }
