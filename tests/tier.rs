@@ -163,7 +163,12 @@ async fn read_all(node: &TestNode, ids: impl Iterator<Item = u64>) -> Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_fill_every_zone_spread_over_its_nodes_and_fresh_nodes_read_l2() {
     let c = Cluster::new(5000).await;
-    let n1 = c.node(&[]).await;
+    // Ten members a bucket: 300 buckets to spread over a zone's two nodes. With the
+    // default 100 there are 30, and how the ring splits so few depends on the bucket
+    // keys, which carry this test's random prefix: one prefix in a few hundred put
+    // fewer than a quarter on a node.
+    const BUCKETS: (&str, &str) = ("READTIER_L2_BUCKET_SIZE", "10");
+    let n1 = c.node(&[BUCKETS]).await;
     let from = read_all(&n1, 1..=3000).await;
     assert!(
         from.iter().all(|f| f == "store"),
@@ -186,11 +191,11 @@ async fn reads_fill_every_zone_spread_over_its_nodes_and_fresh_nodes_read_l2() {
     }
     // Second read on the same node: L1. First read on a fresh node: L2, not the store.
     assert!(read_all(&n1, 1..=50).await.iter().all(|f| f == "l1"));
-    let n2 = c.node(&[]).await;
+    let n2 = c.node(&[BUCKETS]).await;
     assert!(read_all(&n2, 1..=200).await.iter().all(|f| f == "l2"));
     assert_eq!(n2.running.app.members.store_reads(), 0);
     // A node of zone b reads its own zone.
-    let nb = c.node(&[("READTIER_ZONE", "b")]).await;
+    let nb = c.node(&[("READTIER_ZONE", "b"), BUCKETS]).await;
     assert!(read_all(&nb, 201..=300).await.iter().all(|f| f == "l2"));
     n1.stop().await;
     n2.stop().await;
