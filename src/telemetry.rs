@@ -106,6 +106,10 @@ const HELP: &[(&str, &str)] = &[
         "Current limit on requests waiting on Redis or the store",
     ),
     (
+        "readtier_http_waiting_rate_limit",
+        "Cap on admissions a second of requests that wait, set once the waiting limit is at its floor (0: none)",
+    ),
+    (
         "readtier_inspector_checked_total",
         "Sampled answers the inspector compared with the store",
     ),
@@ -465,8 +469,9 @@ pub fn set_l1_sizes(entries: u64, negative: u64) {
 }
 
 /// The adaptive waiting limit and the requests under it, set when `/metrics` renders.
-pub fn set_waiting(limit: usize, in_flight: usize) {
+pub fn set_waiting(limit: usize, rate: Option<f64>, in_flight: usize) {
     metrics::gauge!("readtier_http_waiting_limit").set(limit as f64);
+    metrics::gauge!("readtier_http_waiting_rate_limit").set(rate.unwrap_or(0.0));
     metrics::gauge!("readtier_http_waiting").set(in_flight as f64);
 }
 

@@ -283,8 +283,8 @@ impl App {
 
     pub(super) async fn metrics_text(&self) -> Response<Body> {
         crate::telemetry::set_l1_sizes(self.members.len(), self.members.negative_len());
-        let (limit, waiting) = self.waiting_now();
-        crate::telemetry::set_waiting(limit, waiting);
+        let (limit, rate, waiting) = self.waiting_now();
+        crate::telemetry::set_waiting(limit, rate, waiting);
         let mut text = self.prometheus.render();
         self.metrics.render_latency(&mut text);
         crate::telemetry::render_process(&mut text);

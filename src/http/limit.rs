@@ -32,11 +32,20 @@
 //!   those would fail reads the fall-through can still answer (the fault suite counts
 //!   them); an overloaded core keeps its workers busy.
 //!
+//! - **below one in flight**: a limit of one still admits as fast as one request
+//!   completes, and a fast store (50 µs a read) is 20,000 admissions a second: more
+//!   than a core has left once it also sheds three times its capacity. So a slow,
+//!   saturated window that finds the limit already at its floor also caps the rate of
+//!   admissions, at the window's admitted rate times the same factor; fast windows
+//!   raise the cap by a quarter each (86× a second), and it is lifted once the load
+//!   no longer reaches half of it. The cap is a GCRA (the "virtual scheduling" form of
+//!   a token bucket): one atomic on admission, read only while a cap is set.
+//!
 //! Admission is one atomic add against the current limit; the gradient is updated
 //! under a lock taken only by requests that waited anyway, and a request that finds it
 //! taken skips its sample rather than wait.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -52,6 +61,11 @@ const WINDOW_MAX: Duration = Duration::from_millis(250);
 const RELEARN: Duration = Duration::from_secs(60);
 /// The weight of one unlimited window in the no-load latency.
 const LEARN: f64 = 0.1;
+/// Lowest cap on admissions a second: a node that sheds nearly everything still
+/// admits enough to measure whether it is fast again.
+const MIN_RATE: f64 = 20.0;
+/// Admissions a capped node lets through back to back (the bucket's depth).
+const BURST: u64 = 4;
 
 /// How the limit is set (from `[http]`).
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +85,11 @@ pub struct LimitConfig {
 pub struct WaitLimit {
     in_flight: AtomicUsize,
     limit: AtomicUsize,
+    /// Nanoseconds between admissions while a rate cap is set; 0: no cap.
+    interval_ns: AtomicU64,
+    /// The GCRA's theoretical arrival time, in nanoseconds since `epoch`.
+    tat: AtomicU64,
+    epoch: Instant,
     gradient: Option<Mutex<Gradient>>,
 }
 
@@ -83,6 +102,9 @@ impl WaitLimit {
         WaitLimit {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(max),
+            interval_ns: AtomicU64::new(0),
+            tat: AtomicU64::new(0),
+            epoch: Instant::now(),
             gradient: cfg.adaptive.then(|| {
                 let mut g = Gradient::new(max as f64, min as f64, max as f64, cfg.tolerance);
                 g.saturation = cfg.saturation;
@@ -95,11 +117,35 @@ impl WaitLimit {
     #[inline]
     pub fn try_acquire(&self) -> bool {
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= self.limit.load(Ordering::Relaxed) {
+        if before >= self.limit.load(Ordering::Relaxed) || !self.within_rate() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         true
+    }
+
+    /// Takes one admission from the rate cap, if one is set (GCRA: an admission is
+    /// due every `interval`; up to [`BURST`] may come early).
+    #[inline]
+    fn within_rate(&self) -> bool {
+        let interval = self.interval_ns.load(Ordering::Relaxed);
+        if interval == 0 {
+            return true;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.tat
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
+                (tat <= now + interval * (BURST - 1)).then(|| tat.max(now) + interval)
+            })
+            .is_ok()
+    }
+
+    /// The cap on admissions a second, if one is set.
+    pub fn rate(&self) -> Option<f64> {
+        match self.interval_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(1e9 / ns as f64),
+        }
     }
 
     /// Ends an admitted request that took `rtt` in the node.
@@ -109,8 +155,10 @@ impl WaitLimit {
         // Contended only when two waited requests end at the same instant; the sample
         // is worth less than the wait.
         let Ok(mut g) = g.try_lock() else { return };
-        if let Some(limit) = g.sample(rtt, in_flight, Instant::now(), runtime_busy) {
-            self.limit.store(limit, Ordering::Relaxed);
+        if let Some(d) = g.sample(rtt, in_flight, Instant::now(), runtime_busy) {
+            self.limit.store(d.limit, Ordering::Relaxed);
+            let interval = d.rate.map_or(0, |r| (1e9 / r).max(1.0) as u64);
+            self.interval_ns.store(interval, Ordering::Relaxed);
         }
     }
 
@@ -155,6 +203,15 @@ struct Gradient {
     saturation: f64,
     /// The workers' busy time when the last window closed, and when that was.
     busy: Option<(Instant, Duration)>,
+    /// The cap on admissions a second, once the limit alone could not shed enough.
+    rate: Option<f64>,
+}
+
+/// What a window decided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Decision {
+    limit: usize,
+    rate: Option<f64>,
 }
 
 impl Gradient {
@@ -172,6 +229,14 @@ impl Gradient {
             peak: 0,
             saturation: 0.0,
             busy: None,
+            rate: None,
+        }
+    }
+
+    fn decision(&self) -> Decision {
+        Decision {
+            limit: self.estimate.round().max(1.0) as usize,
+            rate: self.rate,
         }
     }
 
@@ -182,7 +247,7 @@ impl Gradient {
         in_flight: usize,
         now: Instant,
         busy: impl FnOnce() -> Option<(Duration, usize)>,
-    ) -> Option<usize> {
+    ) -> Option<Decision> {
         let start = *self.window_start.get_or_insert(now);
         self.count += 1;
         self.sum += rtt.as_secs_f64();
@@ -193,6 +258,8 @@ impl Gradient {
         }
         let average = self.sum / f64::from(self.count);
         let used = self.peak as f64;
+        // Admissions a second over the window (each sample is one admitted request).
+        let admitted = f64::from(self.count) / age.as_secs_f64().max(1e-3);
         // Was the core the bottleneck? Workers busy for at least `saturation` of the
         // window. Without runtime metrics, yes; in the first window measured, no (it
         // has nothing to compare with, and holding is the safe side).
@@ -236,6 +303,12 @@ impl Gradient {
         }
 
         let next = if gradient >= 1.0 {
+            if let Some(rate) = self.rate {
+                // Capped and fast: raise the cap, and lift it once the load no longer
+                // reaches half of it; the count limit grows only after that.
+                self.rate = (admitted * 2.0 >= rate).then_some(rate * 1.25);
+                return Some(self.decision());
+            }
             if !limited {
                 // Below half the limit a fast window says nothing about a higher one.
                 return None;
@@ -248,11 +321,18 @@ impl Gradient {
                 // fall-through can still answer; the static caps bound the waiting.
                 return None;
             }
+            if self.estimate <= self.min {
+                // At its floor and still too slow: what one in flight admits is too
+                // much. Cap the rate below what this window admitted.
+                let base = self.rate.map_or(admitted, |r| r.min(admitted));
+                self.rate = Some((base * (0.8 + 0.2 * gradient)).max(MIN_RATE));
+                return Some(self.decision());
+            }
             let base = self.estimate.min(used.max(self.min));
             base * (0.8 + 0.2 * gradient)
         };
         self.estimate = next.clamp(self.min, self.max);
-        Some(self.estimate.round().max(1.0) as usize)
+        Some(self.decision())
     }
 }
 
@@ -389,11 +469,66 @@ mod tests {
     }
 
     #[test]
+    fn at_its_floor_a_slow_saturated_window_caps_the_rate_and_fast_ones_lift_it() {
+        let mut g = Gradient::new(1.0, 1.0, 256.0, 2.0);
+        let mut t = Instant::now();
+        windows(&mut g, &mut t, 2, 100, 1);
+        assert_eq!(g.rate, None, "fast: no cap");
+        // 10× slower with one in flight and the core saturated (no runtime metrics:
+        // taken as saturated): first the count limit falls back to its floor...
+        windows(&mut g, &mut t, 1, 1_000, 1);
+        assert_eq!((g.estimate, g.rate), (1.0, None));
+        // ...then, at the floor, the rate is capped: the window admitted 32 in ~52 ms
+        // (~620/s), the cap goes below that by the gradient's factor (½ → 0.9).
+        windows(&mut g, &mut t, 1, 1_000, 1);
+        let first = g.rate.expect("capped");
+        assert!((500.0..600.0).contains(&first), "{first}");
+        // More slow windows: down, never below MIN_RATE; the count limit stays 1.
+        windows(&mut g, &mut t, 100, 1_000, 1);
+        assert_eq!(g.rate, Some(MIN_RATE));
+        assert_eq!(g.estimate, 1.0);
+        // Fast again and the load still reaches the cap: up by a quarter a window.
+        g.rate = Some(400.0);
+        windows(&mut g, &mut t, 1, 100, 1);
+        assert_eq!(g.rate, Some(500.0));
+        // The load (~620/s) no longer reaches half the cap: lifted; then the count
+        // limit grows as before.
+        g.rate = Some(2_000.0);
+        windows(&mut g, &mut t, 1, 100, 1);
+        assert_eq!(g.rate, None);
+        windows(&mut g, &mut t, 1, 100, 1);
+        assert_eq!(g.estimate, 2.0, "1 + √1");
+    }
+
+    #[test]
+    fn a_rate_cap_admits_a_burst_then_one_an_interval() {
+        let l = WaitLimit::new(LimitConfig {
+            adaptive: true,
+            min: 1,
+            max: 64,
+            tolerance: 2.0,
+            saturation: 0.9,
+        });
+        // One admission every 10 s: the burst goes through, the next does not, however
+        // many are in flight (none here).
+        l.interval_ns.store(10_000_000_000, Ordering::Relaxed);
+        for i in 0..BURST {
+            assert!(l.try_acquire(), "admission {i} of the burst");
+            l.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        assert!(!l.try_acquire(), "past the burst");
+        assert_eq!(l.in_flight(), 0, "a refused admission holds no slot");
+        assert_eq!(l.rate(), Some(0.1));
+        l.interval_ns.store(0, Ordering::Relaxed);
+        assert!(l.try_acquire(), "no cap: only the count limit");
+    }
+
+    #[test]
     fn a_long_quiet_gap_closes_a_window_with_what_it_has() {
         let mut g = Gradient::new(8.0, 4.0, 256.0, 2.0);
         let t = Instant::now();
         assert_eq!(g.sample(Duration::from_micros(100), 8, t, || None), None);
         let r = g.sample(Duration::from_micros(100), 8, t + WINDOW_MAX, || None);
-        assert_eq!(r, Some(11), "fast, at the limit: 8 + √8");
+        assert_eq!(r.map(|d| d.limit), Some(11), "fast, at the limit: 8 + √8");
     }
 }

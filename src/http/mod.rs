@@ -186,9 +186,14 @@ impl App {
         Some(Waiting { app, started })
     }
 
-    /// The waiting limit now and the requests under it, for `/metrics`.
-    pub(crate) fn waiting_now(&self) -> (usize, usize) {
-        (self.waiting.limit(), self.waiting.in_flight())
+    /// The waiting limit now, its rate cap if any, and the requests under it, for
+    /// `/metrics`.
+    pub(crate) fn waiting_now(&self) -> (usize, Option<f64>, usize) {
+        (
+            self.waiting.limit(),
+            self.waiting.rate(),
+            self.waiting.in_flight(),
+        )
     }
 
     /// Counts a connection refused over `http.max_connections`.
