@@ -58,7 +58,7 @@ PY
       tmp=$(mktemp -d)
       port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
       READTIER_DATA_DIR=$tmp READTIER_SEED_MEMBERS=1000 READTIER_LISTEN=127.0.0.1:$(port) \
-        READTIER_ADMIN_LISTEN=127.0.0.1:$(port) RUST_LOG=warn taskset -c 0 "$BIN/readtier" >/dev/null 2>&1 &
+        READTIER_ADMIN_LISTEN=127.0.0.1:$(port) READTIER_GRPC_LISTEN= RUST_LOG=warn taskset -c 0 "$BIN/readtier" >/dev/null 2>&1 &
       pid=$!
       sleep 3
       t0=$(awk '{print $14 + $15}' /proc/$pid/stat); sleep 20; t1=$(awk '{print $14 + $15}' /proc/$pid/stat)
