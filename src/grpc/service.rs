@@ -75,22 +75,28 @@ impl ReadTierService {
     async fn lookup(
         &self,
         id: u64,
-        deadline: Option<Duration>,
+        metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(Entry, ServedFrom), GrpcError> {
         if let Some(entry) = self.app.members.get_l1(id) {
             return Ok((entry, ServedFrom::L1));
         }
         let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
-        let limit = self.app.limits.request_timeout;
-        let (wait, theirs) = match deadline {
-            Some(d) if d < limit => (d, true),
-            _ => (limit, false),
-        };
+        let (wait, theirs) = self.wait_limit(metadata);
         match tokio::time::timeout(wait, self.app.members.get(id)).await {
             Ok(Ok(found)) => Ok(found),
             Ok(Err(e)) => Err(lookup_failed(e)),
             Err(_) if theirs => Err(GrpcError::DeadlineExceeded),
             Err(_) => Err(GrpcError::TooSlow),
+        }
+    }
+
+    /// How long a call may wait for its members: `http.request_timeout`, or the
+    /// caller's deadline if sooner (then `true`: its passing is DEADLINE_EXCEEDED).
+    fn wait_limit(&self, metadata: &tonic::metadata::MetadataMap) -> (Duration, bool) {
+        let limit = self.app.limits.request_timeout;
+        match deadline::of(metadata) {
+            Some(d) if d < limit => (d, true),
+            _ => (limit, false),
         }
     }
 
@@ -100,7 +106,7 @@ impl ReadTierService {
     ) -> Result<pb::Entitlement, GrpcError> {
         let id = convert::member_id(req.get_ref().member_id, "member_id")
             .map_err(GrpcError::InvalidArgument)?;
-        let (entry, from) = self.lookup(id, deadline::of(&req)).await?;
+        let (entry, from) = self.lookup(id, req.metadata()).await?;
         self.app.inspector.sample(id, entry.version);
         let snapshot = self.app.catalog.load();
         match entry.member.as_ref() {
@@ -122,7 +128,7 @@ impl ReadTierService {
                     .into(),
             ));
         }
-        let (entry, from) = self.lookup(id, deadline::of(&req)).await?;
+        let (entry, from) = self.lookup(id, req.metadata()).await?;
         self.app.inspector.sample(id, entry.version);
         let snapshot = self.app.catalog.load();
         let m = entry.member.as_ref();
@@ -162,11 +168,7 @@ impl ReadTierService {
                 .collect()
         } else {
             let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
-            let limit = self.app.limits.request_timeout;
-            let (wait, theirs) = match deadline::of(&req) {
-                Some(d) if d < limit => (d, true),
-                _ => (limit, false),
-            };
+            let (wait, theirs) = self.wait_limit(req.metadata());
             let lookup = self.app.members.get_many_after(ids, l1);
             match tokio::time::timeout(wait, lookup).await {
                 Ok(Ok(found)) => found,
