@@ -21,6 +21,7 @@
 //! (tonic's server answers an expired `grpc-timeout` with CANCELLED; callers expect
 //! DEADLINE_EXCEEDED).
 
+mod batch;
 mod conn;
 mod convert;
 mod deadline;

@@ -10,6 +10,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
+use super::batch::BatchAnswer;
 use super::convert::{self, entitlement};
 use super::error::GrpcError;
 use super::feed::{CatalogFeed, Filter};
@@ -147,7 +148,7 @@ impl ReadTierService {
     async fn batch(
         &self,
         req: Request<pb::BatchGetEntitlementsRequest>,
-    ) -> Result<pb::BatchGetEntitlementsResponse, GrpcError> {
+    ) -> Result<BatchAnswer, GrpcError> {
         let ids = &req.get_ref().member_ids;
         if ids.is_empty() || ids.len() > MAX_BATCH_IDS {
             return Err(GrpcError::InvalidArgument(format!(
@@ -177,29 +178,8 @@ impl ReadTierService {
                 Err(_) => return Err(GrpcError::TooSlow),
             }
         };
-        let snapshot = self.app.catalog.load();
-        let results = ids
-            .iter()
-            .zip(&found)
-            .map(|(id, (entry, from))| match entry.member.as_ref() {
-                Some(m) => pb::EntitlementResult {
-                    member_id: *id,
-                    entitlement: Some(entitlement(m, &snapshot, *from)),
-                    error: String::new(),
-                    served_from: from.as_str().to_string(),
-                },
-                None => pb::EntitlementResult {
-                    member_id: *id,
-                    entitlement: None,
-                    error: "unknown-member".to_string(),
-                    served_from: from.as_str().to_string(),
-                },
-            })
-            .collect();
-        Ok(pb::BatchGetEntitlementsResponse {
-            results,
-            catalog_version: snapshot.version(),
-        })
+        let snapshot = arc_swap::Guard::into_inner(self.app.catalog.load());
+        Ok(BatchAnswer::new(ids, found, snapshot))
     }
 
     fn watch(&self, req: &pb::WatchCatalogRequest) -> Result<WatchStream, GrpcError> {
@@ -322,7 +302,7 @@ impl pb::read_tier_server::ReadTier for ReadTierService {
     async fn batch_get_entitlements(
         &self,
         req: Request<pb::BatchGetEntitlementsRequest>,
-    ) -> Answer<pb::BatchGetEntitlementsResponse> {
+    ) -> Answer<BatchAnswer> {
         let r = self.batch(req).await;
         self.finish(Method::BatchGetEntitlements, r)
     }

@@ -268,7 +268,9 @@ async fn watch(
     };
     let mut seen = Vec::with_capacity(changes);
     for i in 0..changes {
-        let amount = format!("{}.{:02}", 20 + i / 100, i % 100);
+        // Ends in 1: prices are normalised (no trailing zeros), and the comparison
+        // is with the string written.
+        let amount = format!("{}.{:02}1", 20 + i / 100, i % 100);
         let mut versions = cache.subscribe();
         conn.execute(
             "UPDATE plan_prices SET amount = ?1 WHERE country = 'US' AND plan_id = 'standard'",
