@@ -719,3 +719,62 @@ async fn the_caching_client_follows_changes_and_reconnects_to_a_restarted_node()
     shutdown.cancel();
     running.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_trouble_is_unavailable_while_the_catalog_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = readtier::catalog::CatalogData::reference().unwrap();
+    data.version = 77;
+    readtier::catalog::disk::save(&data, &readtier::catalog::disk::snapshot_path(dir.path()))
+        .unwrap();
+    let d = dir.path().display().to_string();
+    // Nothing listens on port 9: every store call fails at once.
+    let node = TestNode::start(&[
+        ("READTIER_DATA_DIR", d.as_str()),
+        ("READTIER_STORE_URL", "postgres://postgres@127.0.0.1:9/none"),
+    ])
+    .await;
+    let mut c = client(&node).await;
+    let us = c
+        .get_plans(pb::GetPlansRequest {
+            country: "US".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(us.catalog_version, 77);
+    for e in [
+        c.get_entitlement(pb::GetEntitlementRequest { member_id: 42 })
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        c.authorize_playback(pb::AuthorizePlaybackRequest {
+            member_id: 42,
+            device_class: "tv".into(),
+            active_streams: 0,
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+        c.batch_get_entitlements(pb::BatchGetEntitlementsRequest {
+            member_ids: vec![1, 2],
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    }
+    let first = c
+        .watch_catalog(pb::WatchCatalogRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.full && first.version == 77);
+    node.stop().await;
+}
