@@ -23,8 +23,19 @@ use crate::plan::Plan;
 /// One result per id asked, in order, and the snapshot they were answered with.
 #[derive(Default)]
 pub struct BatchAnswer {
-    results: Vec<(u64, Entry, ServedFrom)>,
+    results: Vec<Row>,
     snapshot: Option<Arc<Snapshot>>,
+}
+
+/// One `EntitlementResult`, with its lengths worked out once (`encoded_len` and
+/// `encode_raw` both need them).
+struct Row {
+    id: u64,
+    entry: Entry,
+    from: ServedFrom,
+    /// The `EntitlementResult`'s length, and its `Entitlement`'s (0: unknown member).
+    len: usize,
+    entitlement_len: usize,
 }
 
 impl std::fmt::Debug for BatchAnswer {
@@ -37,12 +48,22 @@ impl std::fmt::Debug for BatchAnswer {
 
 impl BatchAnswer {
     pub fn new(ids: &[u64], found: Vec<(Entry, ServedFrom)>, snapshot: Arc<Snapshot>) -> Self {
+        let results = ids
+            .iter()
+            .zip(found)
+            .map(|(id, (entry, from))| {
+                let (len, entitlement_len) = result_len(&snapshot, *id, &entry, from);
+                Row {
+                    id: *id,
+                    entry,
+                    from,
+                    len,
+                    entitlement_len,
+                }
+            })
+            .collect();
         BatchAnswer {
-            results: ids
-                .iter()
-                .zip(found)
-                .map(|(id, (entry, from))| (*id, entry, from))
-                .collect(),
+            results,
             snapshot: Some(snapshot),
         }
     }
@@ -160,28 +181,20 @@ impl<'a> Ent<'a> {
 
 const UNKNOWN: &str = "unknown-member";
 
-impl BatchAnswer {
-    /// One `EntitlementResult`'s length, and its entitlement's (0 when unknown).
-    fn result_len(
-        &self,
-        snapshot: &Snapshot,
-        id: u64,
-        entry: &Entry,
-        from: ServedFrom,
-    ) -> (usize, usize) {
-        let (inner, error) = match entry.member.as_ref() {
-            Some(m) => (Ent::new(m, snapshot, from).len(), ""),
-            None => (0, UNKNOWN),
-        };
-        let entitlement = if entry.member.is_some() {
-            message_len(2, inner)
-        } else {
-            0
-        };
-        (
-            varint_len(1, id) + entitlement + str_len(3, error) + str_len(4, from.as_str()),
-            inner,
-        )
+/// One `EntitlementResult`'s length, and its entitlement's (0 when unknown).
+fn result_len(snapshot: &Snapshot, id: u64, entry: &Entry, from: ServedFrom) -> (usize, usize) {
+    match entry.member.as_ref() {
+        Some(m) => {
+            let inner = Ent::new(m, snapshot, from).len();
+            (
+                varint_len(1, id) + message_len(2, inner) + str_len(4, from.as_str()),
+                inner,
+            )
+        }
+        None => (
+            varint_len(1, id) + str_len(3, UNKNOWN) + str_len(4, from.as_str()),
+            0,
+        ),
     }
 }
 
@@ -190,20 +203,19 @@ impl prost::Message for BatchAnswer {
         let Some(snapshot) = self.snapshot.as_deref() else {
             return;
         };
-        for (id, entry, from) in &self.results {
-            let (len, inner) = self.result_len(snapshot, *id, entry, *from);
+        for row in &self.results {
             encode_key(1, WireType::LengthDelimited, buf);
-            encode_varint(len as u64, buf);
-            put_varint(1, *id, buf);
-            match entry.member.as_ref() {
+            encode_varint(row.len as u64, buf);
+            put_varint(1, row.id, buf);
+            match row.entry.member.as_ref() {
                 Some(m) => {
                     encode_key(2, WireType::LengthDelimited, buf);
-                    encode_varint(inner as u64, buf);
-                    Ent::new(m, snapshot, *from).put(buf);
+                    encode_varint(row.entitlement_len as u64, buf);
+                    Ent::new(m, snapshot, row.from).put(buf);
                 }
                 None => put_str(3, UNKNOWN, buf),
             }
-            put_str(4, from.as_str(), buf);
+            put_str(4, row.from.as_str(), buf);
         }
         put_varint(2, self.catalog_version(), buf);
     }
@@ -220,12 +232,9 @@ impl prost::Message for BatchAnswer {
     }
 
     fn encoded_len(&self) -> usize {
-        let Some(snapshot) = self.snapshot.as_deref() else {
-            return 0;
-        };
         self.results
             .iter()
-            .map(|(id, entry, from)| message_len(1, self.result_len(snapshot, *id, entry, *from).0))
+            .map(|row| message_len(1, row.len))
             .sum::<usize>()
             + varint_len(2, self.catalog_version())
     }
