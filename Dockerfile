@@ -30,7 +30,7 @@ ENV READTIER_DATA_DIR=/var/lib/readtier \
     READTIER_ADMIN_LISTEN=127.0.0.1:9090
 # The admin listener (metrics, health) stays on loopback; a deployment that scrapes it
 # sets READTIER_ADMIN_LISTEN=0.0.0.0:9090 on a network it trusts.
-EXPOSE 8080
+EXPOSE 8080 50051
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/readtier"]
 CMD ["serve"]

@@ -1,4 +1,4 @@
-//! Build script, two jobs.
+//! Build script, three jobs.
 //!
 //! 1. The OpenAPI document: turns `docs/openapi.yaml`, the API's contract as written by
 //!    hand, into the JSON the node serves at `GET /openapi.json`. Once per build:
@@ -10,6 +10,10 @@
 //!    argument) wins; else `git rev-parse` of the checkout; else "unknown" (a source
 //!    tarball). Cargo re-runs this when HEAD or the branch it names moves, so the label
 //!    follows commits without a clean build.
+//! 3. The gRPC service: `proto/readtier/v1/readtier.proto` compiled by protox (pure
+//!    Rust, so build machines need no `protoc`) into a FileDescriptorSet, from which
+//!    tonic-prost-build writes the messages and the server trait; the same descriptor
+//!    set, written to `OUT_DIR`, is what server reflection describes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,6 +24,30 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     openapi();
     commit();
+    grpc();
+}
+
+const PROTO: &str = "proto/readtier/v1/readtier.proto";
+
+/// The gRPC messages and server, and the descriptor set reflection serves.
+fn grpc() {
+    println!("cargo:rerun-if-changed={PROTO}");
+    let fds = protox::compile([PROTO], ["proto"])
+        .unwrap_or_else(|e| panic!("{PROTO} does not compile: {e}"));
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let bytes = prost::Message::encode_to_vec(&fds);
+    std::fs::write(out.join("readtier_descriptor.bin"), bytes)
+        .unwrap_or_else(|e| panic!("cannot write the descriptor set: {e}"));
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        // Encoded by hand from the L1 entries (src/grpc/batch.rs): no copies per member.
+        .extern_path(
+            ".readtier.v1.BatchGetEntitlementsResponse",
+            "crate::grpc::batch::BatchAnswer",
+        )
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("cannot generate the gRPC code from {PROTO}: {e}"));
 }
 
 /// The served OpenAPI document.

@@ -42,7 +42,7 @@ pids+=($!)
 targets=()
 for zone in a b; do
   p=$(port); a=$(port)
-  READTIER_ZONE=$zone READTIER_LISTEN=127.0.0.1:$p READTIER_ADMIN_LISTEN=127.0.0.1:$a \
+  READTIER_ZONE=$zone READTIER_LISTEN=127.0.0.1:$p READTIER_ADMIN_LISTEN=127.0.0.1:$a READTIER_GRPC_LISTEN= \
     READTIER_DATA_DIR="$tmp/$zone" taskset -c 0 "$BIN/readtier" serve >"$tmp/node-$zone.log" 2>&1 &
   pids+=($!)
   wait_port "$p"

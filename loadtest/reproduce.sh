@@ -4,7 +4,7 @@
 # and writes the raw outputs to docs/figures/:
 #
 #   loadtest/reproduce.sh            # everything (about 15 minutes)
-#   loadtest/reproduce.sh callgrind  # one part: callgrind compare freshness seeding memory idle shed
+#   loadtest/reproduce.sh callgrind  # one part: callgrind compare freshness seeding memory idle shed grpc
 #
 # Needs wrk, valgrind, redis-server and a PostgreSQL at $PG (default
 # postgres://postgres@127.0.0.1:5432, trust auth). Timing figures want a quiet machine;
@@ -17,7 +17,7 @@ mkdir -p "$OUTDIR"
 cargo build --release -q -p readtier -p loadtest --examples
 export BIN=${BIN:-target/release}
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(callgrind compare freshness seeding memory idle shed)
+[ ${#parts[@]} -eq 0 ] && parts=(callgrind compare freshness seeding memory idle shed grpc)
 stamp() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
 for part in "${parts[@]}"; do
@@ -30,6 +30,7 @@ for part in "${parts[@]}"; do
       ADAPTIVE=false OUT=$OUTDIR/shed-static loadtest/shed.sh 20
       python3 loadtest/draw_shed.py "$OUTDIR/shed/shed-summary.json" \
         "$OUTDIR/shed-static/shed-summary.json" "$OUTDIR/shed.svg" ;;
+    grpc) loadtest/grpc.sh 3 8 64 4 | tee "$OUTDIR/grpc.txt" ;;
     freshness) OUT=$OUTDIR/freshness-pg.json PG=$PG loadtest/freshness.sh 20 8000 20 ;;
     seeding)
       tmp=$(mktemp -d); db=rt_seed_$$
@@ -58,7 +59,7 @@ PY
       tmp=$(mktemp -d)
       port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
       READTIER_DATA_DIR=$tmp READTIER_SEED_MEMBERS=1000 READTIER_LISTEN=127.0.0.1:$(port) \
-        READTIER_ADMIN_LISTEN=127.0.0.1:$(port) RUST_LOG=warn taskset -c 0 "$BIN/readtier" >/dev/null 2>&1 &
+        READTIER_ADMIN_LISTEN=127.0.0.1:$(port) READTIER_GRPC_LISTEN= RUST_LOG=warn taskset -c 0 "$BIN/readtier" >/dev/null 2>&1 &
       pid=$!
       sleep 3
       t0=$(awk '{print $14 + $15}' /proc/$pid/stat); sleep 20; t1=$(awk '{print $14 + $15}' /proc/$pid/stat)

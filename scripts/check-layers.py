@@ -6,7 +6,7 @@ import os, re, sys
 
 LAYERS = [
     ["cli", "node", "relay"],
-    ["http", "follower"],
+    ["http", "grpc", "follower"],
     ["lookup", "catalog"],
     ["tier", "stream", "store"],
     ["member", "plan", "config", "telemetry", "redis_conn", "logging"],

@@ -262,8 +262,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let signals = Signals::install();
     let shutdown = CancellationToken::new();
     let running = node::start(cfg, shutdown.clone()).await?;
+    let grpc = running
+        .grpc_addr
+        .map(|a| format!(" (grpc {a})"))
+        .unwrap_or_default();
     println!(
-        "readtier listening on http://{} (admin http://{})",
+        "readtier listening on http://{} (admin http://{}){grpc}",
         running.addr, running.admin_addr
     );
     tokio::spawn(async move {

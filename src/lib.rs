@@ -9,6 +9,8 @@
 //!   started and drained through a shutdown handle; [`relay`]: the process that
 //!   publishes the store's change log to the Redis tier and the change stream;
 //! - [`http`]: listeners, routing, the request path's rules, problem answers;
+//!   [`grpc`]: the gRPC face (`readtier.v1.ReadTier`, health, reflection) over the
+//!   same lookups, sharing HTTP's `App` (its waiting limit above all);
 //!   [`follower`]: applies committed changes to a node's L1 and catalog;
 //! - [`lookup`]: member lookups through L1 → L2 → store, with coalescing, and the
 //!   consistency inspector that re-checks sampled answers against the store;
@@ -25,6 +27,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod follower;
+pub mod grpc;
 pub mod http;
 pub mod logging;
 pub mod lookup;

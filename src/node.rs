@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{disk, CatalogHandle, Snapshot};
 use crate::config::{Config, HttpRuntime};
 use crate::follower::{Follower, Source};
+use crate::grpc;
 use crate::http::{self, App, Listener};
 use crate::lookup::inspector::Inspector;
 use crate::lookup::{FillLimits, Members};
@@ -56,6 +57,8 @@ pub struct Running {
     /// The public listener's bound address (useful when configured with port 0).
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The gRPC listener's bound address, if `grpc_listen` is set.
+    pub grpc_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     /// The change position applied so far, as one rising number
     /// ([`crate::follower::Source::progress`]).
@@ -222,12 +225,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let admin = http::bind(cfg.admin_listen)
         .await
         .map_err(NodeError::Bind)?;
+    let grpc_listener = match cfg.grpc_listen {
+        Some(a) => Some(http::bind(a).await.map_err(NodeError::Bind)?),
+        None => None,
+    };
     let addr = match &public {
         Public::Shared(l) => l.local_addr(),
         Public::PerCore(ls) => ls[0].local_addr(),
     }
     .map_err(NodeError::Bind)?;
     let admin_addr = admin.local_addr().map_err(NodeError::Bind)?;
+    let grpc_addr = match &grpc_listener {
+        Some(l) => Some(l.local_addr().map_err(NodeError::Bind)?),
+        None => None,
+    };
 
     // `background` stops the follower and upkeep; `stop_accepting` closes listeners and
     // asks open connections to finish; `connections` tracks them until they have.
@@ -280,12 +291,29 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         connections.clone(),
         cut.clone(),
     )));
+    // The gRPC listener drains with the others: same tokens, same tracker.
+    let mut grpc_health = None;
+    if let Some(listener) = grpc_listener {
+        let face = grpc::face(app.clone(), stop_accepting.clone()).await;
+        tokio::spawn(face.feed.clone().run(background.clone()));
+        grpc_health = Some(face.health);
+        listeners.push(tokio::spawn(grpc::serve(
+            listener,
+            face.routes,
+            stop_accepting.clone(),
+            connections.clone(),
+            cut.clone(),
+        )));
+    }
 
     let drain_app = app.clone();
     let http_cfg = cfg.http.clone();
     let done = tokio::spawn(async move {
         shutdown.cancelled().await;
         drain_app.draining.store(true, Ordering::Release);
+        if let Some(health) = &grpc_health {
+            health.draining().await;
+        }
         tracing::info!(drain_delay = ?http_cfg.drain_delay, "draining: /readyz now answers 503");
         tokio::time::sleep(http_cfg.drain_delay).await;
         stop_accepting.cancel();
@@ -312,6 +340,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     Ok(Running {
         addr,
         admin_addr,
+        grpc_addr,
         app,
         change_position,
         done,

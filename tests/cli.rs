@@ -26,6 +26,7 @@ fn invalid_configuration_exits_64_naming_the_key() {
     let cases = [
         ("READTIER_L1_TTL", "soon", "l1.ttl"),
         ("READTIER_LISTEN", "localhost", "listen"),
+        ("READTIER_GRPC_LISTEN", "localhost:x", "grpc_listen"),
         ("READTIER_L1_CAPACITY", "many", "l1.capacity"),
         ("READTIER_LISTN", "127.0.0.1:0", "listn"),
         ("READTIER_HTTP_RUNTIME", "fibers", "http.runtime"),
@@ -148,6 +149,7 @@ async fn serve_answers_then_exits_0_on_sigterm() {
         .env("READTIER_DATA_DIR", dir.path())
         .env("READTIER_LISTEN", "127.0.0.1:0")
         .env("READTIER_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("READTIER_GRPC_LISTEN", "127.0.0.1:0")
         .env("READTIER_SEED_MEMBERS", "1000")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -167,6 +169,13 @@ async fn serve_answers_then_exits_0_on_sigterm() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let grpc: std::net::SocketAddr = line
+        .split("(grpc ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no gRPC address in {line:?}"));
+    assert_ne!(grpc.port(), 0);
     let us = get(addr, "/v1/plans?country=US", &[]).await;
     assert_eq!(us.status, 200);
     assert_eq!(

@@ -232,14 +232,26 @@ fn render_entitlement_fragment(p: &Plan) -> Bytes {
 #[derive(Debug)]
 pub struct CatalogHandle {
     current: ArcSwap<Snapshot>,
+    /// The version of the last snapshot installed, sent after the swap: whoever keeps
+    /// a copy of the catalog (gRPC's `WatchCatalog`) wakes on it instead of polling.
+    /// A watch keeps only the newest value, so a slow reader skips to the newest
+    /// version and never reads an older one than what `load` then returns.
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 impl CatalogHandle {
     pub fn new(first: Snapshot) -> CatalogHandle {
         crate::telemetry::set_catalog_version(first.version());
         CatalogHandle {
+            installed: tokio::sync::watch::Sender::new(first.version()),
             current: ArcSwap::from_pointee(first),
         }
+    }
+
+    /// Wakes whenever a newer snapshot has been installed (its version is the value);
+    /// [`CatalogHandle::load`] then returns that snapshot or a newer one.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     /// The snapshot to answer one request from; hold the guard for the whole request so
@@ -265,6 +277,15 @@ impl CatalogHandle {
         });
         if installed {
             crate::telemetry::set_catalog_version(next.version());
+            // Versions only rise here (the swap above refuses older ones), but two
+            // installs may race to this line: keep the larger.
+            self.installed.send_if_modified(|v| {
+                let newer = next.version() > *v;
+                if newer {
+                    *v = next.version();
+                }
+                newer
+            });
         }
         installed
     }

@@ -59,6 +59,8 @@ pub enum ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The gRPC listener (`grpc_listen`); `None`: no gRPC face.
+    pub grpc_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub store: StoreUrl,
     pub seed_members: u64,
@@ -460,9 +462,20 @@ impl Config {
         }
         nonzero("otel.timeout", raw.otel.timeout)?;
 
+        let grpc_listen = match raw.grpc_listen.trim() {
+            "" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                layers.invalid(
+                    "grpc_listen",
+                    format!("{e}: expected an address such as 0.0.0.0:50051, or empty for none"),
+                )
+            })?),
+        };
+
         Ok(Config {
             listen: raw.listen,
             admin_listen: raw.admin_listen,
+            grpc_listen,
             data_dir: raw.data_dir,
             store,
             seed_members: raw.seed_members,

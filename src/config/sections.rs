@@ -16,6 +16,8 @@ use serde::{Deserialize, Deserializer};
 pub struct RawConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The gRPC listener; empty turns it off (checked by `Config::validate`).
+    pub grpc_listen: String,
     pub data_dir: PathBuf,
     pub store_url: String,
     #[serde(deserialize_with = "duration")]

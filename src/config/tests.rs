@@ -14,6 +14,7 @@ fn defaults_load_and_name_the_embedded_store() {
     let c = Config::from_layers(None, &[]).unwrap();
     assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(c.grpc_listen, Some("0.0.0.0:50051".parse().unwrap()));
     assert_eq!(
         c.store,
         StoreUrl::Sqlite(PathBuf::from("./var/readtier.db"))
@@ -65,9 +66,31 @@ fn file_then_env_override_in_order() {
 }
 
 #[test]
+fn grpc_listen_is_an_address_or_empty_for_none() {
+    let c = Config::from_layers(None, &env(&[("READTIER_GRPC_LISTEN", "")])).unwrap();
+    assert_eq!(c.grpc_listen, None);
+    let c = Config::from_layers(None, &env(&[("READTIER_GRPC_LISTEN", "127.0.0.1:0")])).unwrap();
+    assert_eq!(c.grpc_listen, Some("127.0.0.1:0".parse().unwrap()));
+    let err = Config::from_layers(
+        Some((Path::new("f.toml"), "grpc_listen = \":50051\"\n")),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`grpc_listen`") && err.contains("f.toml"),
+        "{err}"
+    );
+}
+
+#[test]
 fn errors_name_the_key_and_the_layer() {
     let cases = [
         (env(&[("READTIER_LISTEN", "nope")]), "`listen`"),
+        (
+            env(&[("READTIER_GRPC_LISTEN", "localhost")]),
+            "`grpc_listen`",
+        ),
         (env(&[("READTIER_L1_TTL", "5 parsecs")]), "`l1.ttl`"),
         (env(&[("READTIER_L1_CAPACITY", "-1")]), "`l1.capacity`"),
         (env(&[("READTIER_L1_CAPACITY", "0")]), "`l1.capacity`"),

@@ -41,6 +41,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+pub use batch::MAX_IDS as MAX_BATCH_IDS;
 pub use conn::{bind, bind_shared, serve, serve_per_core};
 pub use openapi::{RouteSpec, ROUTES};
 pub use params::{country_param, AuthorizeRequest};

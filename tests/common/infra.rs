@@ -406,6 +406,8 @@ impl NodeProcess {
         )
         .env("READTIER_LISTEN", "127.0.0.1:0")
         .env("READTIER_ADMIN_LISTEN", "127.0.0.1:0")
+        // Not the default 0.0.0.0:50051: tests run side by side.
+        .env("READTIER_GRPC_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         for (k, v) in env {

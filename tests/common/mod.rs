@@ -24,6 +24,8 @@ pub fn test_config(dir: &Path, extra: &[(&str, &str)]) -> Config {
     let mut env: Vec<(String, String)> = vec![
         ("READTIER_LISTEN".into(), "127.0.0.1:0".into()),
         ("READTIER_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
+        // Not the default 0.0.0.0:50051: tests run side by side.
+        ("READTIER_GRPC_LISTEN".into(), "127.0.0.1:0".into()),
         ("READTIER_DATA_DIR".into(), dir.display().to_string()),
         ("READTIER_SEED_MEMBERS".into(), "2000".into()),
         ("READTIER_CHANGES_POLL_INTERVAL".into(), "20ms".into()),
@@ -35,13 +37,13 @@ pub fn test_config(dir: &Path, extra: &[(&str, &str)]) -> Config {
     Config::from_layers(None, &env).expect("test configuration is valid")
 }
 
-/// A configuration from `READTIER_*` pairs alone (no defaults added), as the tests
-/// that run several processes against one store build theirs.
+/// A configuration from `READTIER_*` pairs alone (no defaults added but a gRPC
+/// listener on port 0, as tests run side by side), as the tests that run several
+/// processes against one store build theirs.
 pub fn config_of(env: &[(&str, String)]) -> Config {
-    let pairs: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
+    let mut pairs: Vec<(String, String)> =
+        vec![("READTIER_GRPC_LISTEN".into(), "127.0.0.1:0".into())];
+    pairs.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Config::from_layers(None, &pairs).expect("test configuration is valid")
 }
 

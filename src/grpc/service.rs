@@ -1,0 +1,318 @@
+//! `readtier.v1.ReadTier`'s five methods over the node's [`App`]: its catalog, its
+//! member lookups, its waiting limit (shared with HTTP) and its inspector.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status};
+
+use super::batch::BatchAnswer;
+use super::convert::{self, entitlement};
+use super::error::GrpcError;
+use super::feed::{CatalogFeed, Filter};
+use super::metrics::{GrpcMetrics, Method};
+use super::{deadline, pb, HEARTBEAT};
+use crate::http::{App, MAX_BATCH_IDS};
+use crate::lookup::{Entry, LookupError, ServedFrom};
+use crate::member;
+
+pub struct ReadTierService {
+    /// What HTTP answers from: catalog, members, inspector, the waiting limit.
+    app: Arc<App>,
+    /// The catalog as messages, for `GetPlans` and `WatchCatalog`.
+    feed: Arc<CatalogFeed>,
+    /// Cancelled when the node stops accepting: ends `WatchCatalog` streams, which
+    /// would otherwise hold their connections open through the drain.
+    stop: CancellationToken,
+    metrics: GrpcMetrics,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+impl ReadTierService {
+    pub fn new(app: Arc<App>, feed: Arc<CatalogFeed>, stop: CancellationToken) -> Self {
+        ReadTierService {
+            app,
+            feed,
+            stop,
+            metrics: GrpcMetrics::register(),
+        }
+    }
+
+    /// Counts an answer and turns it into tonic's.
+    fn finish<T>(&self, method: Method, r: Result<T, GrpcError>) -> Answer<T> {
+        match r {
+            Ok(t) => {
+                self.metrics.record(method, Code::Ok);
+                Ok(Response::new(t))
+            }
+            Err(e) => {
+                self.metrics.record(method, e.code());
+                Err(e.into())
+            }
+        }
+    }
+
+    fn plans(&self, req: &pb::GetPlansRequest) -> Result<pb::CountryPlans, GrpcError> {
+        let cc = convert::country_code(&req.country).map_err(GrpcError::InvalidArgument)?;
+        // `visitor` and `partner` select pricing variants (issue 12, built apart); the
+        // node does not price by them yet, so they are accepted and ignored, as
+        // `GET /v1/plans` ignores query parameters it does not know.
+        let snapshot = self.app.catalog.load();
+        self.feed.plans(&snapshot, cc).ok_or_else(|| {
+            GrpcError::NotFound(format!(
+                "no plans are offered in {}",
+                String::from_utf8_lossy(&cc)
+            ))
+        })
+    }
+
+    /// A member through L1, else (admitted under the waiting limit, or shed) L2 and
+    /// the store, bounded by `http.request_timeout` and the caller's deadline.
+    async fn lookup(
+        &self,
+        id: u64,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(Entry, ServedFrom), GrpcError> {
+        if let Some(entry) = self.app.members.get_l1(id) {
+            return Ok((entry, ServedFrom::L1));
+        }
+        let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
+        let (wait, theirs) = self.wait_limit(metadata);
+        match tokio::time::timeout(wait, self.app.members.get(id)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(lookup_failed(e)),
+            Err(_) if theirs => Err(GrpcError::DeadlineExceeded),
+            Err(_) => Err(GrpcError::TooSlow),
+        }
+    }
+
+    /// How long a call may wait for its members: `http.request_timeout`, or the
+    /// caller's deadline if sooner (then `true`: its passing is DEADLINE_EXCEEDED).
+    fn wait_limit(&self, metadata: &tonic::metadata::MetadataMap) -> (Duration, bool) {
+        let limit = self.app.limits.request_timeout;
+        match deadline::of(metadata) {
+            Some(d) if d < limit => (d, true),
+            _ => (limit, false),
+        }
+    }
+
+    async fn entitlement(
+        &self,
+        req: Request<pb::GetEntitlementRequest>,
+    ) -> Result<pb::Entitlement, GrpcError> {
+        let id = convert::member_id(req.get_ref().member_id, "member_id")
+            .map_err(GrpcError::InvalidArgument)?;
+        let (entry, from) = self.lookup(id, req.metadata()).await?;
+        self.app.inspector.sample(id, entry.version);
+        let snapshot = self.app.catalog.load();
+        match entry.member.as_ref() {
+            Some(m) => Ok(entitlement(m, &snapshot, from)),
+            None => Err(GrpcError::NotFound(format!("there is no member {id}"))),
+        }
+    }
+
+    async fn authorize(
+        &self,
+        req: Request<pb::AuthorizePlaybackRequest>,
+    ) -> Result<pb::AuthorizePlaybackResponse, GrpcError> {
+        let ask = req.get_ref();
+        let id =
+            convert::member_id(ask.member_id, "member_id").map_err(GrpcError::InvalidArgument)?;
+        if !crate::http::params::valid_device_class(&ask.device_class) {
+            return Err(GrpcError::InvalidArgument(
+                "device_class must be 1 to 32 characters of a-z, 0-9, '_' or '-' (for example \"tv\")"
+                    .into(),
+            ));
+        }
+        let (entry, from) = self.lookup(id, req.metadata()).await?;
+        self.app.inspector.sample(id, entry.version);
+        let snapshot = self.app.catalog.load();
+        let m = entry.member.as_ref();
+        let plan = m.and_then(|m| snapshot.plan(&m.plan_id)).map(|e| &e.plan);
+        let reason = member::authorize(m, plan, &ask.device_class, ask.active_streams);
+        Ok(pb::AuthorizePlaybackResponse {
+            allowed: reason == member::Reason::Ok,
+            reason: reason.as_str().to_string(),
+            max_streams: plan.map_or(0, |p| p.max_streams),
+            max_resolution: plan.map(|p| p.max_resolution.clone()),
+            served_from: from.as_str().to_string(),
+            catalog_version: snapshot.version(),
+        })
+    }
+
+    async fn batch(
+        &self,
+        req: Request<pb::BatchGetEntitlementsRequest>,
+    ) -> Result<BatchAnswer, GrpcError> {
+        let ids = &req.get_ref().member_ids;
+        if ids.is_empty() || ids.len() > MAX_BATCH_IDS {
+            return Err(GrpcError::InvalidArgument(format!(
+                "member_ids must hold 1 to {MAX_BATCH_IDS} ids; got {}",
+                ids.len()
+            )));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            convert::member_id(*id, &format!("member_ids[{i}]"))
+                .map_err(GrpcError::InvalidArgument)?;
+        }
+        let l1 = self.app.members.get_many_l1(ids);
+        let found: Vec<(Entry, ServedFrom)> = if l1.iter().all(Option::is_some) {
+            // Every id is in L1: nothing waits, so nothing is admitted or shed.
+            l1.into_iter()
+                .flatten()
+                .map(|e| (e, ServedFrom::L1))
+                .collect()
+        } else {
+            let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
+            let (wait, theirs) = self.wait_limit(req.metadata());
+            let lookup = self.app.members.get_many_after(ids, l1);
+            match tokio::time::timeout(wait, lookup).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) => return Err(lookup_failed(e)),
+                Err(_) if theirs => return Err(GrpcError::DeadlineExceeded),
+                Err(_) => return Err(GrpcError::TooSlow),
+            }
+        };
+        let snapshot = arc_swap::Guard::into_inner(self.app.catalog.load());
+        Ok(BatchAnswer::new(ids, found, snapshot))
+    }
+
+    fn watch(&self, req: &pb::WatchCatalogRequest) -> Result<WatchStream, GrpcError> {
+        let filter: Filter = if req.countries.is_empty() {
+            None
+        } else {
+            Some(
+                req.countries
+                    .iter()
+                    .map(|c| convert::country_code(c))
+                    .collect::<Result<BTreeSet<_>, _>>()
+                    .map_err(GrpcError::InvalidArgument)?,
+            )
+        };
+        let watch = Watch {
+            feed: self.feed.clone(),
+            installed: self.feed.subscribe(),
+            stop: self.stop.clone(),
+            filter,
+            held: (req.known_version != 0).then_some(req.known_version),
+            started: false,
+            ended: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(watch, Watch::next)))
+    }
+}
+
+/// The 503-like status of a failed lookup (logged unless it was a shed store fill).
+fn lookup_failed(e: LookupError) -> GrpcError {
+    if !matches!(e, LookupError::Overloaded(_)) {
+        tracing::warn!(error = %e, "member lookup failed");
+    }
+    GrpcError::Lookup(e)
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::CatalogUpdate, Status>> + Send>>;
+
+/// One caller's `WatchCatalog`.
+struct Watch {
+    feed: Arc<CatalogFeed>,
+    /// Wakes on every new feed state (coalesced: a slow caller skips to the newest).
+    installed: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+    filter: Filter,
+    /// The version the caller holds, as far as this stream knows.
+    held: Option<u64>,
+    started: bool,
+    ended: bool,
+}
+
+impl Watch {
+    /// The next message: the catalog at once, then each newer state, a heartbeat
+    /// when quiet, and UNAVAILABLE when the node stops.
+    async fn next(mut self) -> Option<(Result<pb::CatalogUpdate, Status>, Watch)> {
+        if self.ended {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            // Marked seen before the state is read: a state stored after this read
+            // wakes the loop below.
+            self.installed.borrow_and_update();
+            return Some((Ok(self.send_current()), self));
+        }
+        loop {
+            tokio::select! {
+                changed = self.installed.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    if self.feed.current().version > self.held.unwrap_or(0) {
+                        return Some((Ok(self.send_current()), self));
+                    }
+                }
+                _ = tokio::time::sleep(HEARTBEAT) => {
+                    let heartbeat = pb::CatalogUpdate {
+                        version: self.held.unwrap_or(0),
+                        ..Default::default()
+                    };
+                    return Some((Ok(heartbeat), self));
+                }
+                _ = self.stop.cancelled() => {
+                    self.ended = true;
+                    return Some((Err(GrpcError::Draining.into()), self));
+                }
+            }
+        }
+    }
+
+    fn send_current(&mut self) -> pb::CatalogUpdate {
+        let state = self.feed.current();
+        let update = state.update_since(self.held, &self.filter);
+        self.held = Some(state.version);
+        update
+    }
+}
+
+#[tonic::async_trait]
+impl pb::read_tier_server::ReadTier for ReadTierService {
+    async fn get_plans(&self, req: Request<pb::GetPlansRequest>) -> Answer<pb::CountryPlans> {
+        self.finish(Method::GetPlans, self.plans(req.get_ref()))
+    }
+
+    async fn get_entitlement(
+        &self,
+        req: Request<pb::GetEntitlementRequest>,
+    ) -> Answer<pb::Entitlement> {
+        let r = self.entitlement(req).await;
+        self.finish(Method::GetEntitlement, r)
+    }
+
+    async fn authorize_playback(
+        &self,
+        req: Request<pb::AuthorizePlaybackRequest>,
+    ) -> Answer<pb::AuthorizePlaybackResponse> {
+        let r = self.authorize(req).await;
+        self.finish(Method::AuthorizePlayback, r)
+    }
+
+    async fn batch_get_entitlements(
+        &self,
+        req: Request<pb::BatchGetEntitlementsRequest>,
+    ) -> Answer<BatchAnswer> {
+        let r = self.batch(req).await;
+        self.finish(Method::BatchGetEntitlements, r)
+    }
+
+    type WatchCatalogStream = WatchStream;
+
+    async fn watch_catalog(
+        &self,
+        req: Request<pb::WatchCatalogRequest>,
+    ) -> Answer<Self::WatchCatalogStream> {
+        self.finish(Method::WatchCatalog, self.watch(req.get_ref()))
+    }
+}

@@ -1,0 +1,780 @@
+//! The gRPC face against real nodes (HTTP and gRPC on port 0): every method answers
+//! what the HTTP API answers, errors are status codes, deadlines and the waiting limit
+//! hold, the health service follows readiness, and `WatchCatalog` (raw and through the
+//! caching client) resumes from the version it holds without missing a change.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::infra::*;
+use common::*;
+use readtier_client::pb;
+use readtier_client::pb::read_tier_client::ReadTierClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn client(node: &TestNode) -> ReadTierClient<Channel> {
+    let addr = node.running.grpc_addr.expect("gRPC is on in tests");
+    ReadTierClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connects")
+}
+
+/// A client without tonic's own timer: tonic's channel gives up by itself when a
+/// request's `grpc-timeout` passes (CANCELLED, "Timeout expired"), racing the node's
+/// answer; this one waits for what the node says.
+type Raw = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tonic::body::Body,
+>;
+
+fn raw_client(node: &TestNode) -> ReadTierClient<Raw> {
+    let addr = node.running.grpc_addr.expect("gRPC is on in tests");
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    ReadTierClient::with_origin(c, format!("http://{addr}").parse().unwrap())
+}
+
+/// A request with `grpc-timeout` set (in milliseconds).
+fn with_deadline<T>(msg: T, d: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "grpc-timeout",
+        format!("{}m", d.as_millis()).parse().unwrap(),
+    );
+    r
+}
+
+/// The entitlement HTTP answers, with the headers' facts, as the gRPC message reads.
+fn http_entitlement(r: &Resp) -> pb::Entitlement {
+    let v = r.json();
+    pb::Entitlement {
+        member_id: v["member_id"].as_u64().unwrap(),
+        status: v["status"].as_str().unwrap().into(),
+        plan: v["plan"].as_str().unwrap().into(),
+        country: v["country"].as_str().unwrap().into(),
+        can_stream: v["can_stream"].as_bool().unwrap(),
+        max_streams: v["max_streams"].as_u64().unwrap() as u32,
+        max_resolution: v["max_resolution"].as_str().map(String::from),
+        download_devices: v["download_devices"].as_u64().unwrap() as u32,
+        device_classes: v["device_classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_string())
+            .collect(),
+        version: v["version"].as_i64().unwrap(),
+        served_from: r.header("x-served-from").unwrap().into(),
+        catalog_version: r.header("x-catalog-version").unwrap().parse().unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_answer_what_http_answers() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    let http = node.get("/v1/plans?country=US").await;
+    assert_eq!(http.status, 200);
+    let v = http.json();
+    for asked in ["US", "us"] {
+        let us = c
+            .get_plans(pb::GetPlansRequest {
+                country: asked.into(),
+                visitor: "v-1".into(),
+                partner: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(us.country, "US");
+        assert_eq!(us.currency, v["currency"]);
+        assert_eq!(us.catalog_version, v["catalog_version"].as_u64().unwrap());
+        assert_eq!(us.plans.len(), v["plans"].as_array().unwrap().len());
+        for (p, j) in us.plans.iter().zip(v["plans"].as_array().unwrap()) {
+            assert_eq!(p.id, j["id"]);
+            assert_eq!(p.name, j["name"]);
+            assert_eq!(p.price.as_ref().unwrap().amount, j["price"]["amount"]);
+            assert_eq!(p.price.as_ref().unwrap().currency, j["price"]["currency"]);
+            assert_eq!(p.max_streams as u64, j["max_streams"].as_u64().unwrap());
+            assert_eq!(p.max_resolution, j["max_resolution"]);
+            assert_eq!(p.ads, j["ads"]);
+            assert_eq!(
+                p.device_classes.len(),
+                j["device_classes"].as_array().unwrap().len()
+            );
+        }
+    }
+    let zz = c
+        .get_plans(pb::GetPlansRequest {
+            country: "ZZ".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(zz.code(), Code::NotFound, "{zz:?}");
+    assert!(zz.message().contains("ZZ"), "{zz:?}");
+    for bad in ["usa", "", "U1"] {
+        let e = c
+            .get_plans(pb::GetPlansRequest {
+                country: bad.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entitlement_and_authorize_answer_what_http_answers() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    // Member 42's first read comes from the store, over gRPC; HTTP then hits L1.
+    let first = c
+        .get_entitlement(pb::GetEntitlementRequest { member_id: 42 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.served_from, "store");
+    let http = node.get("/v1/members/42/entitlement").await;
+    assert_eq!(http.status, 200);
+    let mut expected = http_entitlement(&http);
+    assert_eq!(expected.served_from, "l1");
+    expected.served_from = "store".into();
+    assert_eq!(first, expected);
+    let again = c
+        .get_entitlement(pb::GetEntitlementRequest { member_id: 42 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.served_from, "l1");
+
+    let unknown = c
+        .get_entitlement(pb::GetEntitlementRequest {
+            member_id: 999_999_999_999,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    for bad in [0, 1u64 << 63] {
+        let e = c
+            .get_entitlement(pb::GetEntitlementRequest { member_id: bad })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {e:?}");
+    }
+
+    // Authorize: the same decisions as HTTP, denials are answers.
+    sql(
+        &node.db(),
+        "UPDATE memberships SET status='on_hold' WHERE member_id=7",
+    );
+    node.caught_up().await;
+    for (id, device, streams) in [
+        (42u64, "tv", 0u64),
+        (42, "tv", 9),
+        (42, "toaster", 0),
+        (7, "tv", 0),
+        (999_999_999_999, "tv", 0),
+    ] {
+        let body =
+            format!(r#"{{"member_id":{id},"device_class":"{device}","active_streams":{streams}}}"#);
+        let http = node.authorize(&body).await;
+        assert_eq!(http.status, 200);
+        let v = http.json();
+        let g = c
+            .authorize_playback(pb::AuthorizePlaybackRequest {
+                member_id: id,
+                device_class: device.into(),
+                active_streams: streams,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(g.allowed, v["allowed"], "{body}");
+        assert_eq!(g.reason, v["reason"], "{body}");
+        assert_eq!(g.max_streams as u64, v["max_streams"].as_u64().unwrap());
+        assert_eq!(g.max_resolution.as_deref(), v["max_resolution"].as_str());
+        assert_eq!(
+            g.catalog_version.to_string(),
+            http.header("x-catalog-version").unwrap()
+        );
+        assert!(["l1", "l2", "store"].contains(&g.served_from.as_str()));
+    }
+    let e = c
+        .authorize_playback(pb::AuthorizePlaybackRequest {
+            member_id: 42,
+            device_class: "TV!".into(),
+            active_streams: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_answers_equal_the_single_lookups_in_order() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    let ids = vec![5u64, 999_999_999_999, 3, 5, 1999, 1];
+    // Some in L1 before, some not: both paths of the batch.
+    let _ = c
+        .get_entitlement(pb::GetEntitlementRequest { member_id: 3 })
+        .await
+        .unwrap();
+    let batch = c
+        .batch_get_entitlements(pb::BatchGetEntitlementsRequest {
+            member_ids: ids.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.results.len(), ids.len());
+    for (id, r) in ids.iter().zip(&batch.results) {
+        assert_eq!(r.member_id, *id);
+        let single = c
+            .get_entitlement(pb::GetEntitlementRequest { member_id: *id })
+            .await;
+        match single {
+            Ok(single) => {
+                let mut single = single.into_inner();
+                // Where each came from may differ (the batch filled L1).
+                let mut from_batch = r.entitlement.clone().expect("an entitlement");
+                assert!(r.error.is_empty());
+                assert_eq!(from_batch.served_from, r.served_from);
+                from_batch.served_from.clear();
+                single.served_from.clear();
+                assert_eq!(from_batch, single);
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::NotFound);
+                assert_eq!(r.error, "unknown-member");
+                assert!(r.entitlement.is_none());
+            }
+        }
+    }
+    assert_eq!(batch.results[2].served_from, "l1");
+    assert_eq!(
+        batch.catalog_version,
+        batch.results[0]
+            .entitlement
+            .as_ref()
+            .unwrap()
+            .catalog_version
+    );
+    // All in L1 now: the whole batch from memory.
+    let hot = c
+        .batch_get_entitlements(pb::BatchGetEntitlementsRequest {
+            member_ids: ids.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(hot.results.iter().all(|r| r.served_from == "l1"));
+
+    // 1,000 is the most; past it, empty, or a bad id: INVALID_ARGUMENT.
+    let most: Vec<u64> = (1..=1000).collect();
+    let r = c
+        .batch_get_entitlements(pb::BatchGetEntitlementsRequest { member_ids: most })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), 1000);
+    for (bad, says) in [
+        ((1..=1001).collect::<Vec<u64>>(), "1001"),
+        (vec![], "got 0"),
+        (vec![1, 0], "member_ids[1]"),
+    ] {
+        let e = c
+            .batch_get_entitlements(pb::BatchGetEntitlementsRequest { member_ids: bad })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains(says), "{e:?}");
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_are_honoured_and_overload_is_unavailable() {
+    let (schema, _store) = seeded_pg(100).await;
+    let node = TestNode::start(&[
+        ("READTIER_STORE_URL", &schema.url()),
+        ("READTIER_HTTP_MAX_WAITING", "1"),
+        ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
+    ])
+    .await;
+    let mut c = client(&node).await;
+    let _ = c
+        .get_entitlement(pb::GetEntitlementRequest { member_id: 1 })
+        .await
+        .unwrap();
+    // The store stops answering member reads.
+    let locker = schema.lock_members().await;
+
+    // A caller's deadline passes: DEADLINE_EXCEEDED from the node, on time.
+    let mut raw = raw_client(&node);
+    let started = Instant::now();
+    let e = raw
+        .get_entitlement(with_deadline(
+            pb::GetEntitlementRequest { member_id: 2 },
+            Duration::from_millis(300),
+        ))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    for req in [
+        raw.batch_get_entitlements(with_deadline(
+            pb::BatchGetEntitlementsRequest {
+                member_ids: vec![1, 3],
+            },
+            Duration::from_millis(200),
+        ))
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+        raw.authorize_playback(with_deadline(
+            pb::AuthorizePlaybackRequest {
+                member_id: 4,
+                device_class: "tv".into(),
+                active_streams: 0,
+            },
+            Duration::from_millis(200),
+        ))
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+    ] {
+        assert_eq!(req.code(), Code::DeadlineExceeded, "{req:?}");
+    }
+
+    // One miss waits (the limit is 1): the next is shed at once, UNAVAILABLE.
+    let mut waiting_client = c.clone();
+    let waiting = tokio::spawn(async move {
+        waiting_client
+            .get_entitlement(pb::GetEntitlementRequest { member_id: 5 })
+            .await
+    });
+    eventually(Duration::from_secs(5), "a miss to be waiting", || {
+        let mut c = c.clone();
+        async move {
+            let started = Instant::now();
+            match c
+                .get_entitlement(pb::GetEntitlementRequest { member_id: 6 })
+                .await
+            {
+                Err(e) if e.code() == Code::Unavailable => {
+                    assert!(e.message().contains("overloaded"), "{e:?}");
+                    assert!(started.elapsed() < Duration::from_millis(500));
+                    Some(())
+                }
+                _ => None,
+            }
+        }
+    })
+    .await;
+    let shed_batch = c
+        .batch_get_entitlements(pb::BatchGetEntitlementsRequest {
+            member_ids: vec![1, 7],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(shed_batch.code(), Code::Unavailable);
+    // Memory answers are never shed.
+    let hit = c
+        .get_entitlement(pb::GetEntitlementRequest { member_id: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hit.served_from, "l1");
+    c.get_plans(pb::GetPlansRequest {
+        country: "US".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    locker.release().await;
+    let waited = waiting.await.unwrap().unwrap().into_inner();
+    assert_eq!(waited.member_id, 5);
+    assert_eq!(waited.served_from, "store");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_readiness_and_reflection_lists_the_service() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let node = TestNode::start(&[("READTIER_HTTP_DRAIN_DELAY", "2s")]).await;
+    let addr = node.running.grpc_addr.unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "readtier.v1.ReadTier"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Reflection names the service.
+    {
+        use futures_util::StreamExt;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        let mut reflection = ServerReflectionClient::new(channel.clone());
+        let ask = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = reflection
+            .server_reflection_info(futures_util::stream::iter([ask]))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("{first:?}")
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"readtier.v1.ReadTier"), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    }
+
+    // Draining: /readyz turns 503, and health NOT_SERVING, at once.
+    node.shutdown.cancel();
+    eventually(Duration::from_secs(2), "health to turn NOT_SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let r = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (r.status() == ServingStatus::NotServing).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(get(node.running.addr, "/readyz", &[]).await.status, 503);
+    node.running.wait().await;
+}
+
+/// What a caller holds after applying updates, by country.
+#[derive(Default)]
+struct Held {
+    version: u64,
+    countries: std::collections::BTreeMap<String, pb::CountryPlans>,
+}
+
+impl Held {
+    fn apply(&mut self, u: pb::CatalogUpdate) {
+        if u.full {
+            self.countries.clear();
+        }
+        for c in u.countries {
+            self.countries.insert(c.country.clone(), c);
+        }
+        for cc in u.removed {
+            self.countries.remove(&cc);
+        }
+        self.version = u.version;
+    }
+
+    fn price(&self, cc: &str, plan: &str) -> Option<String> {
+        let c = self.countries.get(cc)?;
+        let p = c.plans.iter().find(|p| p.id == plan)?;
+        Some(p.price.as_ref()?.amount.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_sends_the_catalog_then_changes_and_resumes_from_known_version() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    let mut stream = c
+        .watch_catalog(pb::WatchCatalogRequest {
+            countries: vec![],
+            known_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut held = Held::default();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.full);
+    assert_eq!(first.countries.len(), 245);
+    held.apply(first);
+    let v0 = held.version;
+    assert_eq!(held.price("US", "standard").as_deref(), Some("19.99"));
+
+    // A price change in raw SQL reaches the open stream, alone.
+    sql(
+        &node.db(),
+        "UPDATE plan_prices SET amount='20.49' WHERE country='US' AND plan_id='standard'",
+    );
+    let u = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the change arrives")
+        .unwrap()
+        .unwrap();
+    assert!(!u.full);
+    assert!(u.version > v0);
+    let changed: Vec<_> = u.countries.iter().map(|c| c.country.as_str()).collect();
+    assert_eq!(changed, ["US"]);
+    held.apply(u);
+    assert_eq!(held.price("US", "standard").as_deref(), Some("20.49"));
+    let v1 = held.version;
+
+    // Disconnect; three changes (one a country dropping out) while away.
+    drop(stream);
+    sql(
+        &node.db(),
+        "UPDATE plan_prices SET amount='21.99' WHERE country='US' AND plan_id='standard';
+         UPDATE plan_prices SET amount='15.49' WHERE country='FR' AND plan_id='standard';
+         DELETE FROM plan_prices WHERE country='JP';",
+    );
+    node.caught_up().await;
+    // The node's HTTP answer, for comparison once resumed.
+    let http_fr = node.get("/v1/plans?country=FR").await.json();
+    let mut resumed = c
+        .watch_catalog(pb::WatchCatalogRequest {
+            countries: vec![],
+            known_version: v1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The node may still be installing the last of them: read until it is current.
+    let target: u64 = http_fr["catalog_version"].as_u64().unwrap();
+    let first = resumed.message().await.unwrap().unwrap();
+    assert!(!first.full, "a version this node built: only the changes");
+    let mut names: Vec<_> = first.countries.iter().map(|c| c.country.clone()).collect();
+    names.sort();
+    held.apply(first);
+    while held.version < target {
+        let u = tokio::time::timeout(Duration::from_secs(5), resumed.message())
+            .await
+            .expect("the node catches up")
+            .unwrap()
+            .unwrap();
+        held.apply(u);
+    }
+    assert!(names.iter().all(|n| n == "US" || n == "FR"), "{names:?}");
+    assert_eq!(held.price("US", "standard").as_deref(), Some("21.99"));
+    assert_eq!(held.price("FR", "standard").as_deref(), Some("15.49"));
+    assert!(!held.countries.contains_key("JP"));
+    assert_eq!(held.countries.len(), 244);
+    // Everything held equals what GetPlans answers now.
+    for (cc, plans) in &held.countries {
+        let now = c
+            .get_plans(pb::GetPlansRequest {
+                country: cc.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(now.plans, plans.plans, "{cc}");
+    }
+
+    // Up to date: an empty, non-full update; a filter; a bad filter.
+    let mut current = c
+        .watch_catalog(pb::WatchCatalogRequest {
+            countries: vec!["fr".into(), "JP".into()],
+            known_version: held.version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let u = current.message().await.unwrap().unwrap();
+    assert!(!u.full && u.countries.is_empty() && u.removed.is_empty());
+    assert_eq!(u.version, held.version);
+    let only = c
+        .watch_catalog(pb::WatchCatalogRequest {
+            countries: vec!["fr".into(), "JP".into()],
+            known_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(only.full);
+    assert_eq!(only.countries.len(), 1);
+    assert_eq!(only.countries[0].country, "FR");
+    let bad = c
+        .watch_catalog(pb::WatchCatalogRequest {
+            countries: vec!["FRA".into()],
+            known_version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    drop(current);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caching_client_follows_changes_and_reconnects_to_a_restarted_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |grpc: String| {
+        let cfg = test_config(dir.path(), &[("READTIER_GRPC_LISTEN", grpc.as_str())]);
+        async move {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let running = readtier::node::start(cfg, shutdown.clone()).await.unwrap();
+            (running, shutdown)
+        }
+    };
+    let (running, shutdown) = start("127.0.0.1:0".into()).await;
+    let grpc = running.grpc_addr.unwrap();
+    let db = dir.path().join("readtier.db");
+
+    let cache = readtier_client::CatalogCache::start(&format!("http://{grpc}"), &[]).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), cache.ready())
+        .await
+        .unwrap();
+    let s = cache.staleness();
+    assert!(s.connected);
+    assert!(s.since_last_message.unwrap() < Duration::from_secs(6));
+    let price = |cc: &str| {
+        cache.plans(cc).and_then(|p| {
+            p.plans
+                .iter()
+                .find(|p| p.id == "standard")
+                .and_then(|p| p.price.clone())
+                .map(|p| p.amount)
+        })
+    };
+    assert_eq!(price("US").as_deref(), Some("19.99"));
+    assert!(cache.plans("ZZ").is_none());
+
+    sql(
+        &db,
+        "UPDATE plan_prices SET amount='20.49' WHERE country='US' AND plan_id='standard'",
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the cache to see the change",
+        || async { (price("US").as_deref() == Some("20.49")).then_some(()) },
+    )
+    .await;
+    let before = cache.version();
+
+    // The node goes away; the cache keeps answering, and says it is disconnected.
+    shutdown.cancel();
+    running.wait().await;
+    eventually(Duration::from_secs(5), "the cache to notice", || async {
+        (!cache.staleness().connected).then_some(())
+    })
+    .await;
+    assert_eq!(price("US").as_deref(), Some("20.49"));
+    // Changed while no node runs; a node on the same address comes back.
+    sql(
+        &db,
+        "UPDATE plan_prices SET amount='22.99' WHERE country='US' AND plan_id='standard';
+         DELETE FROM plan_prices WHERE country='JP';",
+    );
+    let (running, shutdown) = start(grpc.to_string()).await;
+    eventually(
+        Duration::from_secs(15),
+        "the cache to reconnect and catch up",
+        || async {
+            (price("US").as_deref() == Some("22.99") && cache.staleness().connected).then_some(())
+        },
+    )
+    .await;
+    assert!(cache.version() > before);
+    assert!(cache.plans("JP").is_none());
+    assert!(cache.plans("FR").is_some());
+    shutdown.cancel();
+    running.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_trouble_is_unavailable_while_the_catalog_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = readtier::catalog::CatalogData::reference().unwrap();
+    data.version = 77;
+    readtier::catalog::disk::save(&data, &readtier::catalog::disk::snapshot_path(dir.path()))
+        .unwrap();
+    let d = dir.path().display().to_string();
+    // Nothing listens on port 9: every store call fails at once.
+    let node = TestNode::start(&[
+        ("READTIER_DATA_DIR", d.as_str()),
+        ("READTIER_STORE_URL", "postgres://postgres@127.0.0.1:9/none"),
+    ])
+    .await;
+    let mut c = client(&node).await;
+    let us = c
+        .get_plans(pb::GetPlansRequest {
+            country: "US".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(us.catalog_version, 77);
+    for e in [
+        c.get_entitlement(pb::GetEntitlementRequest { member_id: 42 })
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        c.authorize_playback(pb::AuthorizePlaybackRequest {
+            member_id: 42,
+            device_class: "tv".into(),
+            active_streams: 0,
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+        c.batch_get_entitlements(pb::BatchGetEntitlementsRequest {
+            member_ids: vec![1, 2],
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    }
+    let first = c
+        .watch_catalog(pb::WatchCatalogRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.full && first.version == 77);
+    node.stop().await;
+}
