@@ -32,11 +32,11 @@
 //!   those would fail reads the fall-through can still answer (the fault suite counts
 //!   them); an overloaded core keeps its workers busy.
 //!
-//! - **below one in flight**: a limit of one still admits as fast as one request
+//! - **below a few in flight**: a limit of one still admits as fast as one request
 //!   completes, and a fast store (50 µs a read) is 20,000 admissions a second: more
 //!   than a core has left once it also sheds three times its capacity. So a slow,
-//!   saturated window that finds the limit already at its floor also caps the rate of
-//!   admissions, at the window's admitted rate times the same factor; fast windows
+//!   saturated window that leaves the limit at [`RATE_BELOW`] or less also caps the
+//!   rate of admissions, at the window's admitted rate times the same factor; fast windows
 //!   raise the cap by a quarter each (86× a second), and it is lifted once the load
 //!   no longer reaches half of it. The cap is a GCRA (the "virtual scheduling" form of
 //!   a token bucket): one atomic on admission, read only while a cap is set.
@@ -61,6 +61,11 @@ const WINDOW_MAX: Duration = Duration::from_millis(250);
 const RELEARN: Duration = Duration::from_secs(60);
 /// The weight of one unlimited window in the no-load latency.
 const LEARN: f64 = 0.1;
+/// A limit at or below this no longer bounds the load by itself (each admitted
+/// request is fast; a few in flight admit thousands a second): slow, saturated
+/// windows then cap the rate too. Measured: at 3× capacity the limit held at 2-4 with
+/// the core still saturated (docs/PERFORMANCE.md).
+const RATE_BELOW: f64 = 4.0;
 /// Lowest cap on admissions a second: a node that sheds nearly everything still
 /// admits enough to measure whether it is fast again.
 const MIN_RATE: f64 = 20.0;
@@ -321,15 +326,15 @@ impl Gradient {
                 // fall-through can still answer; the static caps bound the waiting.
                 return None;
             }
-            if self.estimate <= self.min {
-                // At its floor and still too slow: what one in flight admits is too
-                // much. Cap the rate below what this window admitted.
+            let base = self.estimate.min(used.max(self.min));
+            let next = (base * (0.8 + 0.2 * gradient)).clamp(self.min, self.max);
+            if next <= RATE_BELOW {
+                // A few in flight and still too slow: what they admit is too much.
+                // Cap the rate below what this window admitted.
                 let base = self.rate.map_or(admitted, |r| r.min(admitted));
                 self.rate = Some((base * (0.8 + 0.2 * gradient)).max(MIN_RATE));
-                return Some(self.decision());
             }
-            let base = self.estimate.min(used.max(self.min));
-            base * (0.8 + 0.2 * gradient)
+            next
         };
         self.estimate = next.clamp(self.min, self.max);
         Some(self.decision())
@@ -469,21 +474,22 @@ mod tests {
     }
 
     #[test]
-    fn at_its_floor_a_slow_saturated_window_caps_the_rate_and_fast_ones_lift_it() {
-        let mut g = Gradient::new(1.0, 1.0, 256.0, 2.0);
+    fn a_few_in_flight_and_slow_caps_the_rate_and_fast_windows_lift_it() {
+        let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
         let mut t = Instant::now();
         windows(&mut g, &mut t, 2, 100, 1);
         assert_eq!(g.rate, None, "fast: no cap");
-        // 10× slower with one in flight and the core saturated (no runtime metrics:
-        // taken as saturated): first the count limit falls back to its floor...
-        windows(&mut g, &mut t, 1, 1_000, 1);
-        assert_eq!((g.estimate, g.rate), (1.0, None));
-        // ...then, at the floor, the rate is capped: the window admitted 32 in ~52 ms
-        // (~620/s), the cap goes below that by the gradient's factor (½ → 0.9).
-        windows(&mut g, &mut t, 1, 1_000, 1);
+        // 10× slower with 32 in flight, the core saturated (no runtime metrics: taken
+        // as saturated): the count limit falls to what is in use, no cap yet.
+        windows(&mut g, &mut t, 1, 1_000, 32);
+        assert_eq!((g.estimate, g.rate), (32.0 * 0.9, None));
+        // Slow with 3 in flight: the limit falls to 2.7, and the rate is capped too:
+        // the window admitted 32 in ~52 ms (~620/s), the cap goes below that by the
+        // gradient's factor (½ → 0.9).
+        windows(&mut g, &mut t, 1, 1_000, 3);
         let first = g.rate.expect("capped");
         assert!((500.0..600.0).contains(&first), "{first}");
-        // More slow windows: down, never below MIN_RATE; the count limit stays 1.
+        // More slow windows: down, never below MIN_RATE, nor the count limit below 1.
         windows(&mut g, &mut t, 100, 1_000, 1);
         assert_eq!(g.rate, Some(MIN_RATE));
         assert_eq!(g.estimate, 1.0);
