@@ -36,6 +36,9 @@ struct Row {
     /// The `EntitlementResult`'s length, and its `Entitlement`'s (0: unknown member).
     len: usize,
     entitlement_len: usize,
+    /// The member's plan in the answer's snapshot ([`Snapshot::plan_index`]), found
+    /// once for both passes.
+    plan: Option<usize>,
 }
 
 impl std::fmt::Debug for BatchAnswer {
@@ -52,13 +55,18 @@ impl BatchAnswer {
             .iter()
             .zip(found)
             .map(|(id, (entry, from))| {
-                let (len, entitlement_len) = result_len(&snapshot, *id, &entry, from);
+                let plan = entry
+                    .member
+                    .as_ref()
+                    .and_then(|m| snapshot.plan_index(&m.plan_id));
+                let (len, entitlement_len) = result_len(&snapshot, *id, &entry, from, plan);
                 Row {
                     id: *id,
                     entry,
                     from,
                     len,
                     entitlement_len,
+                    plan,
                 }
             })
             .collect();
@@ -123,8 +131,14 @@ struct Ent<'a> {
 }
 
 impl<'a> Ent<'a> {
-    fn new(m: &'a Member, snapshot: &'a Snapshot, from: ServedFrom) -> Ent<'a> {
-        let plan = snapshot.plan(&m.plan_id).map(|e| &e.plan);
+    /// `plan`: the member's plan's index in `snapshot`, if it offers it.
+    fn new(
+        m: &'a Member,
+        snapshot: &'a Snapshot,
+        from: ServedFrom,
+        plan: Option<usize>,
+    ) -> Ent<'a> {
+        let plan = plan.and_then(|i| snapshot.plan_at(i)).map(|e| &e.plan);
         Ent {
             m,
             plan,
@@ -182,10 +196,16 @@ impl<'a> Ent<'a> {
 const UNKNOWN: &str = "unknown-member";
 
 /// One `EntitlementResult`'s length, and its entitlement's (0 when unknown).
-fn result_len(snapshot: &Snapshot, id: u64, entry: &Entry, from: ServedFrom) -> (usize, usize) {
+fn result_len(
+    snapshot: &Snapshot,
+    id: u64,
+    entry: &Entry,
+    from: ServedFrom,
+    plan: Option<usize>,
+) -> (usize, usize) {
     match entry.member.as_ref() {
         Some(m) => {
-            let inner = Ent::new(m, snapshot, from).len();
+            let inner = Ent::new(m, snapshot, from, plan).len();
             (
                 varint_len(1, id) + message_len(2, inner) + str_len(4, from.as_str()),
                 inner,
@@ -211,7 +231,7 @@ impl prost::Message for BatchAnswer {
                 Some(m) => {
                     encode_key(2, WireType::LengthDelimited, buf);
                     encode_varint(row.entitlement_len as u64, buf);
-                    Ent::new(m, snapshot, row.from).put(buf);
+                    Ent::new(m, snapshot, row.from, row.plan).put(buf);
                 }
                 None => put_str(3, UNKNOWN, buf),
             }
@@ -282,7 +302,7 @@ mod tests {
             for from in [ServedFrom::L1, ServedFrom::L2, ServedFrom::Store] {
                 let m = e.member.as_ref().unwrap();
                 let mut ours = Vec::new();
-                let ent = Ent::new(m, &snapshot, from);
+                let ent = Ent::new(m, &snapshot, from, snapshot.plan_index(&m.plan_id));
                 ent.put(&mut ours);
                 let theirs = convert::entitlement(m, &snapshot, from).encode_to_vec();
                 assert_eq!(ours, theirs, "{m:?}");

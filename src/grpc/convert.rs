@@ -97,12 +97,21 @@ pub fn country_code(s: &str) -> Result<[u8; 2], String> {
 
 /// A member id as the HTTP API takes it: positive, and fits a signed 64-bit column.
 pub fn member_id(id: u64, field: &str) -> Result<u64, String> {
-    if id == 0 || id > i64::MAX as u64 {
-        return Err(format!(
-            "{field} must be a positive 64-bit integer; got {id}"
-        ));
+    if !is_member_id(id) {
+        return Err(member_id_problem(id, field));
     }
     Ok(id)
+}
+
+/// Whether `id` can be a member id (positive, and within PostgreSQL's `bigint`).
+#[inline]
+pub fn is_member_id(id: u64) -> bool {
+    id != 0 && id <= i64::MAX as u64
+}
+
+/// What is wrong with a member id that is not one, naming its field.
+pub fn member_id_problem(id: u64, field: &str) -> String {
+    format!("{field} must be a positive 64-bit integer; got {id}")
 }
 
 #[cfg(test)]

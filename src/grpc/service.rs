@@ -156,9 +156,13 @@ impl ReadTierService {
                 ids.len()
             )));
         }
-        for (i, id) in ids.iter().enumerate() {
-            convert::member_id(*id, &format!("member_ids[{i}]"))
-                .map_err(GrpcError::InvalidArgument)?;
+        // The field's name is formatted only for the id that fails (formatting it for
+        // every id cost ~480 instructions a member, callgrind).
+        if let Some(i) = ids.iter().position(|id| !convert::is_member_id(*id)) {
+            return Err(GrpcError::InvalidArgument(convert::member_id_problem(
+                ids[i],
+                &format!("member_ids[{i}]"),
+            )));
         }
         let l1 = self.app.members.get_many_l1(ids);
         let found: Vec<(Entry, ServedFrom)> = if l1.iter().all(Option::is_some) {
