@@ -38,6 +38,7 @@ fn entitlement(c: &mut Criterion) {
         plan_id: "premium".into(),
         country: "US".into(),
         version: 3,
+        price_lock: None,
     };
     c.bench_function("entitlement: decision (plan lookup included)", |b| {
         b.iter(|| {
@@ -106,6 +107,7 @@ fn cache_candidates(c: &mut Criterion) {
         plan_id: "premium".into(),
         country: "US".into(),
         version: 1,
+        price_lock: None,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -180,6 +182,7 @@ fn change_apply(c: &mut Criterion) {
             plan_id: "premium".into(),
             country: "US".into(),
             version: 1,
+            price_lock: None,
         });
     }
     let mut n = 0u64;
