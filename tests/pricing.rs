@@ -603,3 +603,40 @@ async fn sqlite_rule_writes_reach_the_snapshot_and_history() {
     assert_eq!(h["entries"][0]["after"]["partner"], "kpn", "{h}");
     node.stop().await;
 }
+
+/// A heavy rule load (the one `benches/hot_paths.rs` times: 200 experiments, 1,000
+/// scheduled prices, partner offers) builds into a snapshot that answers: every
+/// scheduled price is a period of its own, and a visitor in a country with two running
+/// experiments is in both.
+#[test]
+fn a_snapshot_with_200_experiments_and_1000_scheduled_prices_answers() {
+    let now = now_ms();
+    let mut data = CatalogData::reference().unwrap();
+    readtier::plan::examples::add_synthetic_rules(&mut data, 200, 1000, now);
+    assert_eq!(data.experiments.len(), 200);
+    assert!(data.scheduled.len() >= 990, "{}", data.scheduled.len());
+    let snap = Snapshot::build_at(&data, now);
+    assert_eq!(snap.country_count(), 245);
+    assert!(
+        snap.period_count() >= 245 + data.scheduled.len(),
+        "{} periods",
+        snap.period_count()
+    );
+    let cc = data.experiments[0].country.as_bytes();
+    let a = snap
+        .plans([cc[0], cc[1]], Some("visitor-1"), None, || now)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["cells"].as_array().unwrap().len(), 2, "{v}");
+    // A day after the first scheduled change, its price is in force.
+    let first = &data.scheduled[0];
+    let c = first.country.as_bytes();
+    let later = snap
+        .plans([c[0], c[1]], None, None, || first.effective_at_ms + 1)
+        .unwrap();
+    let later: serde_json::Value = serde_json::from_slice(&later.body).unwrap();
+    assert_eq!(
+        price_of(&later, &first.plan_id),
+        first.amount.as_ref().map(|a| a.as_str().to_string())
+    );
+}

@@ -154,3 +154,87 @@ mod tests {
         assert!(data.scheduled.len() >= 6);
     }
 }
+
+/// A synthetic rule load for measuring the snapshot build: `experiments` experiments
+/// (two per country, over the countries in code order, each with three cells, one of
+/// them a control, and two priced plans), `scheduled` scheduled prices (spread over the
+/// countries, a day apart from `now_ms` on) and a partner offer in every tenth country.
+/// Every experiment runs from a day before `now_ms` for a year.
+pub fn add_synthetic_rules(
+    data: &mut CatalogData,
+    experiments: usize,
+    scheduled: usize,
+    now_ms: i64,
+) {
+    const DAY: i64 = 86_400_000;
+    let mut countries: Vec<(String, String, String, Price)> = data
+        .prices
+        .iter()
+        .map(|p| {
+            (
+                p.country.clone(),
+                p.plan_id.clone(),
+                p.currency.clone(),
+                p.amount.clone(),
+            )
+        })
+        .collect();
+    countries.sort();
+    let mut codes: Vec<&str> = countries.iter().map(|c| c.0.as_str()).collect();
+    codes.dedup();
+    let rows_of = |cc: &str| -> Vec<&(String, String, String, Price)> {
+        countries.iter().filter(|c| c.0 == cc).collect()
+    };
+    for i in 0..experiments {
+        let cc = codes[(i / 2) % codes.len()];
+        let id = format!("synthetic-{i}");
+        data.experiments.push(Experiment {
+            id: id.clone(),
+            country: cc.to_string(),
+            starts_at_ms: now_ms - DAY,
+            ends_at_ms: Some(now_ms + 365 * DAY + i as i64 * 1000),
+        });
+        for (cell, weight_bp) in [("control", 3400), ("a", 3300), ("b", 3300)] {
+            data.cells.push(ExperimentCell {
+                experiment_id: id.clone(),
+                cell: cell.into(),
+                weight_bp,
+            });
+        }
+        for (cell, (_, plan, currency, amount)) in ["a", "b"].into_iter().zip(rows_of(cc)) {
+            data.experiment_prices.push(ExperimentPrice {
+                experiment_id: id.clone(),
+                cell: cell.into(),
+                plan_id: plan.clone(),
+                currency: currency.clone(),
+                amount: Price::parse(&format!("{}1", amount.as_str().trim_end_matches('0'))).ok(),
+            });
+        }
+    }
+    for k in 0..scheduled {
+        let cc = codes[k % codes.len()];
+        if let Some((_, plan, currency, amount)) = rows_of(cc).get(k / codes.len() % 3).copied() {
+            data.scheduled.push(ScheduledPrice {
+                country: cc.to_string(),
+                plan_id: plan.clone(),
+                currency: currency.clone(),
+                amount: Price::parse(&format!("{}9", amount.as_str())).ok(),
+                effective_at_ms: now_ms + (k as i64 + 1) * DAY,
+            });
+        }
+    }
+    for cc in codes.iter().step_by(10) {
+        if let Some((_, plan, currency, _)) = rows_of(cc).first().copied() {
+            data.partner_offers.push(PartnerOffer {
+                partner: "synthetic-partner".into(),
+                country: cc.to_string(),
+                plan_id: plan.clone(),
+                name: "Synthetic bundle".into(),
+                currency: currency.clone(),
+                amount: Price::parse("0").unwrap_or_else(|_| unreachable!()),
+                starts_at_ms: now_ms - DAY,
+                ends_at_ms: None,
+            });
+        }
+    }
+}
