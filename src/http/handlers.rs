@@ -51,7 +51,11 @@ impl App {
             plans_params(query)
         };
         let snapshot = self.catalog.load();
-        let answer = match snapshot.plans(cc, visitor, partner, clock_ms) {
+        // The clock is read at most once, and only for a country with a change
+        // scheduled (to pick the period, then for `max-age`).
+        let clock = std::cell::OnceCell::new();
+        let now = || *clock.get_or_init(clock_ms);
+        let answer = match snapshot.plans(cc, visitor, partner, now) {
             Ok(a) => a,
             Err(e) => return plans_problem(e),
         };
@@ -71,7 +75,7 @@ impl App {
             h.insert(CONTENT_TYPE, JSON);
         }
         h.insert(ETAG, answer.etag.clone());
-        h.insert(CACHE_CONTROL, max_age(answer.until_ms));
+        h.insert(CACHE_CONTROL, max_age(answer.until_ms, now));
         h.insert(X_CATALOG_VERSION.clone(), snapshot.version_header().clone());
         h.insert(X_SERVED_FROM.clone(), FROM_SNAPSHOT);
         resp
@@ -311,11 +315,11 @@ const MAX_AGE_CAP: HeaderValue = HeaderValue::from_static("max-age=60");
 /// [`PLANS_MAX_AGE_SECS`], and never past the next scheduled change (rounded down, so
 /// no cache holds an answer past its instant). Static unless a change is that near.
 #[inline]
-pub(super) fn max_age(until_ms: i64) -> HeaderValue {
+pub(super) fn max_age(until_ms: i64, now: impl FnOnce() -> i64) -> HeaderValue {
     if until_ms == i64::MAX {
         return MAX_AGE_CAP;
     }
-    let left = (until_ms - clock_ms()).max(0) / 1000;
+    let left = (until_ms - now()).max(0) / 1000;
     if left >= PLANS_MAX_AGE_SECS {
         return MAX_AGE_CAP;
     }
