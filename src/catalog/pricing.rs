@@ -707,7 +707,9 @@ fn build_period(
     plans: &[PlanEntry],
     state_at: i64,
     until_ms: i64,
+    answers_until: (i64, i64),
 ) -> Period {
+    let (plain_until, variants_until) = answers_until;
     let prices = rules.prices_at(state_at);
     let running: Vec<usize> = rules
         .experiments
@@ -728,8 +730,8 @@ fn build_period(
         cells: Vec::new(),
         partner: None,
     };
-    let plain =
-        (!prices.is_empty()).then(|| render(version, rules.cc, &prices, &empty, until_ms, plans));
+    let plain = (!prices.is_empty())
+        .then(|| render(version, rules.cc, &prices, &empty, plain_until, plans));
     let mut variants = Vec::new();
     if plain.is_some() && total <= MAX_PRERENDERED_VARIANTS {
         variants.reserve(total);
@@ -759,7 +761,14 @@ fn build_period(
                         continue;
                     }
                 }
-                variants.push(render(version, rules.cc, &prices, &spec, until_ms, plans));
+                variants.push(render(
+                    version,
+                    rules.cc,
+                    &prices,
+                    &spec,
+                    variants_until,
+                    plans,
+                ));
             }
         }
     } else if plain.is_some() {
@@ -788,12 +797,53 @@ pub(super) fn build_country(
     now: i64,
 ) -> CountryCatalog {
     let upcoming: Vec<i64> = rules.instants().into_iter().filter(|t| *t > now).collect();
-    let mut periods = Vec::with_capacity(upcoming.len() + 1);
-    let first_until = upcoming.first().copied().unwrap_or(i64::MAX);
-    periods.push(build_period(&rules, version, plans, now, first_until));
-    for (k, &start) in upcoming.iter().enumerate() {
-        let until = upcoming.get(k + 1).copied().unwrap_or(i64::MAX);
-        periods.push(build_period(&rules, version, plans, start, until));
+    // Each period's state at its start (the first: now), and its end.
+    let starts: Vec<i64> = std::iter::once(now)
+        .chain(upcoming.iter().copied())
+        .collect();
+    let ends: Vec<i64> = upcoming
+        .iter()
+        .copied()
+        .chain(std::iter::once(i64::MAX))
+        .collect();
+    // `valid_until` is the next change that affects the answer: the plain answer
+    // changes only with the prices, a variant also with the running experiments and
+    // the partner offers, so a run of periods equal in that respect shares one end.
+    let plain_keys: Vec<String> = starts
+        .iter()
+        .map(|t| format!("{:?}", rules.prices_at(*t)))
+        .collect();
+    let variant_keys: Vec<String> = starts
+        .iter()
+        .zip(&plain_keys)
+        .map(|(t, prices)| {
+            let running: Vec<&str> = rules
+                .experiments
+                .iter()
+                .filter(|e| e.running_at(*t))
+                .map(|e| e.id.as_str())
+                .collect();
+            format!("{prices}{running:?}{:?}", rules.partners_at(*t))
+        })
+        .collect();
+    let run_end = |keys: &[String], i: usize| {
+        let mut j = i;
+        while j + 1 < keys.len() && keys[j + 1] == keys[i] {
+            j += 1;
+        }
+        ends[j]
+    };
+    let mut periods = Vec::with_capacity(starts.len());
+    for (i, &start) in starts.iter().enumerate() {
+        let answers_until = (run_end(&plain_keys, i), run_end(&variant_keys, i));
+        periods.push(build_period(
+            &rules,
+            version,
+            plans,
+            start,
+            ends[i],
+            answers_until,
+        ));
     }
     CountryCatalog {
         rules: Arc::new(rules),
