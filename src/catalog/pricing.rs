@@ -429,32 +429,51 @@ pub(super) struct CountryCatalog {
     periods: Vec<Period>,
     /// The index of the period last found current; only moves forward.
     current: AtomicUsize,
+    /// The plain answer's own periods: runs of periods with the same prices merged,
+    /// so the plain path of a country whose experiments or partner offers end, but
+    /// whose prices do not change, never reads the clock. Each: its end, its answer.
+    plain: Vec<(i64, Option<Rendered>)>,
+    plain_current: AtomicUsize,
+}
+
+/// The entry of `list` in force at `now`, from the one last found (`current`, only
+/// moved forward): an entry ending never (`i64::MAX`) is taken without reading the
+/// clock; otherwise one compare against its end, and on passing it a search forward.
+#[inline]
+fn pick<'a, T>(
+    list: &'a [T],
+    end: impl Fn(&T) -> i64,
+    current: &AtomicUsize,
+    now: impl FnOnce() -> i64,
+) -> &'a T {
+    let i = current.load(Ordering::Relaxed);
+    let p = &list[i];
+    let until = end(p);
+    if until == i64::MAX {
+        return p;
+    }
+    let t = now();
+    if t < until {
+        return p;
+    }
+    let j = (i + list[i..].partition_point(|q| end(q) <= t)).min(list.len() - 1);
+    current.fetch_max(j, Ordering::Relaxed);
+    &list[j]
 }
 
 impl CountryCatalog {
-    /// The period in force now. A country with no later period never reads the clock;
-    /// otherwise one compare against the current period's end, and on passing it a
-    /// search forward (atomic: the next request starts from the period found).
+    /// The period in force now (see [`pick`]).
     #[inline]
     pub(super) fn period(&self, now: impl FnOnce() -> i64) -> &Period {
-        let i = self.current.load(Ordering::Relaxed);
-        let p = &self.periods[i];
-        if p.until_ms == i64::MAX {
-            return p;
-        }
-        let t = now();
-        if t < p.until_ms {
-            return p;
-        }
-        let j = (i + self.periods[i..].partition_point(|q| q.until_ms <= t))
-            .min(self.periods.len() - 1);
-        self.current.fetch_max(j, Ordering::Relaxed);
-        &self.periods[j]
+        pick(&self.periods, |p| p.until_ms, &self.current, now)
     }
 
     /// The plain answer in force now.
+    #[inline]
     pub(super) fn plain(&self, now: impl FnOnce() -> i64) -> Option<&Rendered> {
-        self.period(now).plain.as_ref()
+        pick(&self.plain, |p| p.0, &self.plain_current, now)
+            .1
+            .as_ref()
     }
 
     /// The catalog price of a plan now, and until when it holds.
@@ -845,10 +864,24 @@ pub(super) fn build_country(
             answers_until,
         ));
     }
+    let mut plain = Vec::new();
+    let mut i = 0;
+    while i < periods.len() {
+        let end = run_end(&plain_keys, i);
+        plain.push((end, periods[i].plain.clone()));
+        while i < periods.len() && periods[i].until_ms <= end {
+            i += 1;
+        }
+        if end == i64::MAX {
+            break;
+        }
+    }
     CountryCatalog {
         rules: Arc::new(rules),
         periods,
         current: AtomicUsize::new(0),
+        plain,
+        plain_current: AtomicUsize::new(0),
     }
 }
 
