@@ -1,12 +1,15 @@
 //! The plan catalog served to callers: an immutable, versioned [`Snapshot`] with every
 //! answer pre-rendered, swapped atomically through [`CatalogHandle`].
 //!
-//! The catalog is small (245 countries × ≤ 5 plans), so every node holds all of it. A
-//! snapshot is built off the hot path from the store's rows ([`CatalogData`]) and
-//! swapped in atomically, so no response ever mixes two versions. The plans response
-//! of every country is rendered to bytes when the snapshot is built: the hit path
-//! copies a reference-counted buffer and does no serialization. [`disk`] keeps the last
-//! good rows on disk for a node that starts while the store is down.
+//! The catalog is small (245 countries × ≤ 5 plans, plus the pricing rules), so every
+//! node holds all of it. A snapshot is built off the hot path from the store's rows
+//! ([`CatalogData`]) and swapped in atomically, so no response ever mixes two
+//! versions. Every plans answer is rendered to bytes when the snapshot is built — per
+//! country, per period of its scheduled changes and per variant (experiment cells ×
+//! partner offers, see [`pricing`]) — so the hit path copies a reference-counted
+//! buffer and does no serialization, and a scheduled change takes effect on each
+//! node's clock with no rebuild. [`disk`] keeps the last good rows on disk for a node
+//! that starts while the store is down.
 
 pub mod disk;
 pub mod pricing;
