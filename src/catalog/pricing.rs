@@ -893,11 +893,15 @@ mod tests {
     fn allocation_is_stable_and_spreads_evenly() {
         assert_eq!(allocation_hash("e", "v1"), allocation_hash("e", "v1"));
         assert_ne!(allocation_hash("e", "v1"), allocation_hash("f", "v1"));
-        // Pinned: a change of hash would move every visitor of every experiment.
+        // Pinned (computed independently): a change of the hash would move every
+        // visitor of every running experiment, across nodes and restarts.
         assert_eq!(
-            bucket("us-ads-price", "visitor-1"),
-            bucket("us-ads-price", "visitor-1")
+            allocation_hash("us-ads-price", "visitor-1"),
+            0x3455_0306_e87c_e80e
         );
+        assert_eq!(bucket("us-ads-price", "visitor-1"), 2044);
+        assert_eq!(bucket("us-premium-ladder", "visitor-42"), 4600);
+        assert_eq!(bucket("us-ads-price", "visitor-42"), 6345);
         let mut counts = [0u32; 10];
         for i in 0..100_000 {
             counts[(bucket("x", &format!("v{i}")) / 1000) as usize] += 1;
