@@ -141,20 +141,6 @@ pub fn add_examples(data: &mut CatalogData) -> Result<(), PlanError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn examples_parse() {
-        let data = CatalogData::reference_with_examples().unwrap();
-        assert_eq!(data.experiments.len(), 2);
-        assert_eq!(data.cells.len(), 5);
-        assert_eq!(data.partner_offers.len(), 2);
-        assert!(data.scheduled.len() >= 6);
-    }
-}
-
 /// A synthetic rule load for measuring the snapshot build: `experiments` experiments
 /// (two per country, over the countries in code order, each with three cells, one of
 /// them a control, and two priced plans), `scheduled` scheduled prices (spread over the
@@ -236,5 +222,19 @@ pub fn add_synthetic_rules(
                 ends_at_ms: None,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn examples_parse() {
+        let data = CatalogData::reference_with_examples().unwrap();
+        assert_eq!(data.experiments.len(), 2);
+        assert_eq!(data.cells.len(), 5);
+        assert_eq!(data.partner_offers.len(), 2);
+        assert!(data.scheduled.len() >= 6);
     }
 }
