@@ -48,7 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-env -u READTIER_CONFIG -u READTIER_BIN READTIER_LISTEN=127.0.0.1:0 READTIER_ADMIN_LISTEN=127.0.0.1:0 READTIER_DATA_DIR="$work" \
+env -u READTIER_CONFIG READTIER_LISTEN=127.0.0.1:0 READTIER_ADMIN_LISTEN=127.0.0.1:0 READTIER_DATA_DIR="$work" \
   READTIER_SEED_MEMBERS=200 "$bin" serve >"$work/node.log" 2>&1 &
 node_pid=$!
 public= admin=
