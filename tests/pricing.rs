@@ -615,6 +615,31 @@ async fn postgres_rule_tables_round_trip_and_are_captured() {
     let fr: serde_json::Value = serde_json::from_slice(&fr.body).unwrap();
     assert_eq!(price_of(&fr, "premium"), None, "{fr}");
     assert_eq!(fr["partner"]["id"], "orange");
+
+    // A member's price lock reads back from PostgreSQL (NUMERIC, TIMESTAMPTZ).
+    schema
+        .exec(
+            "INSERT INTO memberships (member_id, status, plan_id, country, price_locked_amount,
+                                      price_locked_currency, price_locked_until)
+             VALUES (77, 'active', 'premium', 'US', 22.990, 'USD', '2027-06-01T00:00:00Z'),
+                    (78, 'active', 'premium', 'US', NULL, NULL, NULL)",
+        )
+        .await;
+    let m = store.get_member(77).await.unwrap().unwrap();
+    let lock = m.price_lock.expect("locked");
+    assert_eq!(lock.amount.as_str(), "22.99");
+    assert_eq!(lock.currency, "USD");
+    assert_eq!(
+        lock.until_ms,
+        Some(parse_instant_ms("2027-06-01T00:00:00Z").unwrap())
+    );
+    assert!(store
+        .get_member(78)
+        .await
+        .unwrap()
+        .unwrap()
+        .price_lock
+        .is_none());
 }
 
 /// SQLite: the same capture, through a node: a raw insert into a rule table reaches
@@ -680,5 +705,60 @@ fn a_snapshot_with_200_experiments_and_1000_scheduled_prices_answers() {
     assert_eq!(
         price_of(&later, &first.plan_id),
         first.amount.as_ref().map(|a| a.as_str().to_string())
+    );
+}
+
+/// `readtier restore` writes a member's price lock back with the rest of the row (the
+/// history images carry it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_brings_back_a_price_lock() {
+    let node = TestNode::start(&[("READTIER_SEED_MEMBERS", "20")]).await;
+    sql(
+        node.db(),
+        "UPDATE memberships SET price_locked_amount = '9.99', price_locked_currency = 'USD',
+                price_locked_until = '2099-01-01T00:00:00Z' WHERE member_id = 5"
+            .into(),
+    )
+    .await;
+    node.caught_up().await;
+    let at: String = rusqlite::Connection::open(node.db())
+        .unwrap()
+        .query_row(
+            "SELECT strftime('%Y-%m-%dT%H:%M:%f','now') || '000Z'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    sql(
+        node.db(),
+        "UPDATE memberships SET price_locked_amount = NULL, price_locked_currency = NULL,
+                price_locked_until = NULL WHERE member_id = 5"
+            .into(),
+    )
+    .await;
+    node.caught_up().await;
+    let e = node.get("/v1/members/5/entitlement").await.json();
+    assert_eq!(e["price"]["source"], "catalog", "{e}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_readtier"))
+        .args(["restore", "--as-of", &at, "--member", "5"])
+        .env(
+            "READTIER_STORE_URL",
+            format!("sqlite://{}", node.db().display()),
+        )
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restored 1 of 1"),
+        "{out:?}"
+    );
+    node.caught_up().await;
+    let e = node.get("/v1/members/5/entitlement").await.json();
+    assert_eq!(
+        e["price"],
+        serde_json::json!({"amount": "9.99", "currency": "USD", "source": "locked"}),
+        "{e}"
     );
 }
