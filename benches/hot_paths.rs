@@ -28,6 +28,39 @@ fn catalog(c: &mut Criterion) {
     c.bench_function("catalog: build snapshot of 245 countries", |b| {
         b.iter(|| black_box(Snapshot::build(black_box(&data))))
     });
+    // Issue 12: the bundled examples put a US visitor in two running experiments.
+    let examples = CatalogData::reference_with_examples().unwrap();
+    let handle = CatalogHandle::new(Snapshot::build(&examples));
+    c.bench_function("plans: plain answer, US with experiments scheduled", |b| {
+        b.iter(|| {
+            let snap = handle.load();
+            black_box(snap.country(black_box(*b"US")).unwrap().body.clone())
+        })
+    });
+    c.bench_function("plans: visitor in two experiments (hash + variant)", |b| {
+        let mut i = 0u32;
+        let visitors: Vec<String> = (0..1024).map(|n| format!("visitor-{n}")).collect();
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let snap = handle.load();
+            let v = &visitors[(i & 1023) as usize];
+            let a = snap
+                .plans(*b"US", Some(v), None, readtier::catalog::clock_ms)
+                .unwrap();
+            black_box(a.body.clone())
+        })
+    });
+    let mut heavy = CatalogData::reference().unwrap();
+    readtier::plan::examples::add_synthetic_rules(
+        &mut heavy,
+        200,
+        1000,
+        readtier::catalog::clock_ms(),
+    );
+    c.bench_function(
+        "catalog: build snapshot with 200 experiments and 1,000 scheduled prices",
+        |b| b.iter(|| black_box(Snapshot::build(black_box(&heavy)))),
+    );
 }
 
 fn entitlement(c: &mut Criterion) {
@@ -38,6 +71,7 @@ fn entitlement(c: &mut Criterion) {
         plan_id: "premium".into(),
         country: "US".into(),
         version: 3,
+        price_lock: None,
     };
     c.bench_function("entitlement: decision (plan lookup included)", |b| {
         b.iter(|| {
@@ -106,6 +140,7 @@ fn cache_candidates(c: &mut Criterion) {
         plan_id: "premium".into(),
         country: "US".into(),
         version: 1,
+        price_lock: None,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -180,6 +215,7 @@ fn change_apply(c: &mut Criterion) {
             plan_id: "premium".into(),
             country: "US".into(),
             version: 1,
+            price_lock: None,
         });
     }
     let mut n = 0u64;

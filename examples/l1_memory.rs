@@ -65,6 +65,7 @@ fn main() {
                 plan_id,
                 country,
                 version: 1,
+                price_lock: None,
             });
         }
         let bytes = (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64;
@@ -88,9 +89,11 @@ fn main() {
             let entry = members.get_l1(id).expect("preloaded");
             let member = entry.member.as_ref().expect("a record");
             let body = render_entitlement(member, &snapshot);
-            entry
-                .rendered
-                .store(Some(std::sync::Arc::new((snapshot.version(), body))));
+            entry.rendered.store(Some(std::sync::Arc::new((
+                snapshot.version(),
+                i64::MAX,
+                body,
+            ))));
         }
         let served = (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64;
         println!("{n:>12} {bytes:>16.1} {hot:>22.1} {uniform:>22.1} {served:>18.1}");

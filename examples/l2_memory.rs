@@ -87,6 +87,7 @@ async fn main() {
                 plan_id,
                 country,
                 version: 3,
+                price_lock: None,
             }
         })
         .collect();

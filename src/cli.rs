@@ -110,9 +110,13 @@ enum Command {
     },
     /// Load the reference catalog (if the store has none) and N synthetic members, ids 1..=N.
     Seed {
-        /// How many members to create or overwrite.
-        #[arg(long)]
+        /// How many members to create or overwrite (0: none).
+        #[arg(long, default_value_t = 0)]
         members: u64,
+        /// Also load the observed 2023–2026 price changes (data/price-changes.csv) as
+        /// `scheduled_prices` history (upserted: safe to repeat).
+        #[arg(long)]
+        price_history: bool,
     },
 }
 
@@ -185,7 +189,10 @@ pub fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(cfg).await,
             Command::Migrate => migrate(&cfg).await,
-            Command::Seed { members } => seed(&cfg, members).await,
+            Command::Seed {
+                members,
+                price_history,
+            } => seed(&cfg, members, price_history).await,
             Command::Relay { id } => relay(&cfg, id).await,
             Command::Reconcile { history: true, .. } => history::reconcile(&cfg).await,
             Command::Reconcile { fill_missing, .. } => reconcile(&cfg, fill_missing).await,
@@ -239,12 +246,34 @@ async fn migrate(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn seed(cfg: &Config, members: u64) -> anyhow::Result<()> {
+async fn seed(cfg: &Config, members: u64, price_history: bool) -> anyhow::Result<()> {
     let store = Store::open(&cfg.store)?;
     store.migrate().await?;
     if store.catalog_is_empty().await? {
-        store.write_catalog(CatalogData::reference()?).await?;
-        println!("seeded the reference catalog");
+        store
+            .write_catalog(CatalogData::reference_with_examples()?)
+            .await?;
+        println!("seeded the reference catalog and the pricing examples");
+    }
+    if price_history {
+        let scheduled = crate::plan::reference_price_history()?;
+        let n = scheduled.len();
+        store
+            .write_catalog(CatalogData {
+                version: 0,
+                plans: Vec::new(),
+                prices: Vec::new(),
+                scheduled,
+                experiments: Vec::new(),
+                cells: Vec::new(),
+                experiment_prices: Vec::new(),
+                partner_offers: Vec::new(),
+            })
+            .await?;
+        println!("loaded {n} scheduled prices (the 2023-2026 price history)");
+    }
+    if members == 0 {
+        return Ok(());
     }
     let catalog = store.load_catalog().await?;
     let took = node::seed_members_into(&store, &catalog, members).await?;

@@ -14,7 +14,8 @@
 //!   [`follower`]: applies committed changes to a node's L1 and catalog;
 //! - [`lookup`]: member lookups through L1 → L2 → store, with coalescing, and the
 //!   consistency inspector that re-checks sampled answers against the store;
-//!   [`catalog`]: the immutable, versioned, pre-rendered catalog snapshot;
+//!   [`catalog`]: the immutable, versioned, pre-rendered catalog snapshot, with its
+//!   pricing rules (scheduled prices, experiment cells, partner offers);
 //! - [`tier`]: the L2 Redis hash tier (zones, consistent hashing, versioned sets);
 //!   [`stream`]: the change stream in Redis; [`store`]: the source of truth
 //!   (embedded SQLite or PostgreSQL), its change log and seeding;

@@ -4,7 +4,7 @@
 //! service caches them, HTTP renders them; all of them import it from here. The
 //! decision needs the member's plan, which the caller looks up in its catalog snapshot.
 
-use crate::plan::Plan;
+use crate::plan::{Plan, Price};
 
 /// A member's standing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,6 +57,27 @@ pub struct Member {
     pub country: String,
     /// Raised by the store on every write; never lower for a newer state of the row.
     pub version: i64,
+    /// The price this member keeps paying (grandfathering), if any: boxed, so a
+    /// member without one (most) costs a pointer's width in L1, not the lock's.
+    pub price_lock: Option<Box<PriceLock>>,
+}
+
+/// A member's grandfathered price: `memberships.price_locked_amount` in
+/// `price_locked_currency` until `price_locked_until` (README, "Pricing rules").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceLock {
+    pub amount: Price,
+    pub currency: String,
+    /// Milliseconds since the epoch from which the catalog price applies again
+    /// (`None`: no end date).
+    pub until_ms: Option<i64>,
+}
+
+impl PriceLock {
+    /// Whether the lock holds at `now`.
+    pub fn holds_at(&self, now: i64) -> bool {
+        self.until_ms.is_none_or(|u| now < u)
+    }
 }
 
 /// Why playback is allowed or not (the `reason` of an authorize answer).
@@ -130,6 +151,7 @@ mod tests {
             plan_id: plan.into(),
             country: "US".into(),
             version: 1,
+            price_lock: None,
         }
     }
 

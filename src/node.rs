@@ -79,7 +79,7 @@ impl Running {
 pub async fn prepare_store(store: &Store, seed_members: u64) -> Result<(), NodeError> {
     store.migrate().await?;
     if store.catalog_is_empty().await? {
-        let catalog = CatalogData::reference()?;
+        let catalog = CatalogData::reference_with_examples()?;
         store.write_catalog(catalog.clone()).await?;
         tracing::info!(
             plans = catalog.plans.len(),

@@ -308,6 +308,7 @@ fn member(id: u64, status: Status, version: i64) -> Member {
         plan_id: "premium".into(),
         country: "US".into(),
         version,
+        price_lock: None,
     }
 }
 

@@ -137,6 +137,10 @@ pub struct Args {
     /// Fixed path to request instead of the mix (for baseline comparisons).
     #[arg(long)]
     path: Option<String>,
+    /// Plans requests carry `&visitor=v<n>`, n uniform in 0..visitors (0: no visitor),
+    /// so each lands in its cells of the country's running experiments.
+    #[arg(long, default_value_t = 0)]
+    visitors: u64,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -194,6 +198,7 @@ struct Plan {
     zipf: Zipf,
     countries: Countries,
     path: Option<String>,
+    visitors: u64,
     start: Instant,
     measure_from: Instant,
     end: Instant,
@@ -235,6 +240,13 @@ fn request(plan: &Plan, t: &Target, rng: &mut Rng) -> http::Request<Full<Bytes>>
             .expect("valid request");
     }
     match plan.mix.sample(rng) {
+        Kind::Plans if plan.visitors > 0 => b
+            .uri(format!(
+                "/v1/plans?country={}&visitor=v{}",
+                plan.countries.sample(rng),
+                rng.next_u64() % plan.visitors
+            ))
+            .body(Full::new(Bytes::new())),
         Kind::Plans => b
             .uri(format!("/v1/plans?country={}", plan.countries.sample(rng)))
             .body(Full::new(Bytes::new())),
@@ -586,6 +598,7 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<bool> {
         zipf: Zipf::new(args.members.max(1), args.zipf),
         countries: Countries::new(&args.countries),
         path: args.path.clone(),
+        visitors: args.visitors,
         start,
         measure_from,
         end,

@@ -1,35 +1,47 @@
 //! The plan catalog served to callers: an immutable, versioned [`Snapshot`] with every
 //! answer pre-rendered, swapped atomically through [`CatalogHandle`].
 //!
-//! The catalog is small (245 countries × ≤ 5 plans), so every node holds all of it. A
-//! snapshot is built off the hot path from the store's rows ([`CatalogData`]) and
-//! swapped in atomically, so no response ever mixes two versions. The plans response
-//! of every country is rendered to bytes when the snapshot is built: the hit path
-//! copies a reference-counted buffer and does no serialization. [`disk`] keeps the last
-//! good rows on disk for a node that starts while the store is down.
+//! The catalog is small (245 countries × ≤ 5 plans, plus the pricing rules), so every
+//! node holds all of it. A snapshot is built off the hot path from the store's rows
+//! ([`CatalogData`]) and swapped in atomically, so no response ever mixes two
+//! versions. Every plans answer is rendered to bytes when the snapshot is built — per
+//! country, per period of its scheduled changes and per variant (experiment cells ×
+//! partner offers, see [`pricing`]) — so the hit path copies a reference-counted
+//! buffer and does no serialization, and a scheduled change takes effect on each
+//! node's clock with no rebuild. [`disk`] keeps the last good rows on disk for a node
+//! that starts while the store is down.
 
 pub mod disk;
+pub mod pricing;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::HeaderValue;
 use serde::Serialize;
 
 pub use crate::plan::{is_country_code, CatalogData, Plan, PlanPrice, Price};
+use pricing::CountryCatalog;
+pub use pricing::{Amount, PlansAnswer, PlansError, Rendered};
 
 fn country_index(cc: [u8; 2]) -> usize {
     (cc[0] - b'A') as usize * 26 + (cc[1] - b'A') as usize
 }
 
-/// The pre-rendered plans answer of one country.
-#[derive(Debug, Clone)]
-pub struct CountryPlans {
-    /// The whole JSON body.
-    pub body: Bytes,
-    /// Strong ETag for `body`.
-    pub etag: HeaderValue,
+/// The pre-rendered plans answer of one country (kept under its old name: the plain
+/// answer is one [`Rendered`] like every variant).
+pub type CountryPlans = Rendered;
+
+/// Milliseconds since the Unix epoch on this node's clock: what scheduled changes
+/// switch on (each node on its own clock; no write happens at the instant).
+/// Whole milliseconds from seconds and the sub-second part: no 128-bit division on the
+/// request path (`Duration::as_millis` is one).
+#[inline]
+pub fn clock_ms() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64 * 1000 + i64::from(d.subsec_millis()),
+        Err(_) => 0,
+    }
 }
 
 /// A plan with its pre-rendered JSON fragment for entitlement answers.
@@ -44,18 +56,27 @@ pub struct PlanEntry {
 #[derive(Debug)]
 pub struct Snapshot {
     version: u64,
-    version_header: HeaderValue,
+    version_header: http::HeaderValue,
     /// Indexed by `country_index`: 26 × 26 slots, so a lookup is two subtractions.
-    countries: Vec<Option<CountryPlans>>,
+    countries: Vec<Option<CountryCatalog>>,
     plans: Vec<PlanEntry>,
     country_count: usize,
+    /// Every partner named in `partner_offers`, in name order (a partner unknown here
+    /// is a 400; a known one without an offer in the country gets the plain answer).
+    partners: Vec<String>,
 }
 
 impl Snapshot {
-    /// Builds a snapshot. Rows that cannot be served (a malformed country code, a price
-    /// for a plan that does not exist) are skipped with a warning rather than failing the
-    /// whole catalog: other services write these tables in raw SQL.
+    /// Builds a snapshot as of now (see [`Snapshot::build_at`]).
     pub fn build(data: &CatalogData) -> Snapshot {
+        Snapshot::build_at(data, clock_ms())
+    }
+
+    /// Builds a snapshot holding the period in force at `now` and every later one.
+    /// Rows that cannot be served (a malformed country code, a price for a plan that
+    /// does not exist) are skipped with a warning rather than failing the whole
+    /// catalog: other services write these tables in raw SQL.
+    pub fn build_at(data: &CatalogData, now: i64) -> Snapshot {
         let mut plans: Vec<PlanEntry> = data
             .plans
             .iter()
@@ -66,56 +87,35 @@ impl Snapshot {
             .collect();
         plans.sort_by(|a, b| a.plan.id.cmp(&b.plan.id));
 
-        let mut by_country: Vec<Vec<&PlanPrice>> = vec![Vec::new(); 26 * 26];
-        for row in &data.prices {
-            let cc = row.country.as_bytes();
-            if !is_country_code(cc) {
-                tracing::warn!(country = %row.country, "skipping price row with a malformed country code");
-                continue;
-            }
-            if plans
-                .binary_search_by(|p| p.plan.id.as_str().cmp(&row.plan_id))
-                .is_err()
-            {
-                tracing::warn!(country = %row.country, plan = %row.plan_id, "skipping price row for an unknown plan");
-                continue;
-            }
-            by_country[country_index([cc[0], cc[1]])].push(row);
-        }
-
-        let mut countries = Vec::with_capacity(26 * 26);
+        let index = |cc: &str| {
+            let b = cc.as_bytes();
+            is_country_code(b).then(|| country_index([b[0], b[1]]))
+        };
+        let rules = pricing::rules_by_country(data, &plans, index);
+        let mut countries: Vec<Option<CountryCatalog>> = (0..26 * 26).map(|_| None).collect();
         let mut country_count = 0;
-        for (idx, rows) in by_country.iter_mut().enumerate() {
-            if rows.is_empty() {
-                countries.push(None);
-                continue;
+        for (i, r) in rules {
+            let c = pricing::build_country(r, data.version, &plans, now);
+            if c.has_plans() {
+                country_count += 1;
             }
-            country_count += 1;
-            rows.sort_by(|a, b| {
-                a.amount
-                    .cmp(&b.amount)
-                    .then_with(|| a.plan_id.cmp(&b.plan_id))
-            });
-            let cc = [b'A' + (idx / 26) as u8, b'A' + (idx % 26) as u8];
-            let body = render_country(data.version, &cc, rows, &plans);
-            let etag = format!(
-                "\"{}-{}\"",
-                std::str::from_utf8(&cc).unwrap_or("XX"),
-                data.version
-            );
-            countries.push(Some(CountryPlans {
-                body,
-                // Built from ASCII letters, digits and quotes: always a valid header.
-                etag: HeaderValue::from_str(&etag).expect("etag is visible ASCII"),
-            }));
+            countries[i] = Some(c);
         }
+        let mut partners: Vec<String> = data
+            .partner_offers
+            .iter()
+            .map(|o| o.partner.clone())
+            .collect();
+        partners.sort();
+        partners.dedup();
 
         Snapshot {
             version: data.version,
-            version_header: HeaderValue::from(data.version),
+            version_header: http::HeaderValue::from(data.version),
             countries,
             plans,
             country_count,
+            partners,
         }
     }
 
@@ -124,15 +124,102 @@ impl Snapshot {
     }
 
     /// The `x-catalog-version` header value, made once per snapshot.
-    pub fn version_header(&self) -> &HeaderValue {
+    pub fn version_header(&self) -> &http::HeaderValue {
         &self.version_header
     }
 
-    /// The plans answer of a country (`cc` already checked by [`is_country_code`]).
-    pub fn country(&self, cc: [u8; 2]) -> Option<&CountryPlans> {
+    fn country_catalog(&self, cc: [u8; 2]) -> Option<&CountryCatalog> {
         self.countries
             .get(country_index(cc))
             .and_then(Option::as_ref)
+    }
+
+    /// The plain plans answer of a country now (`cc` already checked by
+    /// [`is_country_code`]): no visitor, no partner. Reads the clock only if the
+    /// country has a change scheduled.
+    #[inline]
+    pub fn country(&self, cc: [u8; 2]) -> Option<&Rendered> {
+        self.country_catalog(cc)?.plain(clock_ms)
+    }
+
+    /// The plans a visitor sees in a country at `now` (evaluated only if the country
+    /// has a change scheduled), with a partner's offer: the one entry point of the
+    /// plans logic, for HTTP and any other face. `visitor` and `partner` are checked
+    /// here (shape; the partner must be known).
+    pub fn plans(
+        &self,
+        cc: [u8; 2],
+        visitor: Option<&str>,
+        partner: Option<&str>,
+        now: impl FnOnce() -> i64,
+    ) -> Result<PlansAnswer<'_>, PlansError> {
+        self.check(visitor, partner)?;
+        let unknown = || PlansError::UnknownCountry(String::from_utf8_lossy(&cc).into_owned());
+        let c = self.country_catalog(cc).ok_or_else(unknown)?;
+        if visitor.is_none() && partner.is_none() {
+            return c.plain(now).map(PlansAnswer::Ready).ok_or_else(unknown);
+        }
+        c.answer(self.version, &self.plans, visitor, partner, now)
+            .ok_or_else(unknown)
+    }
+
+    /// The answer [`Snapshot::plans`] would give at any instant `at` (an operator's
+    /// preview of a scheduled change), rendered from the rules.
+    pub fn plans_at(
+        &self,
+        cc: [u8; 2],
+        at: i64,
+        visitor: Option<&str>,
+        partner: Option<&str>,
+    ) -> Result<Rendered, PlansError> {
+        self.check(visitor, partner)?;
+        self.country_catalog(cc)
+            .and_then(|c| c.answer_at(self.version, &self.plans, at, visitor, partner))
+            .ok_or_else(|| PlansError::UnknownCountry(String::from_utf8_lossy(&cc).into_owned()))
+    }
+
+    fn check(&self, visitor: Option<&str>, partner: Option<&str>) -> Result<(), PlansError> {
+        if let Some(v) = visitor {
+            if !pricing::valid_id(v) {
+                return Err(PlansError::MalformedVisitor(v.chars().take(70).collect()));
+            }
+        }
+        if let Some(p) = partner {
+            if !pricing::valid_id(p) {
+                return Err(PlansError::MalformedPartner(p.chars().take(70).collect()));
+            }
+            if self
+                .partners
+                .binary_search_by(|q| q.as_str().cmp(p))
+                .is_err()
+            {
+                let known = if self.partners.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.partners.join(", ")
+                };
+                return Err(PlansError::UnknownPartner(p.to_string(), known));
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalog price of a plan in a country now, and the instant it holds until
+    /// (`i64::MAX`: no change scheduled): what a member without a price lock pays.
+    pub fn catalog_price(
+        &self,
+        country: &str,
+        plan: &str,
+        now: impl FnOnce() -> i64,
+    ) -> (Option<&Amount>, i64) {
+        let b = country.as_bytes();
+        if !is_country_code(b) {
+            return (None, i64::MAX);
+        }
+        match self.country_catalog([b[0], b[1]]) {
+            Some(c) => c.price(plan, now),
+            None => (None, i64::MAX),
+        }
     }
 
     /// A plan by id.
@@ -157,66 +244,15 @@ impl Snapshot {
     pub fn country_count(&self) -> usize {
         self.country_count
     }
-}
 
-#[derive(Serialize)]
-struct CountryBody<'a> {
-    country: &'a str,
-    currency: &'a str,
-    catalog_version: u64,
-    plans: Vec<PlanBody<'a>>,
-}
-
-#[derive(Serialize)]
-struct PlanBody<'a> {
-    id: &'a str,
-    name: &'a str,
-    price: PriceBody<'a>,
-    max_streams: u32,
-    max_resolution: &'a str,
-    download_devices: u32,
-    ads: bool,
-    device_classes: &'a [String],
-}
-
-#[derive(Serialize)]
-struct PriceBody<'a> {
-    amount: &'a str,
-    currency: &'a str,
-}
-
-fn render_country(version: u64, cc: &[u8; 2], rows: &[&PlanPrice], plans: &[PlanEntry]) -> Bytes {
-    let plan_of = |id: &str| {
-        plans
-            .binary_search_by(|p| p.plan.id.as_str().cmp(id))
-            .map(|i| &plans[i].plan)
-    };
-    let body = CountryBody {
-        country: std::str::from_utf8(cc).unwrap_or("XX"),
-        currency: rows.first().map(|r| r.currency.as_str()).unwrap_or(""),
-        catalog_version: version,
-        plans: rows
+    /// Periods rendered over every country (the current one and each later one).
+    pub fn period_count(&self) -> usize {
+        self.countries
             .iter()
-            .filter_map(|r| {
-                let p = plan_of(&r.plan_id).ok()?;
-                Some(PlanBody {
-                    id: &p.id,
-                    name: &p.name,
-                    price: PriceBody {
-                        amount: r.amount.as_str(),
-                        currency: &r.currency,
-                    },
-                    max_streams: p.max_streams,
-                    max_resolution: &p.max_resolution,
-                    download_devices: p.download_devices,
-                    ads: p.ads,
-                    device_classes: &p.device_classes,
-                })
-            })
-            .collect(),
-    };
-    // Plain structs of strings and numbers always serialize.
-    Bytes::from(serde_json::to_vec(&body).expect("plans body serializes"))
+            .flatten()
+            .map(|c| c.period_count())
+            .sum()
+    }
 }
 
 fn render_entitlement_fragment(p: &Plan) -> Bytes {

@@ -282,6 +282,7 @@ mod tests {
                 plan_id: plan.into(),
                 country: "US".into(),
                 version,
+                price_lock: None,
             }),
             version,
             ServedFrom::L1,

@@ -52,6 +52,12 @@ pub(super) async fn route(app: &App, req: Request<Incoming>) -> http::Response<B
             }
         }
     }
+    if path == "/admin/plans" {
+        return match only_get(&req) {
+            Some(resp) => resp,
+            None => preview_plans(app, query),
+        };
+    }
     if path == "/admin/catalog/history" {
         return match only_get(&req) {
             Some(resp) => resp,
@@ -64,4 +70,53 @@ pub(super) async fn route(app: &App, req: Request<Incoming>) -> http::Response<B
         "Not Found",
         &format!("no resource at {path}"),
     )
+}
+
+/// `GET /admin/plans?country=CC&at=T[&visitor=V][&partner=P]`: the plans answer as it
+/// will be (or was) at `T` under the current snapshot's rules, for an operator checking
+/// a scheduled change before its instant. Rendered on request (the admin listener is
+/// off the hot path).
+fn preview_plans(app: &App, query: Option<&str>) -> http::Response<Body> {
+    let cc = match super::params::country_param(query) {
+        Ok(cc) => cc,
+        Err(detail) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "malformed-country",
+                "Malformed country code",
+                &detail,
+            )
+        }
+    };
+    let at = match super::params::query_value(query, "at") {
+        Ok(Some(text)) => crate::plan::parse_instant_ms(&text),
+        Ok(None) => Err("the at query parameter is required, as in at=2027-02-01T00:00:00Z".into()),
+        Err(e) => Err(e),
+    };
+    let at = match at {
+        Ok(at) => at,
+        Err(detail) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "malformed-instant",
+                "Malformed instant",
+                &detail,
+            )
+        }
+    };
+    let (visitor, partner) = super::params::plans_params(query);
+    let snapshot = app.catalog.load();
+    match snapshot.plans_at(cc, at, visitor, partner) {
+        Ok(answer) => {
+            let mut resp = super::render::json_ok(answer.body);
+            let h = resp.headers_mut();
+            h.insert(http::header::ETAG, answer.etag);
+            h.insert(
+                super::render::X_CATALOG_VERSION.clone(),
+                snapshot.version_header().clone(),
+            );
+            resp
+        }
+        Err(e) => super::handlers::plans_problem(e),
+    }
 }

@@ -6,22 +6,23 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::params::{
-    country_param, etag_matches, parse_member_id, read_body, valid_device_class, AuthorizeRequest,
+    country_param, etag_matches, parse_member_id, plans_params, read_body, valid_device_class,
+    AuthorizeRequest,
 };
 use super::problem::{method_not_allowed, only_get, overloaded, problem, shed_waiting};
 use super::render::{
-    json_ok, json_string, render_entitlement, with_member_headers, FROM_SNAPSHOT, JSON,
+    json_ok, json_string, render_entitlement_at, with_member_headers, FROM_SNAPSHOT, JSON,
     X_CATALOG_VERSION, X_SERVED_FROM,
 };
 use super::{App, Body, Later};
-use crate::catalog::Snapshot;
+use crate::catalog::{clock_ms, PlansError, Snapshot};
 use crate::logging::trace::{miss_span, TRACEPARENT, TRACERESPONSE};
 use crate::lookup::{Entry, LookupError, ServedFrom};
 use crate::member::{self, Member, Reason};
@@ -31,7 +32,8 @@ impl App {
         if let Some(resp) = only_get(req) {
             return resp;
         }
-        let cc = match country_param(req.uri().query()) {
+        let query = req.uri().query();
+        let cc = match country_param(query) {
             Ok(cc) => cc,
             Err(detail) => {
                 return problem(
@@ -42,23 +44,29 @@ impl App {
                 )
             }
         };
+        // `country=XX` alone (the common case) has no visitor or partner to look for.
+        let (visitor, partner) = if query.is_some_and(|q| q.len() == 10) {
+            (None, None)
+        } else {
+            plans_params(query)
+        };
         let snapshot = self.catalog.load();
-        let Some(entry) = snapshot.country(cc) else {
-            return problem(
-                StatusCode::NOT_FOUND,
-                "unknown-country",
-                "No plans for this country",
-                &format!("no plans are offered in {}", String::from_utf8_lossy(&cc)),
-            );
+        // The clock is read at most once, and only for a country with a change
+        // scheduled (to pick the period, then for `max-age`).
+        let clock = std::cell::OnceCell::new();
+        let now = || *clock.get_or_init(clock_ms);
+        let answer = match snapshot.plans(cc, visitor, partner, now) {
+            Ok(a) => a,
+            Err(e) => return plans_problem(e),
         };
         let not_modified = req
             .headers()
             .get(IF_NONE_MATCH)
-            .is_some_and(|v| etag_matches(v.as_bytes(), entry.etag.as_bytes()));
+            .is_some_and(|v| etag_matches(v.as_bytes(), answer.etag.as_bytes()));
         let (status, body) = if not_modified {
             (StatusCode::NOT_MODIFIED, Bytes::new())
         } else {
-            (StatusCode::OK, entry.body.clone())
+            (StatusCode::OK, answer.body.clone())
         };
         let mut resp = Response::new(Full::new(body));
         *resp.status_mut() = status;
@@ -66,7 +74,8 @@ impl App {
         if !not_modified {
             h.insert(CONTENT_TYPE, JSON);
         }
-        h.insert(ETAG, entry.etag.clone());
+        h.insert(ETAG, answer.etag.clone());
+        h.insert(CACHE_CONTROL, max_age(answer.until_ms, now));
         h.insert(X_CATALOG_VERSION.clone(), snapshot.version_header().clone());
         h.insert(X_SERVED_FROM.clone(), FROM_SNAPSHOT);
         resp
@@ -297,6 +306,59 @@ impl App {
     }
 }
 
+/// The longest a plans answer may be cached by a client: a catalog write can change
+/// it at any moment (the ETag revalidates it cheaply after that).
+pub const PLANS_MAX_AGE_SECS: i64 = 60;
+const MAX_AGE_CAP: HeaderValue = HeaderValue::from_static("max-age=60");
+
+/// `Cache-Control` for an answer valid until `until_ms`: at most
+/// [`PLANS_MAX_AGE_SECS`], and never past the next scheduled change (rounded down, so
+/// no cache holds an answer past its instant). Static unless a change is that near.
+#[inline]
+pub(super) fn max_age(until_ms: i64, now: impl FnOnce() -> i64) -> HeaderValue {
+    if until_ms == i64::MAX {
+        return MAX_AGE_CAP;
+    }
+    let left = (until_ms - now()).max(0) / 1000;
+    if left >= PLANS_MAX_AGE_SECS {
+        return MAX_AGE_CAP;
+    }
+    let mut buf = itoa::Buffer::new();
+    // "max-age=" and digits: always a valid header value.
+    HeaderValue::from_str(&format!("max-age={}", buf.format(left))).unwrap_or(MAX_AGE_CAP)
+}
+
+/// The problem answer to a plans question without an answer.
+pub(super) fn plans_problem(e: PlansError) -> Response<Body> {
+    let detail = e.to_string();
+    match e {
+        PlansError::UnknownCountry(_) => problem(
+            StatusCode::NOT_FOUND,
+            "unknown-country",
+            "No plans for this country",
+            &detail,
+        ),
+        PlansError::MalformedVisitor(_) => problem(
+            StatusCode::BAD_REQUEST,
+            "malformed-visitor",
+            "Malformed visitor id",
+            &detail,
+        ),
+        PlansError::MalformedPartner(_) => problem(
+            StatusCode::BAD_REQUEST,
+            "malformed-partner",
+            "Malformed partner id",
+            &detail,
+        ),
+        PlansError::UnknownPartner(..) => problem(
+            StatusCode::BAD_REQUEST,
+            "unknown-partner",
+            "Unknown partner",
+            &detail,
+        ),
+    }
+}
+
 /// Adds `traceresponse` to a miss's answer when the request carried a trace.
 fn with_traceresponse(mut resp: Response<Body>, trace: Option<String>) -> Response<Body> {
     if let Some(value) = trace.and_then(|t| HeaderValue::from_str(&t).ok()) {
@@ -330,18 +392,24 @@ pub(super) fn post_json_only(req: &Request<Incoming>) -> Option<Response<Body>> 
     })
 }
 
-/// A member's entitlement body, rendered once per entry and catalog version, then
-/// served as shared bytes. Inlined: the single entitlement's L1 hit path runs it.
+/// A member's entitlement body, rendered once per entry, catalog version and price
+/// period, then served as shared bytes. Inlined: the single entitlement's L1 hit path
+/// runs it. The clock is read only for a body whose price changes at a known instant
+/// (a scheduled change in the member's country, or the end of a price lock).
 #[inline]
 pub(super) fn entitlement_body(entry: &Entry, member: &Member, snapshot: &Snapshot) -> Bytes {
     let cached = entry.rendered.load();
     match cached.as_deref() {
-        Some((version, body)) if *version == snapshot.version() => body.clone(),
+        Some((version, until, body))
+            if *version == snapshot.version() && (*until == i64::MAX || clock_ms() < *until) =>
+        {
+            body.clone()
+        }
         _ => {
-            let body = render_entitlement(member, snapshot);
+            let (body, until) = render_entitlement_at(member, snapshot, clock_ms());
             entry
                 .rendered
-                .store(Some(Arc::new((snapshot.version(), body.clone()))));
+                .store(Some(Arc::new((snapshot.version(), until, body.clone()))));
             body
         }
     }

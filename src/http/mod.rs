@@ -4,7 +4,9 @@
 //! - `GET /v1/plans?country=CC`: the country's answer is pre-rendered in the current
 //!   catalog snapshot — a hit copies a reference-counted buffer (`x-served-from:
 //!   snapshot`); `If-None-Match` matching the ETag answers 304; a country without plans
-//!   is 404. The catalog never misses: a node does not serve without a snapshot.
+//!   is 404. The catalog never misses: a node does not serve without a snapshot. With
+//!   `visitor` and/or `partner` the answer is the pre-rendered variant for the
+//!   visitor's experiment cells and the partner's offer (`catalog::pricing`).
 //! - `GET /v1/members/{id}/entitlement` and `POST /v1/playback/authorize`: the member is
 //!   looked up through [`Members`] — **hit** answers from L1; **miss** loads once per
 //!   member (concurrent misses wait for that one load) from the L2 tier's local zone,

@@ -81,6 +81,8 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/admin/log-level", ADMIN),
     route("HEAD", "/admin/log-level", ADMIN),
     route("PUT", "/admin/log-level", ADMIN),
+    route("GET", "/admin/plans", ADMIN),
+    route("HEAD", "/admin/plans", ADMIN),
     route("GET", "/admin/catalog/history", ADMIN),
     route("HEAD", "/admin/catalog/history", ADMIN),
 ];

@@ -91,6 +91,54 @@ pub fn country_param(query: Option<&str>) -> Result<[u8; 2], String> {
     ))
 }
 
+/// The `visitor` and `partner` query parameters of a plans request, as sent (their
+/// values are checked by the catalog: a percent-escape is not among the allowed
+/// characters, so none needs decoding). The first of each counts.
+pub fn plans_params(query: Option<&str>) -> (Option<&str>, Option<&str>) {
+    let (mut visitor, mut partner) = (None, None);
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("visitor=") {
+            visitor = visitor.or(Some(v));
+        } else if let Some(p) = pair.strip_prefix("partner=") {
+            partner = partner.or(Some(p));
+        }
+    }
+    (visitor, partner)
+}
+
+/// A query parameter's value, percent-decoded (`+` is kept: an RFC 3339 offset such
+/// as `+01:00` is sent as is more often than as `%2B`); `None` if absent, an error
+/// naming it if the escape is broken or the result is not UTF-8.
+pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, String> {
+    let Some(raw) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    else {
+        return Ok(None);
+    };
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("{name} has a broken percent-escape"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map(Some)
+        .map_err(|_| format!("{name} is not UTF-8"))
+}
+
 /// A member id: a positive decimal integer that fits a signed 64-bit column.
 pub fn parse_member_id(s: &str) -> Result<u64, String> {
     let bad = || {
@@ -190,6 +238,22 @@ mod tests {
         ] {
             assert!(country_param(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn plans_parameters() {
+        assert_eq!(plans_params(Some("country=US")), (None, None));
+        assert_eq!(
+            plans_params(Some("country=US&visitor=v-1&partner=tmobile&visitor=x")),
+            (Some("v-1"), Some("tmobile"))
+        );
+        assert_eq!(plans_params(Some("visitor=")), (Some(""), None));
+        assert_eq!(
+            query_value(Some("country=US&at=2027-01-01T00%3A00%3A00%2B01:00"), "at").unwrap(),
+            Some("2027-01-01T00:00:00+01:00".to_string())
+        );
+        assert_eq!(query_value(Some("country=US"), "at").unwrap(), None);
+        assert!(query_value(Some("at=%zz"), "at").is_err());
     }
 
     #[test]

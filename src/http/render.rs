@@ -7,7 +7,7 @@ use http::Response;
 use http_body_util::Full;
 
 use super::Body;
-use crate::catalog::Snapshot;
+use crate::catalog::{clock_ms, Snapshot};
 use crate::lookup::ServedFrom;
 use crate::member::{self, Member};
 
@@ -19,8 +19,18 @@ const FROM_L1: HeaderValue = HeaderValue::from_static("l1");
 const FROM_L2: HeaderValue = HeaderValue::from_static("l2");
 const FROM_STORE: HeaderValue = HeaderValue::from_static("store");
 
-/// `{"member_id":…,"status":…,"plan":…,"country":…,"can_stream":…,<plan fragment>,"version":…}`.
+/// [`render_entitlement_at`] now, without the instant it holds until.
 pub fn render_entitlement(m: &Member, snapshot: &Snapshot) -> Bytes {
+    render_entitlement_at(m, snapshot, clock_ms()).0
+}
+
+/// `{"member_id":…,"status":…,"plan":…,"country":…,"can_stream":…,<plan fragment>,
+/// "price":{"amount":…,"currency":…,"source":"locked"|"catalog"},"version":…}` at `now`,
+/// and the instant until which it holds (`i64::MAX`: until the catalog or the member
+/// changes): the next scheduled change of the member's price, or the end of its lock.
+/// `price` is `null` when the member's country no longer offers their plan at a
+/// catalog price and no lock holds.
+pub fn render_entitlement_at(m: &Member, snapshot: &Snapshot, now: i64) -> (Bytes, i64) {
     let entry = snapshot.plan(&m.plan_id);
     let can_stream = member::standing(m, entry.map(|e| &e.plan)).is_ok();
     let mut out = Vec::with_capacity(256);
@@ -41,10 +51,36 @@ pub fn render_entitlement(m: &Member, snapshot: &Snapshot) -> Bytes {
         Some(e) => out.extend_from_slice(&e.entitlement_fragment),
         None => out.extend_from_slice(b"\"max_streams\":0,\"max_resolution\":null,\"download_devices\":0,\"device_classes\":[]"),
     }
+    let until = write_price(&mut out, m, snapshot, now);
     out.extend_from_slice(b",\"version\":");
     out.extend_from_slice(itoa::Buffer::new().format(m.version).as_bytes());
     out.push(b'}');
-    Bytes::from(out)
+    (Bytes::from(out), until)
+}
+
+/// `,"price":…` for a member at `now`; returns until when it holds.
+fn write_price(out: &mut Vec<u8>, m: &Member, snapshot: &Snapshot, now: i64) -> i64 {
+    let mut price = |amount: &str, currency: &str, source: &[u8]| {
+        out.extend_from_slice(b",\"price\":{\"amount\":");
+        json_string(out, amount);
+        out.extend_from_slice(b",\"currency\":");
+        json_string(out, currency);
+        out.extend_from_slice(b",\"source\":\"");
+        out.extend_from_slice(source);
+        out.extend_from_slice(b"\"}");
+    };
+    if let Some(lock) = m.price_lock.as_deref() {
+        if lock.holds_at(now) {
+            price(lock.amount.as_str(), &lock.currency, b"locked");
+            return lock.until_ms.unwrap_or(i64::MAX);
+        }
+    }
+    let (amount, until) = snapshot.catalog_price(&m.country, &m.plan_id, || now);
+    match amount {
+        Some(a) => price(a.amount.as_str(), &a.currency, b"catalog"),
+        None => out.extend_from_slice(b",\"price\":null"),
+    }
+    until
 }
 
 pub fn json_string(out: &mut Vec<u8>, s: &str) {

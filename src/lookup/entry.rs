@@ -33,10 +33,12 @@ pub struct Cached {
     /// The record's version, or the tombstone's (0: an id the store never had).
     pub version: i64,
     pub origin: ServedFrom,
-    /// The entitlement answer for this record and the catalog version it was rendered
-    /// under, kept with the entry so a hit copies bytes instead of rendering; replaced
-    /// when a request finds the catalog has moved on (see `http::render`).
-    pub rendered: arc_swap::ArcSwapOption<(u64, bytes::Bytes)>,
+    /// The entitlement answer for this record, the catalog version it was rendered
+    /// under and the instant (ms) until which its price holds (`i64::MAX`: no change
+    /// scheduled), kept with the entry so a hit copies bytes instead of rendering;
+    /// replaced when a request finds the catalog or the price period has moved on (see
+    /// `http::render`).
+    pub rendered: arc_swap::ArcSwapOption<(u64, i64, bytes::Bytes)>,
 }
 
 impl Cached {

@@ -58,7 +58,8 @@ pub enum ChangeKind {
         version: i64,
         deleted: bool,
     },
-    /// `plans` or `plan_prices` changed: the catalog version rose.
+    /// A catalog table changed (`plans`, `plan_prices` or a pricing rule's table):
+    /// the catalog version rose.
     Catalog { version: u64 },
     /// Members were bulk-loaded without per-row events (`seed`): forget all of them.
     MembersReseeded,
@@ -80,7 +81,12 @@ impl ChangeKind {
                 version: version.unwrap_or(0),
                 deleted: op == "delete",
             },
-            ("plans" | "plan_prices", _, _) => ChangeKind::Catalog {
+            (
+                "plans" | "plan_prices" | "scheduled_prices" | "experiments" | "experiment_cells"
+                | "experiment_prices" | "partner_offers",
+                _,
+                _,
+            ) => ChangeKind::Catalog {
                 version: version.unwrap_or(0) as u64,
             },
             _ => ChangeKind::MembersReseeded,

@@ -106,16 +106,34 @@ pub struct Row {
     pub status: String,
     pub plan_id: String,
     pub country: String,
+    /// The price lock (`price_locked_*`, README "Pricing rules"), as the image holds
+    /// it (text; PostgreSQL's NUMERIC image is a JSON number, written back as its
+    /// text); absent in images from before the columns existed, and then restored as
+    /// no lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_locked_amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_locked_currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_locked_until: Option<String>,
 }
 
 impl Row {
     /// The business columns of a history row image (`before` or `after`).
     pub fn of_image(image: &Value) -> Option<Row> {
         let s = |k: &str| image.get(k)?.as_str().map(str::to_string);
+        let text = |k: &str| match image.get(k)? {
+            Value::String(t) => Some(t.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
         Some(Row {
             status: s("status")?,
             plan_id: s("plan_id")?,
             country: s("country")?,
+            price_locked_amount: text("price_locked_amount"),
+            price_locked_currency: s("price_locked_currency"),
+            price_locked_until: s("price_locked_until"),
         })
     }
 }

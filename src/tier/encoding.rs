@@ -6,6 +6,10 @@
 //!
 //! - a record: `version|status|country|plan`, e.g. `3|a|US|premium`
 //!   (status: `a` active, `g` grace, `h` on hold, `p` paused, `c` cancelled);
+//! - a record with a price lock (grandfathering): the same, then
+//!   `|amount|currency|until` (`until` in ms since the epoch, empty: no end date),
+//!   e.g. `3|a|US|premium|22.99|USD|1798761600000`; members without one pay nothing
+//!   for it;
 //! - a tombstone (the member is deleted, or was never there): `version|x`.
 //!
 //! Small hashes are stored by Redis as listpacks (no per-key dictionary entry, object
@@ -14,7 +18,8 @@
 //! figures (`cargo run --release --example l2_memory`). The version comes first so the
 //! versioned-set script can compare it without decoding the rest.
 
-use crate::member::{Member, Status};
+use crate::member::{Member, PriceLock, Status};
+use crate::plan::Price;
 
 /// What the tier holds for a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,13 +92,26 @@ pub fn member_of(bucket_size: u64, bucket: u64, field: &str) -> Option<u64> {
 
 pub fn encode(e: &TierEntry) -> String {
     match e {
-        TierEntry::Member(m) => format!(
-            "{}|{}|{}|{}",
-            m.version,
-            status_code(m.status),
-            m.country,
-            m.plan_id
-        ),
+        TierEntry::Member(m) => {
+            let mut s = format!(
+                "{}|{}|{}|{}",
+                m.version,
+                status_code(m.status),
+                m.country,
+                m.plan_id
+            );
+            if let Some(l) = &m.price_lock {
+                s.push('|');
+                s.push_str(l.amount.as_str());
+                s.push('|');
+                s.push_str(&l.currency);
+                s.push('|');
+                if let Some(u) = l.until_ms {
+                    s.push_str(&u.to_string());
+                }
+            }
+            s
+        }
         TierEntry::Gone { version } => format!("{version}|x"),
     }
 }
@@ -109,13 +127,37 @@ pub fn decode(id: u64, v: &[u8]) -> Option<TierEntry> {
     }
     let status = status_of(status)?;
     let country = parts.next()?.to_string();
-    let plan_id = parts.next()?.to_string();
+    let rest = parts.next()?;
+    // Plan ids hold no '|': anything after one is the price lock.
+    let (plan_id, price_lock) = match rest.split_once('|') {
+        None => (rest.to_string(), None),
+        Some((plan, lock)) => {
+            let mut l = lock.splitn(3, '|');
+            let amount = Price::parse(l.next()?).ok()?;
+            let currency = l.next()?.to_string();
+            let until = l.next()?;
+            let until_ms = if until.is_empty() {
+                None
+            } else {
+                Some(until.parse().ok()?)
+            };
+            (
+                plan.to_string(),
+                Some(Box::new(PriceLock {
+                    amount,
+                    currency,
+                    until_ms,
+                })),
+            )
+        }
+    };
     Some(TierEntry::Member(Member {
         id,
         status,
         plan_id,
         country,
         version,
+        price_lock,
     }))
 }
 
@@ -132,8 +174,24 @@ mod tests {
                 plan_id: "standard-with-ads".into(),
                 country: "US".into(),
                 version: 17,
+                price_lock: None,
             });
             assert_eq!(decode(4242, encode(&e).as_bytes()), Some(e));
+            for until_ms in [None, Some(1_798_761_600_000)] {
+                let locked = TierEntry::Member(Member {
+                    id: 4242,
+                    status,
+                    plan_id: "premium".into(),
+                    country: "US".into(),
+                    version: 18,
+                    price_lock: Some(Box::new(PriceLock {
+                        amount: Price::parse("22.99").unwrap(),
+                        currency: "USD".into(),
+                        until_ms,
+                    })),
+                });
+                assert_eq!(decode(4242, encode(&locked).as_bytes()), Some(locked));
+            }
         }
         let g = TierEntry::Gone { version: 9 };
         assert_eq!(decode(1, encode(&g).as_bytes()), Some(g));

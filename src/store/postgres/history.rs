@@ -243,6 +243,7 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let (mut ids, mut status, mut plan, mut country, mut gone) =
             (vec![], vec![], vec![], vec![], vec![]);
+        let (mut amount, mut currency, mut until) = (vec![], vec![], vec![]);
         for a in actions {
             match &a.then {
                 Some(row) => {
@@ -250,6 +251,9 @@ impl PgStore {
                     status.push(row.status.clone());
                     plan.push(row.plan_id.clone());
                     country.push(row.country.clone());
+                    amount.push(row.price_locked_amount.clone());
+                    currency.push(row.price_locked_currency.clone());
+                    until.push(row.price_locked_until.clone());
                 }
                 None => gone.push(a.member_id),
             }
@@ -263,11 +267,17 @@ impl PgStore {
         .await
         .map_err(self.err("name the restore"))?;
         tx.execute(
-            "INSERT INTO memberships (member_id, status, plan_id, country)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+            "INSERT INTO memberships (member_id, status, plan_id, country,
+                 price_locked_amount, price_locked_currency, price_locked_until)
+             SELECT i, s, p, c, a::numeric, cur, u::timestamptz
+               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                           $5::text[], $6::text[], $7::text[]) AS t(i, s, p, c, a, cur, u)
              ON CONFLICT (member_id) DO UPDATE
-               SET status = excluded.status, plan_id = excluded.plan_id, country = excluded.country",
-            &[&ids, &status, &plan, &country],
+               SET status = excluded.status, plan_id = excluded.plan_id, country = excluded.country,
+                   price_locked_amount = excluded.price_locked_amount,
+                   price_locked_currency = excluded.price_locked_currency,
+                   price_locked_until = excluded.price_locked_until",
+            &[&ids, &status, &plan, &country, &amount, &currency, &until],
         )
         .await
         .map_err(self.err("restore members"))?;

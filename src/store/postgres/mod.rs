@@ -26,8 +26,11 @@ use schema::SCHEMA;
 pub use tls::TlsSetupError;
 
 use super::{BadRow, MemberRow, StoreError};
-use crate::member::{Member, Status};
-use crate::plan::{CatalogData, Plan, PlanPrice, Price};
+use crate::member::{Member, PriceLock, Status};
+use crate::plan::{
+    CatalogData, Experiment, ExperimentCell, ExperimentPrice, PartnerOffer, Plan, PlanPrice, Price,
+    ScheduledPrice,
+};
 
 /// Advisory lock key serializing migrations ("readtier" in ASCII, truncated).
 const MIGRATE_LOCK: i64 = 0x7265_6164_7469_6572;
@@ -241,6 +244,7 @@ impl PgStore {
             .await
             .map_err(self.err("upsert price"))?;
         }
+        self.write_rules(&tx, data).await?;
         tx.commit().await.map_err(self.err("write catalog commit"))
     }
 
@@ -409,12 +413,227 @@ impl PgStore {
                 Err(e) => tracing::warn!(%country, %plan_id, error = %e, "skipping price row"),
             }
         }
-        tx.commit().await.map_err(self.err("load catalog commit"))?;
-        Ok(CatalogData {
+        let mut data = CatalogData {
             version: version as u64,
             plans,
             prices,
-        })
+            scheduled: Vec::new(),
+            experiments: Vec::new(),
+            cells: Vec::new(),
+            experiment_prices: Vec::new(),
+            partner_offers: Vec::new(),
+        };
+        self.read_rules(&tx, &mut data).await?;
+        tx.commit().await.map_err(self.err("load catalog commit"))?;
+        Ok(data)
+    }
+
+    /// Reads the pricing rules into `data` (instants as ms since the epoch; an amount
+    /// NUMERIC can hold that `Price` refuses is skipped with a warning).
+    async fn read_rules(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        data: &mut CatalogData,
+    ) -> Result<(), StoreError> {
+        const MS: &str = "* 1000)::bigint";
+        let amount = |table: &str, a: Option<String>| -> Result<Option<Price>, ()> {
+            a.map(|a| Price::parse(&a))
+                .transpose()
+                .map_err(|e| tracing::warn!(table, error = %e, "skipping a pricing row"))
+        };
+        for r in tx
+            .query(
+                &format!("SELECT country, plan_id, currency, amount::text, (extract(epoch FROM effective_at) {MS} FROM scheduled_prices"),
+                &[],
+            )
+            .await
+            .map_err(self.err("read scheduled prices"))?
+        {
+            if let Ok(a) = amount("scheduled_prices", r.get(3)) {
+                data.scheduled.push(ScheduledPrice {
+                    country: r.get(0),
+                    plan_id: r.get(1),
+                    currency: r.get(2),
+                    amount: a,
+                    effective_at_ms: r.get(4),
+                });
+            }
+        }
+        for r in tx
+            .query(
+                &format!("SELECT experiment_id, country, (extract(epoch FROM starts_at) {MS}, (extract(epoch FROM ends_at) {MS} FROM experiments"),
+                &[],
+            )
+            .await
+            .map_err(self.err("read experiments"))?
+        {
+            data.experiments.push(Experiment {
+                id: r.get(0),
+                country: r.get(1),
+                starts_at_ms: r.get(2),
+                ends_at_ms: r.get(3),
+            });
+        }
+        for r in tx
+            .query(
+                "SELECT experiment_id, cell, weight_bp FROM experiment_cells",
+                &[],
+            )
+            .await
+            .map_err(self.err("read experiment cells"))?
+        {
+            data.cells.push(ExperimentCell {
+                experiment_id: r.get(0),
+                cell: r.get(1),
+                weight_bp: r.get::<_, i32>(2).max(0) as u32,
+            });
+        }
+        for r in tx
+            .query(
+                "SELECT experiment_id, cell, plan_id, currency, amount::text FROM experiment_prices",
+                &[],
+            )
+            .await
+            .map_err(self.err("read experiment prices"))?
+        {
+            if let Ok(a) = amount("experiment_prices", r.get(4)) {
+                data.experiment_prices.push(ExperimentPrice {
+                    experiment_id: r.get(0),
+                    cell: r.get(1),
+                    plan_id: r.get(2),
+                    currency: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                    amount: a,
+                });
+            }
+        }
+        for r in tx
+            .query(
+                &format!("SELECT partner, country, plan_id, name, currency, amount::text, (extract(epoch FROM starts_at) {MS}, (extract(epoch FROM ends_at) {MS} FROM partner_offers"),
+                &[],
+            )
+            .await
+            .map_err(self.err("read partner offers"))?
+        {
+            if let Ok(Some(a)) = amount("partner_offers", r.get(5)) {
+                data.partner_offers.push(PartnerOffer {
+                    partner: r.get(0),
+                    country: r.get(1),
+                    plan_id: r.get(2),
+                    name: r.get(3),
+                    currency: r.get(4),
+                    amount: a,
+                    starts_at_ms: r.get(6),
+                    ends_at_ms: r.get(7),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Upserts the pricing rules of `data` in the writer's transaction.
+    async fn write_rules(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        data: &CatalogData,
+    ) -> Result<(), StoreError> {
+        const AT: &str = "to_timestamp";
+        let st = tx
+            .prepare(&format!(
+                "INSERT INTO scheduled_prices (country, plan_id, currency, amount, effective_at)
+                 VALUES ($1, $2, $3, $4::text::numeric, {AT}($5::bigint / 1000.0))
+                 ON CONFLICT (country, plan_id, effective_at) DO UPDATE SET currency = excluded.currency,
+                   amount = excluded.amount"
+            ))
+            .await
+            .map_err(self.err("prepare scheduled price upsert"))?;
+        for r in &data.scheduled {
+            let amount = r.amount.as_ref().map(Price::as_str);
+            tx.execute(
+                &st,
+                &[
+                    &r.country,
+                    &r.plan_id,
+                    &r.currency,
+                    &amount,
+                    &r.effective_at_ms,
+                ],
+            )
+            .await
+            .map_err(self.err("upsert scheduled price"))?;
+        }
+        let st = tx
+            .prepare(&format!(
+                "INSERT INTO experiments (experiment_id, country, starts_at, ends_at)
+                 VALUES ($1, $2, {AT}($3::bigint / 1000.0), {AT}($4::bigint / 1000.0))
+                 ON CONFLICT (experiment_id) DO UPDATE SET country = excluded.country,
+                   starts_at = excluded.starts_at, ends_at = excluded.ends_at"
+            ))
+            .await
+            .map_err(self.err("prepare experiment upsert"))?;
+        for e in &data.experiments {
+            tx.execute(&st, &[&e.id, &e.country, &e.starts_at_ms, &e.ends_at_ms])
+                .await
+                .map_err(self.err("upsert experiment"))?;
+        }
+        let st = tx
+            .prepare(
+                "INSERT INTO experiment_cells (experiment_id, cell, weight_bp) VALUES ($1, $2, $3)
+                 ON CONFLICT (experiment_id, cell) DO UPDATE SET weight_bp = excluded.weight_bp",
+            )
+            .await
+            .map_err(self.err("prepare cell upsert"))?;
+        for c in &data.cells {
+            let w = c.weight_bp as i32;
+            tx.execute(&st, &[&c.experiment_id, &c.cell, &w])
+                .await
+                .map_err(self.err("upsert cell"))?;
+        }
+        let st = tx
+            .prepare(
+                "INSERT INTO experiment_prices (experiment_id, cell, plan_id, currency, amount)
+                 VALUES ($1, $2, $3, $4, $5::text::numeric)
+                 ON CONFLICT (experiment_id, cell, plan_id) DO UPDATE SET currency = excluded.currency,
+                   amount = excluded.amount",
+            )
+            .await
+            .map_err(self.err("prepare experiment price upsert"))?;
+        for p in &data.experiment_prices {
+            let currency = (!p.currency.is_empty()).then_some(p.currency.as_str());
+            let amount = p.amount.as_ref().map(Price::as_str);
+            tx.execute(
+                &st,
+                &[&p.experiment_id, &p.cell, &p.plan_id, &currency, &amount],
+            )
+            .await
+            .map_err(self.err("upsert experiment price"))?;
+        }
+        let st = tx
+            .prepare(&format!(
+                "INSERT INTO partner_offers (partner, country, plan_id, name, currency, amount, starts_at, ends_at)
+                 VALUES ($1, $2, $3, $4, $5, $6::text::numeric, {AT}($7::bigint / 1000.0), {AT}($8::bigint / 1000.0))
+                 ON CONFLICT (partner, country, plan_id, starts_at) DO UPDATE SET name = excluded.name,
+                   currency = excluded.currency, amount = excluded.amount, ends_at = excluded.ends_at"
+            ))
+            .await
+            .map_err(self.err("prepare partner offer upsert"))?;
+        for o in &data.partner_offers {
+            tx.execute(
+                &st,
+                &[
+                    &o.partner,
+                    &o.country,
+                    &o.plan_id,
+                    &o.name,
+                    &o.currency,
+                    &o.amount.as_str(),
+                    &o.starts_at_ms,
+                    &o.ends_at_ms,
+                ],
+            )
+            .await
+            .map_err(self.err("upsert partner offer"))?;
+        }
+        Ok(())
     }
 
     pub async fn get_member(&self, id: u64) -> Result<Option<Member>, StoreError> {
@@ -517,7 +736,9 @@ impl PgStore {
 }
 
 /// The columns [`member_of_row`] reads, in order.
-const MEMBER_COLUMNS: &str = "member_id, status, plan_id, country, version";
+const MEMBER_COLUMNS: &str = "member_id, status, plan_id, country, version, \
+     price_locked_amount::text, price_locked_currency, \
+     (extract(epoch FROM price_locked_until) * 1000)::bigint";
 
 /// The one way a `memberships` row becomes a [`Member`]: a status this build does not
 /// know makes the row unreadable, named by its id.
@@ -528,11 +749,24 @@ fn member_of_row(r: &tokio_postgres::Row) -> MemberRow {
         id,
         reason: format!("unknown status {status:?}"),
     })?;
+    let amount: Option<String> = r.get(5);
+    let price_lock = match amount {
+        None => None,
+        Some(a) => Some(Box::new(PriceLock {
+            amount: Price::parse(&a).map_err(|_| BadRow {
+                id,
+                reason: "price_locked_amount is not a decimal".into(),
+            })?,
+            currency: r.get::<_, Option<String>>(6).unwrap_or_default(),
+            until_ms: r.get(7),
+        })),
+    };
     Ok(Member {
         id,
         status,
         plan_id: r.get(2),
         country: r.get(3),
         version: r.get(4),
+        price_lock,
     })
 }

@@ -30,6 +30,53 @@ CREATE TABLE IF NOT EXISTS memberships (
     version    BIGINT NOT NULL DEFAULT 1,
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- The price lock (grandfathering, README "Pricing rules"): the member pays
+-- price_locked_amount in price_locked_currency until price_locked_until (NULL: no end
+-- date), then the catalog price. NULL amount: no lock.
+ALTER TABLE memberships ADD COLUMN IF NOT EXISTS price_locked_amount NUMERIC
+    CHECK (price_locked_amount >= 0);
+ALTER TABLE memberships ADD COLUMN IF NOT EXISTS price_locked_currency TEXT;
+ALTER TABLE memberships ADD COLUMN IF NOT EXISTS price_locked_until TIMESTAMPTZ;
+-- Pricing rules (README, "Pricing rules"); a NULL amount withdraws the plan.
+CREATE TABLE IF NOT EXISTS scheduled_prices (
+    country      TEXT NOT NULL CHECK (country ~ '^[A-Z]{2}$'),
+    plan_id      TEXT NOT NULL,
+    currency     TEXT NOT NULL,
+    amount       NUMERIC CHECK (amount >= 0),
+    effective_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (country, plan_id, effective_at)
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id TEXT PRIMARY KEY,
+    country       TEXT NOT NULL CHECK (country ~ '^[A-Z]{2}$'),
+    starts_at     TIMESTAMPTZ NOT NULL,
+    ends_at       TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS experiment_cells (
+    experiment_id TEXT NOT NULL,
+    cell          TEXT NOT NULL,
+    weight_bp     INT NOT NULL CHECK (weight_bp BETWEEN 0 AND 10000),
+    PRIMARY KEY (experiment_id, cell)
+);
+CREATE TABLE IF NOT EXISTS experiment_prices (
+    experiment_id TEXT NOT NULL,
+    cell          TEXT NOT NULL,
+    plan_id       TEXT NOT NULL,
+    currency      TEXT,
+    amount        NUMERIC CHECK (amount >= 0),
+    PRIMARY KEY (experiment_id, cell, plan_id)
+);
+CREATE TABLE IF NOT EXISTS partner_offers (
+    partner   TEXT NOT NULL,
+    country   TEXT NOT NULL CHECK (country ~ '^[A-Z]{2}$'),
+    plan_id   TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    currency  TEXT NOT NULL,
+    amount    NUMERIC NOT NULL CHECK (amount >= 0),
+    starts_at TIMESTAMPTZ NOT NULL,
+    ends_at   TIMESTAMPTZ,
+    PRIMARY KEY (partner, country, plan_id, starts_at)
+);
 CREATE TABLE IF NOT EXISTS change_log (
     seq        BIGSERIAL PRIMARY KEY,
     txid       BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
@@ -236,5 +283,15 @@ CREATE OR REPLACE TRIGGER memberships_log AFTER INSERT OR UPDATE OR DELETE ON me
 CREATE OR REPLACE TRIGGER plans_log AFTER INSERT OR UPDATE OR DELETE ON plans
     FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
 CREATE OR REPLACE TRIGGER plan_prices_log AFTER INSERT OR UPDATE OR DELETE ON plan_prices
+    FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
+CREATE OR REPLACE TRIGGER scheduled_prices_log AFTER INSERT OR UPDATE OR DELETE ON scheduled_prices
+    FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
+CREATE OR REPLACE TRIGGER experiments_log AFTER INSERT OR UPDATE OR DELETE ON experiments
+    FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
+CREATE OR REPLACE TRIGGER experiment_cells_log AFTER INSERT OR UPDATE OR DELETE ON experiment_cells
+    FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
+CREATE OR REPLACE TRIGGER experiment_prices_log AFTER INSERT OR UPDATE OR DELETE ON experiment_prices
+    FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
+CREATE OR REPLACE TRIGGER partner_offers_log AFTER INSERT OR UPDATE OR DELETE ON partner_offers
     FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
 "#;

@@ -40,7 +40,9 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 
 /// A current `memberships` row as the JSON image history stores.
 const CURRENT: &str = "SELECT json_object('member_id', member_id, 'status', status, \
-     'plan_id', plan_id, 'country', country, 'version', version, 'updated_at', updated_at) \
+     'plan_id', plan_id, 'country', country, 'version', version, 'updated_at', updated_at, \
+     'price_locked_amount', price_locked_amount, 'price_locked_currency', price_locked_currency, \
+     'price_locked_until', price_locked_until) \
      FROM memberships WHERE member_id = ?1";
 
 impl SqliteStore {
@@ -215,10 +217,14 @@ impl SqliteStore {
             {
                 let mut upsert = tx
                     .prepare(
-                        "INSERT INTO memberships (member_id, status, plan_id, country)
-                         VALUES (?1, ?2, ?3, ?4)
+                        "INSERT INTO memberships (member_id, status, plan_id, country,
+                           price_locked_amount, price_locked_currency, price_locked_until)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                          ON CONFLICT (member_id) DO UPDATE SET status = excluded.status,
-                           plan_id = excluded.plan_id, country = excluded.country",
+                           plan_id = excluded.plan_id, country = excluded.country,
+                           price_locked_amount = excluded.price_locked_amount,
+                           price_locked_currency = excluded.price_locked_currency,
+                           price_locked_until = excluded.price_locked_until",
                     )
                     .map_err(&write)?;
                 let mut delete = tx
@@ -227,7 +233,15 @@ impl SqliteStore {
                 for a in actions {
                     match &a.then {
                         Some(row) => upsert
-                            .execute(params![a.member_id, row.status, row.plan_id, row.country])
+                            .execute(params![
+                                a.member_id,
+                                row.status,
+                                row.plan_id,
+                                row.country,
+                                row.price_locked_amount,
+                                row.price_locked_currency,
+                                row.price_locked_until
+                            ])
                             .map_err(&write)?,
                         None => delete.execute(params![a.member_id]).map_err(&write)?,
                     };

@@ -16,12 +16,15 @@ mod history;
 mod schema;
 use schema::{
     catalog_triggers_sql, member_triggers_sql, schema_sql, CATALOG_TRIGGERS, HISTORY_AT,
-    MEMBER_TRIGGERS, NOW_ISO, NOW_MS,
+    MEMBER_ADDED_COLUMNS, MEMBER_TRIGGERS, NOW_ISO, NOW_MS,
 };
 
 use super::{BadRow, MemberRow, StoreError};
-use crate::member::{Member, Status};
-use crate::plan::{CatalogData, Plan, PlanPrice, Price};
+use crate::member::{Member, PriceLock, Status};
+use crate::plan::{
+    format_instant_ms, parse_instant_ms, CatalogData, Experiment, ExperimentCell, ExperimentPrice,
+    PartnerOffer, Plan, PlanPrice, Price, ScheduledPrice,
+};
 
 /// Most idle connections kept for reuse.
 const POOL_IDLE: usize = 16;
@@ -105,6 +108,26 @@ impl SqliteStore {
             let tx = c.transaction().map_err(self.err("migrate"))?;
             tx.execute_batch(&schema_sql())
                 .map_err(self.err("migrate tables"))?;
+            // Columns newer than the table (before the triggers that read them).
+            let have: Vec<String> = {
+                let mut st = tx
+                    .prepare("SELECT name FROM pragma_table_info('memberships')")
+                    .map_err(self.err("read member columns"))?;
+                let names = st
+                    .query_map([], |r| r.get(0))
+                    .map_err(self.err("read member columns"))?;
+                names
+                    .collect::<Result<_, _>>()
+                    .map_err(self.err("read member columns"))?
+            };
+            for (column, decl) in MEMBER_ADDED_COLUMNS {
+                if !have.iter().any(|c| c == column) {
+                    tx.execute_batch(&format!(
+                        "ALTER TABLE memberships ADD COLUMN {column} {decl}"
+                    ))
+                    .map_err(self.err("add member column"))?;
+                }
+            }
             // Replaced, not kept: an older database has older member triggers.
             for t in MEMBER_TRIGGERS {
                 tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {t}"))
@@ -175,6 +198,7 @@ impl SqliteStore {
                         .execute(params![p.country, p.plan_id, p.currency, p.amount.as_str()])
                         .map_err(self.err("upsert price"))?;
                 }
+                write_rules(&tx, data).map_err(self.err("write pricing rules"))?;
             }
             tx.execute(
                 "UPDATE history_context SET actor = NULL, reason = NULL WHERE id = 1",
@@ -313,11 +337,18 @@ impl SqliteStore {
                     }
                 }
             }
-            Ok(CatalogData {
+            let mut data = CatalogData {
                 version: version as u64,
                 plans,
                 prices,
-            })
+                scheduled: Vec::new(),
+                experiments: Vec::new(),
+                cells: Vec::new(),
+                experiment_prices: Vec::new(),
+                partner_offers: Vec::new(),
+            };
+            read_rules(&tx, &mut data).map_err(self.err("read pricing rules"))?;
+            Ok(data)
         })
     }
 
@@ -412,7 +443,191 @@ impl SqliteStore {
 }
 
 /// The columns [`member_of_row`] reads, in order.
-const MEMBER_COLUMNS: &str = "member_id, status, plan_id, country, version";
+const MEMBER_COLUMNS: &str = "member_id, status, plan_id, country, version, \
+     price_locked_amount, price_locked_currency, price_locked_until";
+
+/// Upserts the pricing rules of `data` (scheduled prices, experiments, their cells and
+/// prices, partner offers), through the triggers like any writer.
+fn write_rules(tx: &rusqlite::Transaction<'_>, data: &CatalogData) -> rusqlite::Result<()> {
+    let mut st = tx.prepare(
+        "INSERT INTO scheduled_prices (country, plan_id, currency, amount, effective_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (country, plan_id, effective_at) DO UPDATE SET currency = excluded.currency,
+           amount = excluded.amount",
+    )?;
+    for r in &data.scheduled {
+        st.execute(params![
+            r.country,
+            r.plan_id,
+            r.currency,
+            r.amount.as_ref().map(Price::as_str),
+            format_instant_ms(r.effective_at_ms)
+        ])?;
+    }
+    let mut st = tx.prepare(
+        "INSERT INTO experiments (experiment_id, country, starts_at, ends_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (experiment_id) DO UPDATE SET country = excluded.country,
+           starts_at = excluded.starts_at, ends_at = excluded.ends_at",
+    )?;
+    for e in &data.experiments {
+        st.execute(params![
+            e.id,
+            e.country,
+            format_instant_ms(e.starts_at_ms),
+            e.ends_at_ms.map(format_instant_ms)
+        ])?;
+    }
+    let mut st = tx.prepare(
+        "INSERT INTO experiment_cells (experiment_id, cell, weight_bp) VALUES (?1, ?2, ?3)
+         ON CONFLICT (experiment_id, cell) DO UPDATE SET weight_bp = excluded.weight_bp",
+    )?;
+    for c in &data.cells {
+        st.execute(params![c.experiment_id, c.cell, c.weight_bp])?;
+    }
+    let mut st = tx.prepare(
+        "INSERT INTO experiment_prices (experiment_id, cell, plan_id, currency, amount)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (experiment_id, cell, plan_id) DO UPDATE SET currency = excluded.currency,
+           amount = excluded.amount",
+    )?;
+    for p in &data.experiment_prices {
+        st.execute(params![
+            p.experiment_id,
+            p.cell,
+            p.plan_id,
+            (!p.currency.is_empty()).then_some(p.currency.as_str()),
+            p.amount.as_ref().map(Price::as_str)
+        ])?;
+    }
+    let mut st = tx.prepare(
+        "INSERT INTO partner_offers (partner, country, plan_id, name, currency, amount, starts_at, ends_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (partner, country, plan_id, starts_at) DO UPDATE SET name = excluded.name,
+           currency = excluded.currency, amount = excluded.amount, ends_at = excluded.ends_at",
+    )?;
+    for o in &data.partner_offers {
+        st.execute(params![
+            o.partner,
+            o.country,
+            o.plan_id,
+            o.name,
+            o.currency,
+            o.amount.as_str(),
+            format_instant_ms(o.starts_at_ms),
+            o.ends_at_ms.map(format_instant_ms)
+        ])?;
+    }
+    Ok(())
+}
+
+/// A text column as a string (`None` for NULL or a non-text value).
+fn opt_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Integer(n) => Some(n.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Null | ValueRef::Blob(_) => None,
+    })
+}
+
+/// Reads the pricing rules into `data`. A row that cannot be served (an unparseable
+/// instant or amount: SQLite enforces no types) is skipped with a warning, like a bad
+/// price row.
+fn read_rules(tx: &rusqlite::Transaction<'_>, data: &mut CatalogData) -> rusqlite::Result<()> {
+    let warn = |table: &str, reason: String| {
+        tracing::warn!(table, %reason, "skipping a pricing row");
+    };
+    let t = |r: &rusqlite::Row<'_>, i| opt_text(r, i).map(Option::unwrap_or_default);
+    let instant = |text: Option<String>| -> Result<Option<i64>, String> {
+        text.map(|x| parse_instant_ms(&x)).transpose()
+    };
+    let amount = |text: Option<String>| -> Result<Option<Price>, String> {
+        text.map(|x| Price::parse(&x).map_err(|e| e.to_string()))
+            .transpose()
+    };
+    let mut st = tx
+        .prepare("SELECT country, plan_id, currency, amount, effective_at FROM scheduled_prices")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        match (amount(opt_text(r, 3)?), instant(opt_text(r, 4)?)) {
+            (Ok(a), Ok(Some(at))) => data.scheduled.push(ScheduledPrice {
+                country: t(r, 0)?,
+                plan_id: t(r, 1)?,
+                currency: t(r, 2)?,
+                amount: a,
+                effective_at_ms: at,
+            }),
+            (a, at) => warn("scheduled_prices", format!("{a:?} {at:?}")),
+        }
+    }
+    let mut st =
+        tx.prepare("SELECT experiment_id, country, starts_at, ends_at FROM experiments")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        match (instant(opt_text(r, 2)?), instant(opt_text(r, 3)?)) {
+            (Ok(Some(starts)), Ok(ends)) => data.experiments.push(Experiment {
+                id: t(r, 0)?,
+                country: t(r, 1)?,
+                starts_at_ms: starts,
+                ends_at_ms: ends,
+            }),
+            (a, b) => warn("experiments", format!("{a:?} {b:?}")),
+        }
+    }
+    let mut st = tx.prepare("SELECT experiment_id, cell, weight_bp FROM experiment_cells")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let w: i64 = r.get(2).unwrap_or(-1);
+        match u32::try_from(w) {
+            Ok(weight_bp) => data.cells.push(ExperimentCell {
+                experiment_id: t(r, 0)?,
+                cell: t(r, 1)?,
+                weight_bp,
+            }),
+            Err(_) => warn("experiment_cells", format!("weight_bp {w}")),
+        }
+    }
+    let mut st =
+        tx.prepare("SELECT experiment_id, cell, plan_id, currency, amount FROM experiment_prices")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        match amount(opt_text(r, 4)?) {
+            Ok(a) => data.experiment_prices.push(ExperimentPrice {
+                experiment_id: t(r, 0)?,
+                cell: t(r, 1)?,
+                plan_id: t(r, 2)?,
+                currency: t(r, 3)?,
+                amount: a,
+            }),
+            Err(e) => warn("experiment_prices", e),
+        }
+    }
+    let mut st = tx.prepare(
+        "SELECT partner, country, plan_id, name, currency, amount, starts_at, ends_at FROM partner_offers",
+    )?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        match (
+            amount(opt_text(r, 5)?),
+            instant(opt_text(r, 6)?),
+            instant(opt_text(r, 7)?),
+        ) {
+            (Ok(Some(a)), Ok(Some(starts)), Ok(ends)) => data.partner_offers.push(PartnerOffer {
+                partner: t(r, 0)?,
+                country: t(r, 1)?,
+                plan_id: t(r, 2)?,
+                name: t(r, 3)?,
+                currency: t(r, 4)?,
+                amount: a,
+                starts_at_ms: starts,
+                ends_at_ms: ends,
+            }),
+            (a, b, c) => warn("partner_offers", format!("{a:?} {b:?} {c:?}")),
+        }
+    }
+    Ok(())
+}
 
 /// The one way a `memberships` row becomes a [`Member`]: a value this build cannot
 /// read makes the row unreadable, named by its id (SQLite columns have no enforced
@@ -434,12 +649,30 @@ fn member_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MemberRow> {
     ) else {
         return bad("plan_id, country or version is not readable".into());
     };
+    let lock = match (opt_text(r, 5)?, opt_text(r, 6)?, opt_text(r, 7)?) {
+        (None, _, _) => None,
+        (Some(amount), currency, until) => {
+            let Ok(amount) = Price::parse(&amount) else {
+                return bad("price_locked_amount is not a decimal".into());
+            };
+            let until_ms = match until.map(|u| parse_instant_ms(&u)).transpose() {
+                Ok(u) => u,
+                Err(_) => return bad("price_locked_until is not an RFC 3339 instant".into()),
+            };
+            Some(Box::new(PriceLock {
+                amount,
+                currency: currency.unwrap_or_default(),
+                until_ms,
+            }))
+        }
+    };
     Ok(Ok(Member {
         id,
         status,
         plan_id,
         country,
         version,
+        price_lock: lock,
     }))
 }
 

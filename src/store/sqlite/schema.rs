@@ -21,7 +21,10 @@ const SEQ: &str = "(SELECT last FROM history_seq WHERE id = 1)";
 fn member_json(r: &str) -> String {
     format!(
         "json_object('member_id', {r}.member_id, 'status', {r}.status, 'plan_id', {r}.plan_id, \
-         'country', {r}.country, 'version', {r}.version, 'updated_at', {r}.updated_at)"
+         'country', {r}.country, 'version', {r}.version, 'updated_at', {r}.updated_at, \
+         'price_locked_amount', {r}.price_locked_amount, \
+         'price_locked_currency', {r}.price_locked_currency, \
+         'price_locked_until', {r}.price_locked_until)"
     )
 }
 
@@ -52,6 +55,48 @@ CREATE TABLE IF NOT EXISTS memberships (
     country    TEXT NOT NULL,
     version    INTEGER NOT NULL DEFAULT 1,
     updated_at TEXT NOT NULL DEFAULT ({NOW_ISO})
+    -- and MEMBER_ADDED_COLUMNS (the price lock), added by migrate
+);
+-- Pricing rules (README, "Pricing rules"). Instants are RFC 3339 text in UTC
+-- ('2027-02-01T00:00:00Z'); amounts decimal text; a NULL amount withdraws the plan.
+CREATE TABLE IF NOT EXISTS scheduled_prices (
+    country      TEXT NOT NULL CHECK (length(country) = 2 AND country = upper(country)),
+    plan_id      TEXT NOT NULL,
+    currency     TEXT NOT NULL,
+    amount       TEXT CHECK (amount IS NULL OR (amount GLOB '[0-9]*' AND amount NOT GLOB '*[^0-9.]*')),
+    effective_at TEXT NOT NULL,
+    PRIMARY KEY (country, plan_id, effective_at)
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id TEXT PRIMARY KEY,
+    country       TEXT NOT NULL CHECK (length(country) = 2 AND country = upper(country)),
+    starts_at     TEXT NOT NULL,
+    ends_at       TEXT
+);
+CREATE TABLE IF NOT EXISTS experiment_cells (
+    experiment_id TEXT NOT NULL,
+    cell          TEXT NOT NULL,
+    weight_bp     INTEGER NOT NULL CHECK (weight_bp BETWEEN 0 AND 10000),
+    PRIMARY KEY (experiment_id, cell)
+);
+CREATE TABLE IF NOT EXISTS experiment_prices (
+    experiment_id TEXT NOT NULL,
+    cell          TEXT NOT NULL,
+    plan_id       TEXT NOT NULL,
+    currency      TEXT,
+    amount        TEXT CHECK (amount IS NULL OR (amount GLOB '[0-9]*' AND amount NOT GLOB '*[^0-9.]*')),
+    PRIMARY KEY (experiment_id, cell, plan_id)
+);
+CREATE TABLE IF NOT EXISTS partner_offers (
+    partner   TEXT NOT NULL,
+    country   TEXT NOT NULL CHECK (length(country) = 2 AND country = upper(country)),
+    plan_id   TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    currency  TEXT NOT NULL,
+    amount    TEXT NOT NULL CHECK (amount GLOB '[0-9]*' AND amount NOT GLOB '*[^0-9.]*'),
+    starts_at TEXT NOT NULL,
+    ends_at   TEXT,
+    PRIMARY KEY (partner, country, plan_id, starts_at)
 );
 CREATE TABLE IF NOT EXISTS change_log (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -199,43 +244,131 @@ pub(super) const MEMBER_TRIGGERS: [&str; 4] = [
 ];
 
 /// The catalog triggers' names, replaced by `migrate` (older databases have older ones).
-pub(super) const CATALOG_TRIGGERS: [&str; 6] = [
+pub(super) const CATALOG_TRIGGERS: [&str; 21] = [
     "plans_ai",
     "plans_au",
     "plans_ad",
     "plan_prices_ai",
     "plan_prices_au",
     "plan_prices_ad",
+    "scheduled_prices_ai",
+    "scheduled_prices_au",
+    "scheduled_prices_ad",
+    "experiments_ai",
+    "experiments_au",
+    "experiments_ad",
+    "experiment_cells_ai",
+    "experiment_cells_au",
+    "experiment_cells_ad",
+    "experiment_prices_ai",
+    "experiment_prices_au",
+    "experiment_prices_ad",
+    "partner_offers_ai",
+    "partner_offers_au",
+    "partner_offers_ad",
+];
+
+/// The catalog tables, each with its columns (for history's row images) and whether
+/// it has a `country` and a `plan_id` (history's columns of the same names).
+pub(super) const CATALOG_TABLES: [(&str, &[&str], bool, bool); 7] = [
+    (
+        "plans",
+        &[
+            "plan_id",
+            "name",
+            "max_streams",
+            "max_resolution",
+            "download_devices",
+            "ads",
+            "device_classes",
+        ],
+        false,
+        true,
+    ),
+    (
+        "plan_prices",
+        &["country", "plan_id", "currency", "amount"],
+        true,
+        true,
+    ),
+    (
+        "scheduled_prices",
+        &["country", "plan_id", "currency", "amount", "effective_at"],
+        true,
+        true,
+    ),
+    (
+        "experiments",
+        &["experiment_id", "country", "starts_at", "ends_at"],
+        true,
+        false,
+    ),
+    (
+        "experiment_cells",
+        &["experiment_id", "cell", "weight_bp"],
+        false,
+        false,
+    ),
+    (
+        "experiment_prices",
+        &["experiment_id", "cell", "plan_id", "currency", "amount"],
+        false,
+        true,
+    ),
+    (
+        "partner_offers",
+        &[
+            "partner",
+            "country",
+            "plan_id",
+            "name",
+            "currency",
+            "amount",
+            "starts_at",
+            "ends_at",
+        ],
+        true,
+        true,
+    ),
+];
+
+/// Columns added to `memberships` after its first release, added by `migrate` to an
+/// older database (SQLite has no `ADD COLUMN IF NOT EXISTS`). The price lock
+/// (grandfathering, README "Pricing rules"): the member pays `price_locked_amount` in
+/// `price_locked_currency` until `price_locked_until` (RFC 3339; NULL: no end date),
+/// then the catalog price.
+pub(super) const MEMBER_ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("price_locked_amount", "TEXT CHECK (price_locked_amount IS NULL OR (price_locked_amount GLOB '[0-9]*' AND price_locked_amount NOT GLOB '*[^0-9.]*'))"),
+    ("price_locked_currency", "TEXT"),
+    ("price_locked_until", "TEXT"),
 ];
 
 pub(super) fn catalog_triggers_sql() -> String {
-    let image = |table: &str, r: &str| match table {
-        "plans" => format!(
-            "json_object('plan_id', {r}.plan_id, 'name', {r}.name, 'max_streams', {r}.max_streams, \
-             'max_resolution', {r}.max_resolution, 'download_devices', {r}.download_devices, \
-             'ads', {r}.ads, 'device_classes', {r}.device_classes)"
-        ),
-        _ => format!(
-            "json_object('country', {r}.country, 'plan_id', {r}.plan_id, 'currency', {r}.currency, \
-             'amount', {r}.amount)"
-        ),
+    let image = |columns: &[&str], r: &str| {
+        let pairs: Vec<String> = columns.iter().map(|c| format!("'{c}', {r}.{c}")).collect();
+        format!("json_object({})", pairs.join(", "))
     };
     let mut sql = String::new();
-    for table in ["plans", "plan_prices"] {
+    for (table, columns, has_country, has_plan) in CATALOG_TABLES {
         for (suffix, op) in [("ai", "INSERT"), ("au", "UPDATE"), ("ad", "DELETE")] {
             let row = if op == "DELETE" { "OLD" } else { "NEW" };
             let before = if op == "INSERT" {
                 "NULL".into()
             } else {
-                image(table, "OLD")
+                image(columns, "OLD")
             };
             let after = if op == "DELETE" {
                 "NULL".into()
             } else {
-                image(table, "NEW")
+                image(columns, "NEW")
             };
-            let country = if table == "plan_prices" {
+            let country = if has_country {
                 format!("{row}.country")
+            } else {
+                "NULL".into()
+            };
+            let plan = if has_plan {
+                format!("{row}.plan_id")
             } else {
                 "NULL".into()
             };
@@ -248,7 +381,7 @@ CREATE TRIGGER IF NOT EXISTS {table}_{suffix} AFTER {op} ON {table} BEGIN
     {NEXT_SEQ};
     INSERT INTO catalog_history (seq, at, table_name, op, country, plan_id, catalog_version,
                                  "before", "after", actor, reason)
-    VALUES ({SEQ}, {HISTORY_AT}, '{table}', '{op_lower}', {country}, {row}.plan_id,
+    VALUES ({SEQ}, {HISTORY_AT}, '{table}', '{op_lower}', {country}, {plan},
             (SELECT version FROM catalog_meta WHERE id = 1), {before}, {after}, {ACTOR}, {REASON});
 END;
 "#,
