@@ -68,6 +68,11 @@ fn http_entitlement(r: &Resp) -> pb::Entitlement {
         version: v["version"].as_i64().unwrap(),
         served_from: r.header("x-served-from").unwrap().into(),
         catalog_version: r.header("x-catalog-version").unwrap().parse().unwrap(),
+        price: (!v["price"].is_null()).then(|| pb::MemberPrice {
+            amount: v["price"]["amount"].as_str().unwrap().into(),
+            currency: v["price"]["currency"].as_str().unwrap().into(),
+            source: v["price"]["source"].as_str().unwrap().into(),
+        }),
     }
 }
 
@@ -75,36 +80,77 @@ fn http_entitlement(r: &Resp) -> pb::Entitlement {
 async fn plans_answer_what_http_answers() {
     let node = TestNode::start(&[]).await;
     let mut c = client(&node).await;
-    let http = node.get("/v1/plans?country=US").await;
-    assert_eq!(http.status, 200);
-    let v = http.json();
-    for asked in ["US", "us"] {
-        let us = c
+    // The plain answer, and a visitor's with a partner's offer (the bundled example
+    // rules: whatever cells and offer apply today, both faces must name the same).
+    for (query, visitor, partner) in [
+        ("", "", ""),
+        ("&visitor=v-1&partner=tmobile", "v-1", "tmobile"),
+    ] {
+        let http = node.get(&format!("/v1/plans?country=US{query}")).await;
+        assert_eq!(http.status, 200);
+        let v = http.json();
+        for asked in ["US", "us"] {
+            let us = c
+                .get_plans(pb::GetPlansRequest {
+                    country: asked.into(),
+                    visitor: visitor.into(),
+                    partner: partner.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let cells: Vec<serde_json::Value> = us
+                .cells
+                .iter()
+                .map(|c| serde_json::json!({"experiment": c.experiment, "cell": c.cell}))
+                .collect();
+            assert_eq!(serde_json::Value::from(cells), v["cells"], "{query}");
+            match &us.partner {
+                Some(p) => {
+                    assert_eq!(p.id, v["partner"]["id"], "{query}");
+                    assert_eq!(p.name, v["partner"]["name"], "{query}");
+                }
+                None => assert!(v["partner"].is_null(), "{query}"),
+            }
+            assert_eq!(
+                us.valid_until_ms == 0,
+                v["valid_until"].is_null(),
+                "{query}"
+            );
+            assert_eq!(us.country, "US");
+            assert_eq!(us.currency, v["currency"]);
+            assert_eq!(us.catalog_version, v["catalog_version"].as_u64().unwrap());
+            assert_eq!(us.plans.len(), v["plans"].as_array().unwrap().len());
+            for (p, j) in us.plans.iter().zip(v["plans"].as_array().unwrap()) {
+                assert_eq!(p.id, j["id"]);
+                assert_eq!(p.name, j["name"]);
+                assert_eq!(p.price.as_ref().unwrap().amount, j["price"]["amount"]);
+                assert_eq!(p.price.as_ref().unwrap().currency, j["price"]["currency"]);
+                assert_eq!(p.max_streams as u64, j["max_streams"].as_u64().unwrap());
+                assert_eq!(p.max_resolution, j["max_resolution"]);
+                assert_eq!(p.ads, j["ads"]);
+                assert_eq!(
+                    p.device_classes.len(),
+                    j["device_classes"].as_array().unwrap().len()
+                );
+            }
+        }
+    }
+    // Bad variants are INVALID_ARGUMENT with the HTTP problem's detail.
+    for (visitor, partner, says) in [
+        ("not a visitor!", "", "visitor"),
+        ("", "no-such-partner", "no-such-partner"),
+    ] {
+        let e = c
             .get_plans(pb::GetPlansRequest {
-                country: asked.into(),
-                visitor: "v-1".into(),
-                partner: String::new(),
+                country: "US".into(),
+                visitor: visitor.into(),
+                partner: partner.into(),
             })
             .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(us.country, "US");
-        assert_eq!(us.currency, v["currency"]);
-        assert_eq!(us.catalog_version, v["catalog_version"].as_u64().unwrap());
-        assert_eq!(us.plans.len(), v["plans"].as_array().unwrap().len());
-        for (p, j) in us.plans.iter().zip(v["plans"].as_array().unwrap()) {
-            assert_eq!(p.id, j["id"]);
-            assert_eq!(p.name, j["name"]);
-            assert_eq!(p.price.as_ref().unwrap().amount, j["price"]["amount"]);
-            assert_eq!(p.price.as_ref().unwrap().currency, j["price"]["currency"]);
-            assert_eq!(p.max_streams as u64, j["max_streams"].as_u64().unwrap());
-            assert_eq!(p.max_resolution, j["max_resolution"]);
-            assert_eq!(p.ads, j["ads"]);
-            assert_eq!(
-                p.device_classes.len(),
-                j["device_classes"].as_array().unwrap().len()
-            );
-        }
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(says), "{e:?}");
     }
     let zz = c
         .get_plans(pb::GetPlansRequest {
@@ -145,6 +191,7 @@ async fn entitlement_and_authorize_answer_what_http_answers() {
     assert_eq!(expected.served_from, "l1");
     expected.served_from = "store".into();
     assert_eq!(first, expected);
+    assert!(first.price.is_some(), "member 42 pays a price: {first:?}");
     let again = c
         .get_entitlement(pb::GetEntitlementRequest { member_id: 42 })
         .await
@@ -776,5 +823,105 @@ async fn store_trouble_is_unavailable_while_the_catalog_is_served() {
         .unwrap()
         .unwrap();
     assert!(first.full && first.version == 77);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_a_scheduled_change_at_its_instant_with_no_write_then() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    // A change scheduled 1.5 s ahead, written now (the write bumps the catalog once).
+    let at = readtier::catalog::clock_ms() + 1_500;
+    sql(
+        &node.db(),
+        &format!(
+            "INSERT INTO scheduled_prices VALUES ('DE', 'standard', 'EUR', '77.77', '{}')",
+            readtier::plan::format_instant_ms(at)
+        ),
+    );
+    node.caught_up().await;
+    let mut stream = c
+        .watch_catalog(pb::WatchCatalogRequest {
+            countries: vec!["DE".into(), "US".into()],
+            known_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut held = Held::default();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.full);
+    assert_eq!(
+        first.valid_until_ms, at,
+        "the update says when it stops holding"
+    );
+    held.apply(first);
+    let version = held.version;
+    assert_ne!(held.price("DE", "standard").as_deref(), Some("77.77"));
+    assert_eq!(held.countries["DE"].valid_until_ms, at);
+
+    // At the instant: an update of DE alone, under the same version (no write, no
+    // install), never before the instant.
+    let u = loop {
+        let u = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the switch arrives")
+            .unwrap()
+            .unwrap();
+        if !u.countries.is_empty() {
+            break u;
+        }
+        // A heartbeat: nothing changed yet.
+        assert_eq!(u.version, version);
+    };
+    let seen = readtier::catalog::clock_ms();
+    assert!(seen >= at, "an update {} ms before the instant", at - seen);
+    assert!(!u.full);
+    assert_eq!(u.version, version);
+    assert_eq!(
+        u.countries
+            .iter()
+            .map(|c| c.country.as_str())
+            .collect::<Vec<_>>(),
+        ["DE"]
+    );
+    held.apply(u);
+    assert_eq!(held.price("DE", "standard").as_deref(), Some("77.77"));
+    // GetPlans agrees, and so does HTTP.
+    let de = c
+        .get_plans(pb::GetPlansRequest {
+            country: "DE".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = de.plans.iter().find(|p| p.id == "standard").unwrap();
+    assert_eq!(p.price.as_ref().unwrap().amount, "77.77");
+    let http = node.get("/v1/plans?country=DE").await.json();
+    assert!(http["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == "standard" && p["price"]["amount"] == "77.77"));
+
+    // A caller resuming with that version may not have seen the switch: it is sent DE.
+    let mut again = c
+        .watch_catalog(pb::WatchCatalogRequest {
+            countries: vec!["DE".into(), "US".into()],
+            known_version: version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = again.message().await.unwrap().unwrap();
+    assert!(!r.full);
+    assert_eq!(
+        r.countries
+            .iter()
+            .map(|c| c.country.as_str())
+            .collect::<Vec<_>>(),
+        ["DE"]
+    );
     node.stop().await;
 }

@@ -317,6 +317,7 @@ mod tests {
                 }),
                 ..Default::default()
             }],
+            ..Default::default()
         }
     }
 
@@ -327,6 +328,7 @@ mod tests {
             full: true,
             countries: vec![country("US", "1"), country("JP", "2")],
             removed: vec![],
+            ..Default::default()
         });
         assert_eq!(c.version, 5);
         let c = c.apply(pb::CatalogUpdate {
@@ -334,6 +336,7 @@ mod tests {
             full: false,
             countries: vec![country("US", "3")],
             removed: vec!["JP".into()],
+            ..Default::default()
         });
         assert_eq!(c.version, 7);
         let us = c.countries[index(b"us").unwrap()].as_ref().unwrap();
@@ -344,6 +347,7 @@ mod tests {
             full: true,
             countries: vec![country("FR", "4")],
             removed: vec![],
+            ..Default::default()
         });
         assert!(c.countries[index(b"US").unwrap()].is_none());
         assert!(c.countries[index(b"FR").unwrap()].is_some());

@@ -24,6 +24,26 @@ pub use crate::plan::{is_country_code, CatalogData, Plan, PlanPrice, Price};
 use pricing::CountryCatalog;
 pub use pricing::{Amount, PlansAnswer, PlansError, Rendered};
 
+/// What a member pays ([`Snapshot::member_price`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberPrice<'a> {
+    pub amount: &'a str,
+    pub currency: &'a str,
+    /// Their own locked price (grandfathering), not the catalog's.
+    pub locked: bool,
+}
+
+impl MemberPrice<'_> {
+    /// `"locked"` or `"catalog"`, as answers name it.
+    pub fn source(&self) -> &'static str {
+        if self.locked {
+            "locked"
+        } else {
+            "catalog"
+        }
+    }
+}
+
 fn country_index(cc: [u8; 2]) -> usize {
     (cc[0] - b'A') as usize * 26 + (cc[1] - b'A') as usize
 }
@@ -202,6 +222,34 @@ impl Snapshot {
             }
         }
         Ok(())
+    }
+
+    /// What a member pays at `now` (`None`: their country no longer offers their plan
+    /// at a catalog price and no lock holds), and until when that holds: their lock
+    /// while it holds, else the catalog price. The one rule behind the `price` of
+    /// every entitlement answer, HTTP and gRPC.
+    pub fn member_price<'a>(
+        &'a self,
+        m: &'a crate::member::Member,
+        now: i64,
+    ) -> (Option<MemberPrice<'a>>, i64) {
+        if let Some(lock) = m.price_lock.as_deref() {
+            if lock.holds_at(now) {
+                let price = MemberPrice {
+                    amount: lock.amount.as_str(),
+                    currency: &lock.currency,
+                    locked: true,
+                };
+                return (Some(price), lock.until_ms.unwrap_or(i64::MAX));
+            }
+        }
+        let (amount, until) = self.catalog_price(&m.country, &m.plan_id, || now);
+        let price = amount.map(|a| MemberPrice {
+            amount: a.amount.as_str(),
+            currency: &a.currency,
+            locked: false,
+        });
+        (price, until)
     }
 
     /// The catalog price of a plan in a country now, and the instant it holds until

@@ -15,7 +15,7 @@ use prost::encoding::{
     encode_key, encode_varint, encoded_len_varint, key_len, skip_field, DecodeContext, WireType,
 };
 
-use crate::catalog::Snapshot;
+use crate::catalog::{clock_ms, MemberPrice, Snapshot};
 use crate::lookup::{Entry, ServedFrom};
 use crate::member::{self, Member};
 use crate::plan::Plan;
@@ -25,6 +25,8 @@ use crate::plan::Plan;
 pub struct BatchAnswer {
     results: Vec<Row>,
     snapshot: Option<Arc<Snapshot>>,
+    /// The instant every member's price is taken at (ms since the epoch).
+    now: i64,
 }
 
 /// One `EntitlementResult`, with its lengths worked out once (`encoded_len` and
@@ -51,6 +53,7 @@ impl std::fmt::Debug for BatchAnswer {
 
 impl BatchAnswer {
     pub fn new(ids: &[u64], found: Vec<(Entry, ServedFrom)>, snapshot: Arc<Snapshot>) -> Self {
+        let now = clock_ms();
         let results = ids
             .iter()
             .zip(found)
@@ -59,7 +62,7 @@ impl BatchAnswer {
                     .member
                     .as_ref()
                     .and_then(|m| snapshot.plan_index(&m.plan_id));
-                let (len, entitlement_len) = result_len(&snapshot, *id, &entry, from, plan);
+                let (len, entitlement_len) = result_len(&snapshot, *id, &entry, from, plan, now);
                 Row {
                     id: *id,
                     entry,
@@ -73,6 +76,7 @@ impl BatchAnswer {
         BatchAnswer {
             results,
             snapshot: Some(snapshot),
+            now,
         }
     }
 
@@ -128,6 +132,7 @@ struct Ent<'a> {
     can_stream: bool,
     from: &'static str,
     catalog_version: u64,
+    price: Option<MemberPrice<'a>>,
 }
 
 impl<'a> Ent<'a> {
@@ -137,6 +142,7 @@ impl<'a> Ent<'a> {
         snapshot: &'a Snapshot,
         from: ServedFrom,
         plan: Option<usize>,
+        now: i64,
     ) -> Ent<'a> {
         let plan = plan.and_then(|i| snapshot.plan_at(i)).map(|e| &e.plan);
         Ent {
@@ -145,7 +151,13 @@ impl<'a> Ent<'a> {
             can_stream: member::standing(m, plan).is_ok(),
             from: from.as_str(),
             catalog_version: snapshot.version(),
+            price: snapshot.member_price(m, now).0,
         }
+    }
+
+    fn price_len(&self) -> Option<usize> {
+        self.price
+            .map(|p| str_len(1, p.amount) + str_len(2, p.currency) + str_len(3, p.source()))
     }
 
     fn len(&self) -> usize {
@@ -167,6 +179,7 @@ impl<'a> Ent<'a> {
             + varint_len(10, m.version as u64)
             + str_len(11, self.from)
             + varint_len(12, self.catalog_version)
+            + self.price_len().map_or(0, |n| message_len(13, n))
     }
 
     fn put(&self, buf: &mut impl BufMut) {
@@ -190,6 +203,13 @@ impl<'a> Ent<'a> {
         put_varint(10, m.version as u64, buf);
         put_str(11, self.from, buf);
         put_varint(12, self.catalog_version, buf);
+        if let (Some(p), Some(n)) = (self.price, self.price_len()) {
+            encode_key(13, WireType::LengthDelimited, buf);
+            encode_varint(n as u64, buf);
+            put_str(1, p.amount, buf);
+            put_str(2, p.currency, buf);
+            put_str(3, p.source(), buf);
+        }
     }
 }
 
@@ -202,10 +222,11 @@ fn result_len(
     entry: &Entry,
     from: ServedFrom,
     plan: Option<usize>,
+    now: i64,
 ) -> (usize, usize) {
     match entry.member.as_ref() {
         Some(m) => {
-            let inner = Ent::new(m, snapshot, from, plan).len();
+            let inner = Ent::new(m, snapshot, from, plan, now).len();
             (
                 varint_len(1, id) + message_len(2, inner) + str_len(4, from.as_str()),
                 inner,
@@ -231,7 +252,7 @@ impl prost::Message for BatchAnswer {
                 Some(m) => {
                     encode_key(2, WireType::LengthDelimited, buf);
                     encode_varint(row.entitlement_len as u64, buf);
-                    Ent::new(m, snapshot, row.from, row.plan).put(buf);
+                    Ent::new(m, snapshot, row.from, row.plan, self.now).put(buf);
                 }
                 None => put_str(3, UNKNOWN, buf),
             }
@@ -298,14 +319,40 @@ mod tests {
             entry(3, Status::Grace, "no-such-plan", 1),
             entry(u64::MAX >> 1, Status::Cancelled, "", 0),
             entry(5, Status::Active, "mobile", -3),
+            // A locked price (grandfathering) instead of the catalog's.
+            Arc::new(Cached::new(
+                Some(Member {
+                    price_lock: Some(Box::new(crate::member::PriceLock {
+                        amount: crate::plan::Price::parse("9.99").unwrap(),
+                        currency: "USD".into(),
+                        until_ms: None,
+                    })),
+                    ..entry(6, Status::Active, "premium", 2)
+                        .member
+                        .clone()
+                        .unwrap()
+                }),
+                2,
+                ServedFrom::L1,
+            )),
         ];
+        let now = clock_ms();
         for e in &cases {
             for from in [ServedFrom::L1, ServedFrom::L2, ServedFrom::Store] {
                 let m = e.member.as_ref().unwrap();
                 let mut ours = Vec::new();
-                let ent = Ent::new(m, &snapshot, from, snapshot.plan_index(&m.plan_id));
+                let plan = snapshot.plan_index(&m.plan_id);
+                let ent = Ent::new(m, &snapshot, from, plan, now);
                 ent.put(&mut ours);
-                let theirs = convert::entitlement(m, &snapshot, from).encode_to_vec();
+                let theirs = convert::entitlement(m, &snapshot, from, now);
+                if m.id == 6 {
+                    let p = theirs.price.as_ref().expect("a locked price");
+                    assert_eq!((p.amount.as_str(), p.source.as_str()), ("9.99", "locked"));
+                } else if m.id == 1 {
+                    let p = theirs.price.as_ref().expect("the catalog price");
+                    assert_eq!((p.currency.as_str(), p.source.as_str()), ("USD", "catalog"));
+                }
+                let theirs = theirs.encode_to_vec();
                 assert_eq!(ours, theirs, "{m:?}");
                 assert_eq!(ent.len(), theirs.len());
             }
@@ -350,7 +397,8 @@ mod tests {
             Some(convert::entitlement(
                 cases[0].member.as_ref().unwrap(),
                 &snapshot,
-                ServedFrom::L1
+                ServedFrom::L1,
+                answer.now,
             ))
         );
         assert_eq!(r.results[1].entitlement, None);

@@ -12,7 +12,7 @@ use crate::member::{self, Member};
 
 /// A member's entitlement, as `GET /v1/members/{id}/entitlement` answers it, with where
 /// the record came from and the catalog version it was computed with.
-pub fn entitlement(m: &Member, snapshot: &Snapshot, from: ServedFrom) -> pb::Entitlement {
+pub fn entitlement(m: &Member, snapshot: &Snapshot, from: ServedFrom, now: i64) -> pb::Entitlement {
     let plan = snapshot.plan(&m.plan_id).map(|e| &e.plan);
     pb::Entitlement {
         member_id: m.id,
@@ -27,6 +27,11 @@ pub fn entitlement(m: &Member, snapshot: &Snapshot, from: ServedFrom) -> pb::Ent
         version: m.version,
         served_from: from.as_str().to_string(),
         catalog_version: snapshot.version(),
+        price: snapshot.member_price(m, now).0.map(|p| pb::MemberPrice {
+            amount: p.amount.to_string(),
+            currency: p.currency.to_string(),
+            source: p.source().to_string(),
+        }),
     }
 }
 
@@ -36,6 +41,22 @@ struct CountryJson {
     currency: String,
     catalog_version: u64,
     plans: Vec<PlanJson>,
+    #[serde(default)]
+    cells: Vec<CellJson>,
+    #[serde(default)]
+    partner: Option<PartnerJson>,
+}
+
+#[derive(Deserialize)]
+struct CellJson {
+    experiment: String,
+    cell: String,
+}
+
+#[derive(Deserialize)]
+struct PartnerJson {
+    id: String,
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -56,10 +77,24 @@ struct PriceJson {
     currency: String,
 }
 
-/// A country's plans message from its pre-rendered `GET /v1/plans` body.
-pub fn country_plans(body: &[u8]) -> Result<pb::CountryPlans, serde_json::Error> {
+/// A country's plans message from a `GET /v1/plans` answer (its body, and its
+/// `valid_until` as [`Rendered::until_ms`](crate::catalog::Rendered)).
+pub fn country_plans(body: &[u8], until_ms: i64) -> Result<pb::CountryPlans, serde_json::Error> {
     let c: CountryJson = serde_json::from_slice(body)?;
     Ok(pb::CountryPlans {
+        cells: c
+            .cells
+            .into_iter()
+            .map(|x| pb::Cell {
+                experiment: x.experiment,
+                cell: x.cell,
+            })
+            .collect(),
+        partner: c.partner.map(|p| pb::Partner {
+            id: p.id,
+            name: p.name,
+        }),
+        valid_until_ms: if until_ms == i64::MAX { 0 } else { until_ms },
         country: c.country,
         currency: c.currency,
         catalog_version: c.catalog_version,
@@ -122,7 +157,7 @@ mod tests {
     #[test]
     fn plans_decode_from_the_rendered_answer() {
         let snap = Snapshot::build(&CatalogData::reference().unwrap());
-        let us = country_plans(&snap.country(*b"US").unwrap().body).unwrap();
+        let us = country_plans(&snap.country(*b"US").unwrap().body, i64::MAX).unwrap();
         assert_eq!(us.country, "US");
         assert_eq!(us.currency, "USD");
         assert_eq!(us.catalog_version, snap.version());

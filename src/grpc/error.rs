@@ -28,6 +28,9 @@ pub enum GrpcError {
     /// The node is shutting down (ends `WatchCatalog` streams).
     #[error("this node is shutting down; reconnect")]
     Draining,
+    /// A fault of the node's own (a rendering that does not decode).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl GrpcError {
@@ -39,6 +42,7 @@ impl GrpcError {
                 Code::Unavailable
             }
             GrpcError::DeadlineExceeded => Code::DeadlineExceeded,
+            GrpcError::Internal(_) => Code::Internal,
         }
     }
 }

@@ -16,6 +16,7 @@ use super::error::GrpcError;
 use super::feed::{CatalogFeed, Filter};
 use super::metrics::{GrpcMetrics, Method};
 use super::{deadline, pb, HEARTBEAT};
+use crate::catalog::{clock_ms, PlansError};
 use crate::http::{App, MAX_BATCH_IDS};
 use crate::lookup::{Entry, LookupError, ServedFrom};
 use crate::member;
@@ -59,16 +60,23 @@ impl ReadTierService {
 
     fn plans(&self, req: &pb::GetPlansRequest) -> Result<pb::CountryPlans, GrpcError> {
         let cc = convert::country_code(&req.country).map_err(GrpcError::InvalidArgument)?;
-        // `visitor` and `partner` select pricing variants (issue 12, built apart); the
-        // node does not price by them yet, so they are accepted and ignored, as
-        // `GET /v1/plans` ignores query parameters it does not know.
+        let given = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let (visitor, partner) = (given(&req.visitor), given(&req.partner));
         let snapshot = self.app.catalog.load();
-        self.feed.plans(&snapshot, cc).ok_or_else(|| {
-            GrpcError::NotFound(format!(
-                "no plans are offered in {}",
-                String::from_utf8_lossy(&cc)
-            ))
-        })
+        // The same entry point as `GET /v1/plans`: the answer of the period in force now,
+        // for this visitor's cells and partner; decoded from its rendering, so the
+        // message says exactly what the HTTP answer says.
+        let answer = snapshot
+            .plans(cc, visitor.as_deref(), partner.as_deref(), clock_ms)
+            .map_err(|e| match e {
+                PlansError::UnknownCountry(_) => GrpcError::NotFound(format!(
+                    "no plans are offered in {}",
+                    String::from_utf8_lossy(&cc)
+                )),
+                other => GrpcError::InvalidArgument(other.to_string()),
+            })?;
+        convert::country_plans(&answer.body, answer.until_ms)
+            .map_err(|e| GrpcError::Internal(format!("cannot decode a plans answer: {e}")))
     }
 
     /// A member through L1, else (admitted under the waiting limit, or shed) L2 and
@@ -111,7 +119,7 @@ impl ReadTierService {
         self.app.inspector.sample(id, entry.version);
         let snapshot = self.app.catalog.load();
         match entry.member.as_ref() {
-            Some(m) => Ok(entitlement(m, &snapshot, from)),
+            Some(m) => Ok(entitlement(m, &snapshot, from, clock_ms())),
             None => Err(GrpcError::NotFound(format!("there is no member {id}"))),
         }
     }
@@ -203,7 +211,9 @@ impl ReadTierService {
             installed: self.feed.subscribe(),
             stop: self.stop.clone(),
             filter,
-            held: (req.known_version != 0).then_some(req.known_version),
+            known: (req.known_version != 0).then_some(req.known_version),
+            held: None,
+            held_version: 0,
             started: false,
             ended: false,
         };
@@ -228,8 +238,13 @@ struct Watch {
     installed: tokio::sync::watch::Receiver<u64>,
     stop: CancellationToken,
     filter: Filter,
-    /// The version the caller holds, as far as this stream knows.
+    /// The catalog version the caller said it holds (resolved to an epoch against
+    /// the first state sent).
+    known: Option<u64>,
+    /// The feed epoch the caller holds, as far as this stream knows.
     held: Option<u64>,
+    /// The catalog version of that state (heartbeats repeat it).
+    held_version: u64,
     started: bool,
     ended: bool,
 }
@@ -254,13 +269,13 @@ impl Watch {
                     if changed.is_err() {
                         return None;
                     }
-                    if self.feed.current().version > self.held.unwrap_or(0) {
+                    if self.feed.current().epoch > self.held.unwrap_or(0) {
                         return Some((Ok(self.send_current()), self));
                     }
                 }
                 _ = tokio::time::sleep(HEARTBEAT) => {
                     let heartbeat = pb::CatalogUpdate {
-                        version: self.held.unwrap_or(0),
+                        version: self.held_version,
                         ..Default::default()
                     };
                     return Some((Ok(heartbeat), self));
@@ -275,8 +290,12 @@ impl Watch {
 
     fn send_current(&mut self) -> pb::CatalogUpdate {
         let state = self.feed.current();
+        if let Some(k) = self.known.take() {
+            self.held = state.epoch_of(k);
+        }
         let update = state.update_since(self.held, &self.filter);
-        self.held = Some(state.version);
+        self.held = Some(state.epoch);
+        self.held_version = state.version;
         update
     }
 }

@@ -60,24 +60,17 @@ pub fn render_entitlement_at(m: &Member, snapshot: &Snapshot, now: i64) -> (Byte
 
 /// `,"price":…` for a member at `now`; returns until when it holds.
 fn write_price(out: &mut Vec<u8>, m: &Member, snapshot: &Snapshot, now: i64) -> i64 {
-    let mut price = |amount: &str, currency: &str, source: &[u8]| {
-        out.extend_from_slice(b",\"price\":{\"amount\":");
-        json_string(out, amount);
-        out.extend_from_slice(b",\"currency\":");
-        json_string(out, currency);
-        out.extend_from_slice(b",\"source\":\"");
-        out.extend_from_slice(source);
-        out.extend_from_slice(b"\"}");
-    };
-    if let Some(lock) = m.price_lock.as_deref() {
-        if lock.holds_at(now) {
-            price(lock.amount.as_str(), &lock.currency, b"locked");
-            return lock.until_ms.unwrap_or(i64::MAX);
+    let (price, until) = snapshot.member_price(m, now);
+    match price {
+        Some(p) => {
+            out.extend_from_slice(b",\"price\":{\"amount\":");
+            json_string(out, p.amount);
+            out.extend_from_slice(b",\"currency\":");
+            json_string(out, p.currency);
+            out.extend_from_slice(b",\"source\":\"");
+            out.extend_from_slice(p.source().as_bytes());
+            out.extend_from_slice(b"\"}");
         }
-    }
-    let (amount, until) = snapshot.catalog_price(&m.country, &m.plan_id, || now);
-    match amount {
-        Some(a) => price(a.amount.as_str(), &a.currency, b"catalog"),
         None => out.extend_from_slice(b",\"price\":null"),
     }
     until
