@@ -55,9 +55,9 @@ lt --connections $CONNS --rate $((C * 8 / 10)) --duration 10s --warmup 2s --json
 pids+=($!)
 ( while kill -0 $NODE 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$NODE/status; sleep 1; done ) >"$tmp/rss.txt" &
 pids+=($!)
-# The adaptive waiting limit, every 250 ms.
+# The adaptive waiting limit and its rate cap (0: none), every 250 ms.
 ( while kill -0 $NODE 2>/dev/null; do
-    curl -s "http://127.0.0.1:$A/metrics" | awk '/^readtier_http_waiting_limit / {print $2}'
+    curl -s "http://127.0.0.1:$A/metrics" | awk '/^readtier_http_waiting_limit / {l=$2} /^readtier_http_waiting_rate_limit / {r=$2} END {if (l != "") print l, (r == "" ? 0 : r)}'
     sleep 0.25
   done ) >"$tmp/limit.txt" &
 pids+=($!)
@@ -66,7 +66,9 @@ lt --connections $CONNS --stages "${SECS}s@$((C * MULT)),5s@$((C * 8 / 10))" --w
 python3 - "$OUT" "$C" "$tmp/health.txt" "$tmp/rss.txt" "$tmp/limit.txt" <<'PY'
 import json, sys
 out, cap, health, rss, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-lim = [float(x) for x in open(limit) if x.strip()]
+rows = [x.split() for x in open(limit) if x.strip()]
+lim = [float(r[0]) for r in rows]
+rate = [float(r[1]) for r in rows if len(r) > 1]
 r80 = json.load(open(f"{out}/shed-80.json"))
 r3 = json.load(open(f"{out}/shed-3x.json"))
 h = [l.strip() for l in open(health) if l.strip()]
@@ -94,11 +96,12 @@ summary = {
                    "p99": hs[int(len(hs) * 0.99) - 1] if hs else None, "max": hs[-1] if hs else None},
     "rss_kib": {"first": m[0] if m else None, "max": max(m) if m else None, "last": m[-1] if m else None},
     "waiting_limit": {"min": min(lim) if lim else None, "last": lim[-1] if lim else None,
-                      "every_250ms": lim},
+                      "rate_cap_min": min((r for r in rate if r > 0), default=None),
+                      "every_250ms": lim, "rate_cap_every_250ms": rate},
     "timeline": [{k: t.get(k) for k in ("t", "offered", "sent", "completed", "ok", "shed", "p99_ms")} for t in tl],
 }
 json.dump(summary, open(f"{out}/shed-summary.json", "w"), indent=1)
 s = {k: v for k, v in summary.items() if k != "timeline"}
-s["waiting_limit"] = {k: v for k, v in summary["waiting_limit"].items() if k != "every_250ms"}
+s["waiting_limit"] = {k: v for k, v in summary["waiting_limit"].items() if not k.endswith("every_250ms")}
 print(json.dumps(s, indent=1))
 PY
