@@ -415,8 +415,14 @@ async fn deadlines_are_honoured_and_overload_is_unavailable() {
         let mut c = c.clone();
         async move {
             let started = Instant::now();
+            // With a deadline: an attempt that reaches the node before member 5's
+            // request takes the one place and waits on the lock itself; its deadline
+            // frees the place, and the next attempt finds member 5 waiting.
             match c
-                .get_entitlement(pb::GetEntitlementRequest { member_id: 6 })
+                .get_entitlement(with_deadline(
+                    pb::GetEntitlementRequest { member_id: 6 },
+                    Duration::from_millis(300),
+                ))
                 .await
             {
                 Err(e) if e.code() == Code::Unavailable => {

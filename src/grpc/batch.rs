@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut};
 use prost::encoding::{
-    encode_key, encode_varint, encoded_len_varint, key_len, skip_field, DecodeContext, WireType,
+    encode_varint, encoded_len_varint, key_len, skip_field, DecodeContext, WireType,
 };
 
 use crate::catalog::{clock_ms, MemberPrice, Snapshot};
@@ -20,68 +20,74 @@ use crate::lookup::{Entry, ServedFrom};
 use crate::member::{self, Member};
 use crate::plan::Plan;
 
-/// One result per id asked, in order, and the snapshot they were answered with.
+/// The results, encoded once when the answer is built: every result in order
+/// (field 1 of the response, repeated), and the catalog version they were answered
+/// with.
 #[derive(Default)]
 pub struct BatchAnswer {
-    results: Vec<Row>,
-    snapshot: Option<Arc<Snapshot>>,
-    /// The instant every member's price is taken at (ms since the epoch).
-    now: i64,
-}
-
-/// One `EntitlementResult`, with its lengths worked out once (`encoded_len` and
-/// `encode_raw` both need them).
-struct Row {
-    id: u64,
-    entry: Entry,
-    from: ServedFrom,
-    /// The `EntitlementResult`'s length, and its `Entitlement`'s (0: unknown member).
-    len: usize,
-    entitlement_len: usize,
-    /// The member's plan in the answer's snapshot ([`Snapshot::plan_index`]), found
-    /// once for both passes.
-    plan: Option<usize>,
+    /// The results' wire bytes, keys and lengths included.
+    results: Vec<u8>,
+    count: usize,
+    catalog_version: u64,
 }
 
 impl std::fmt::Debug for BatchAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchAnswer")
-            .field("results", &self.results.len())
+            .field("results", &self.count)
             .finish()
     }
 }
 
 impl BatchAnswer {
+    /// Encodes one result per id (`found[i]` answers `ids[i]`), as
+    /// [`super::convert::entitlement`] would build each, prices taken now.
     pub fn new(ids: &[u64], found: Vec<(Entry, ServedFrom)>, snapshot: Arc<Snapshot>) -> Self {
         let now = clock_ms();
-        let results = ids
-            .iter()
-            .zip(found)
-            .map(|(id, (entry, from))| {
-                let plan = entry
-                    .member
-                    .as_ref()
-                    .and_then(|m| snapshot.plan_index(&m.plan_id));
-                let (len, entitlement_len) = result_len(&snapshot, *id, &entry, from, plan, now);
-                Row {
-                    id: *id,
-                    entry,
-                    from,
-                    len,
-                    entitlement_len,
-                    plan,
+        // What a plan says (fields 6 to 9), encoded once per plan, not per member.
+        let mut frags: Vec<Option<Vec<u8>>> = Vec::new();
+        // Each result is written into plain `Vec`s, its one-byte keys and lengths
+        // inline, and each length-delimited part copied out once its length is known.
+        let mut results = Vec::with_capacity(ids.len() * 160);
+        let (mut one, mut ent) = (Vec::with_capacity(256), Vec::with_capacity(256));
+        for (id, (entry, from)) in ids.iter().zip(found.iter()) {
+            one.clear();
+            put_varint(1, *id, &mut one);
+            match entry.member.as_ref() {
+                Some(m) => {
+                    let plan = snapshot.plan_index(&m.plan_id);
+                    let frag: &[u8] = match plan {
+                        Some(i) => {
+                            if frags.len() <= i {
+                                frags.resize(i + 1, None);
+                            }
+                            frags[i].get_or_insert_with(|| {
+                                snapshot
+                                    .plan_at(i)
+                                    .map(|e| plan_fragment(&e.plan))
+                                    .unwrap_or_default()
+                            })
+                        }
+                        None => &[],
+                    };
+                    ent.clear();
+                    Ent::new(m, &snapshot, *from, plan, frag, now).put(&mut ent);
+                    key(2, WireType::LengthDelimited, &mut one);
+                    varint(ent.len() as u64, &mut one);
+                    one.extend_from_slice(&ent);
                 }
-            })
-            .collect();
+                None => put_str(3, UNKNOWN, &mut one),
+            }
+            put_str(4, from.as_str(), &mut one);
+            key(1, WireType::LengthDelimited, &mut results);
+            varint(one.len() as u64, &mut results);
+            results.extend_from_slice(&one);
+        }
         BatchAnswer {
             results,
-            snapshot: Some(snapshot),
-            now,
+            count: ids.len(),
+            catalog_version: snapshot.version(),
         }
-    }
-
-    fn catalog_version(&self) -> u64 {
-        self.snapshot.as_ref().map_or(0, |s| s.version())
     }
 }
 
@@ -93,16 +99,32 @@ fn str_len(tag: u32, s: &str) -> usize {
     }
 }
 
-fn put_str(tag: u32, s: &str, buf: &mut impl BufMut) {
+/// A varint, its one-byte case inline (every key and nearly every length here).
+#[inline(always)]
+fn varint(v: u64, out: &mut Vec<u8>) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        encode_varint(v, out);
+    }
+}
+
+/// A field's key; every tag here is below 16, so one byte.
+#[inline(always)]
+fn key(tag: u32, wire: WireType, out: &mut Vec<u8>) {
+    varint(u64::from(tag << 3 | wire as u32), out);
+}
+
+fn put_str(tag: u32, s: &str, buf: &mut Vec<u8>) {
     if !s.is_empty() {
         put_str_always(tag, s, buf);
     }
 }
 
 /// An `optional` string: written when present, even empty.
-fn put_str_always(tag: u32, s: &str, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(s.len() as u64, buf);
+fn put_str_always(tag: u32, s: &str, buf: &mut Vec<u8>) {
+    key(tag, WireType::LengthDelimited, buf);
+    varint(s.len() as u64, buf);
     buf.put_slice(s.as_bytes());
 }
 
@@ -114,21 +136,19 @@ fn varint_len(tag: u32, v: u64) -> usize {
     }
 }
 
-fn put_varint(tag: u32, v: u64, buf: &mut impl BufMut) {
+fn put_varint(tag: u32, v: u64, buf: &mut Vec<u8>) {
     if v != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(v, buf);
+        key(tag, WireType::Varint, buf);
+        varint(v, buf);
     }
-}
-
-fn message_len(tag: u32, len: usize) -> usize {
-    key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 /// One member's `Entitlement`, as [`super::convert::entitlement`] builds it.
 struct Ent<'a> {
     m: &'a Member,
     plan: Option<&'a Plan>,
+    /// Fields 6 to 9 (what the plan says), encoded once per plan ([`plan_fragment`]).
+    frag: &'a [u8],
     can_stream: bool,
     from: &'static str,
     catalog_version: u64,
@@ -136,18 +156,21 @@ struct Ent<'a> {
 }
 
 impl<'a> Ent<'a> {
-    /// `plan`: the member's plan's index in `snapshot`, if it offers it.
+    /// `plan`: the member's plan's index in `snapshot`, if it offers it, and `frag`
+    /// that plan's [`plan_fragment`] (empty without a plan).
     fn new(
         m: &'a Member,
         snapshot: &'a Snapshot,
         from: ServedFrom,
         plan: Option<usize>,
+        frag: &'a [u8],
         now: i64,
     ) -> Ent<'a> {
         let plan = plan.and_then(|i| snapshot.plan_at(i)).map(|e| &e.plan);
         Ent {
             m,
             plan,
+            frag,
             can_stream: member::standing(m, plan).is_ok(),
             from: from.as_str(),
             catalog_version: snapshot.version(),
@@ -160,52 +183,22 @@ impl<'a> Ent<'a> {
             .map(|p| str_len(1, p.amount) + str_len(2, p.currency) + str_len(3, p.source()))
     }
 
-    fn len(&self) -> usize {
-        let (m, p) = (self.m, self.plan);
-        varint_len(1, m.id)
-            + str_len(2, m.status.as_str())
-            + str_len(3, &m.plan_id)
-            + str_len(4, &m.country)
-            + varint_len(5, self.can_stream as u64)
-            + varint_len(6, p.map_or(0, |p| p.max_streams) as u64)
-            + p.map_or(0, |p| message_len(7, p.max_resolution.len()))
-            + varint_len(8, p.map_or(0, |p| p.download_devices) as u64)
-            + p.map_or(0, |p| {
-                p.device_classes
-                    .iter()
-                    .map(|d| message_len(9, d.len()))
-                    .sum()
-            })
-            + varint_len(10, m.version as u64)
-            + str_len(11, self.from)
-            + varint_len(12, self.catalog_version)
-            + self.price_len().map_or(0, |n| message_len(13, n))
-    }
-
-    fn put(&self, buf: &mut impl BufMut) {
-        let (m, p) = (self.m, self.plan);
+    fn put(&self, buf: &mut Vec<u8>) {
+        let m = self.m;
         put_varint(1, m.id, buf);
         put_str(2, m.status.as_str(), buf);
         put_str(3, &m.plan_id, buf);
         put_str(4, &m.country, buf);
         put_varint(5, self.can_stream as u64, buf);
-        put_varint(6, p.map_or(0, |p| p.max_streams) as u64, buf);
-        if let Some(p) = p {
-            put_str_always(7, &p.max_resolution, buf);
-        }
-        put_varint(8, p.map_or(0, |p| p.download_devices) as u64, buf);
-        if let Some(p) = p {
-            for d in &p.device_classes {
-                put_str_always(9, d, buf);
-            }
-        }
+        debug_assert_eq!(self.frag.is_empty(), self.plan.is_none());
+        buf.extend_from_slice(self.frag);
         // int64 is written as its two's complement, as prost does.
         put_varint(10, m.version as u64, buf);
         put_str(11, self.from, buf);
         put_varint(12, self.catalog_version, buf);
         if let (Some(p), Some(n)) = (self.price, self.price_len()) {
-            encode_key(13, WireType::LengthDelimited, buf);
-            encode_varint(n as u64, buf);
+            key(13, WireType::LengthDelimited, buf);
+            varint(n as u64, buf);
             put_str(1, p.amount, buf);
             put_str(2, p.currency, buf);
             put_str(3, p.source(), buf);
@@ -213,52 +206,30 @@ impl<'a> Ent<'a> {
     }
 }
 
-const UNKNOWN: &str = "unknown-member";
-
-/// One `EntitlementResult`'s length, and its entitlement's (0 when unknown).
-fn result_len(
-    snapshot: &Snapshot,
-    id: u64,
-    entry: &Entry,
-    from: ServedFrom,
-    plan: Option<usize>,
-    now: i64,
-) -> (usize, usize) {
-    match entry.member.as_ref() {
-        Some(m) => {
-            let inner = Ent::new(m, snapshot, from, plan, now).len();
-            (
-                varint_len(1, id) + message_len(2, inner) + str_len(4, from.as_str()),
-                inner,
-            )
-        }
-        None => (
-            varint_len(1, id) + str_len(3, UNKNOWN) + str_len(4, from.as_str()),
-            0,
-        ),
+/// Fields 6 to 9 of an `Entitlement` (`max_streams`, `max_resolution`,
+/// `download_devices`, `device_classes`): the plan's, the same for every member on it,
+/// so encoded once per plan and answer, not per member (~400 instructions a member).
+fn plan_fragment(p: &Plan) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    put_varint(6, u64::from(p.max_streams), &mut out);
+    put_str_always(7, &p.max_resolution, &mut out);
+    put_varint(8, u64::from(p.download_devices), &mut out);
+    for d in &p.device_classes {
+        put_str_always(9, d, &mut out);
     }
+    out
 }
+
+const UNKNOWN: &str = "unknown-member";
 
 impl prost::Message for BatchAnswer {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        let Some(snapshot) = self.snapshot.as_deref() else {
-            return;
-        };
-        for row in &self.results {
-            encode_key(1, WireType::LengthDelimited, buf);
-            encode_varint(row.len as u64, buf);
-            put_varint(1, row.id, buf);
-            match row.entry.member.as_ref() {
-                Some(m) => {
-                    encode_key(2, WireType::LengthDelimited, buf);
-                    encode_varint(row.entitlement_len as u64, buf);
-                    Ent::new(m, snapshot, row.from, row.plan, self.now).put(buf);
-                }
-                None => put_str(3, UNKNOWN, buf),
-            }
-            put_str(4, row.from.as_str(), buf);
+        buf.put_slice(&self.results);
+        if self.catalog_version != 0 {
+            let mut v = Vec::with_capacity(11);
+            put_varint(2, self.catalog_version, &mut v);
+            buf.put_slice(&v);
         }
-        put_varint(2, self.catalog_version(), buf);
     }
 
     fn merge_field(
@@ -273,16 +244,13 @@ impl prost::Message for BatchAnswer {
     }
 
     fn encoded_len(&self) -> usize {
-        self.results
-            .iter()
-            .map(|row| message_len(1, row.len))
-            .sum::<usize>()
-            + varint_len(2, self.catalog_version())
+        self.results.len() + varint_len(2, self.catalog_version)
     }
 
     fn clear(&mut self) {
         self.results.clear();
-        self.snapshot = None;
+        self.count = 0;
+        self.catalog_version = 0;
     }
 }
 
@@ -342,7 +310,11 @@ mod tests {
                 let m = e.member.as_ref().unwrap();
                 let mut ours = Vec::new();
                 let plan = snapshot.plan_index(&m.plan_id);
-                let ent = Ent::new(m, &snapshot, from, plan, now);
+                let frag = plan
+                    .and_then(|i| snapshot.plan_at(i))
+                    .map(|e| plan_fragment(&e.plan))
+                    .unwrap_or_default();
+                let ent = Ent::new(m, &snapshot, from, plan, &frag, now);
                 ent.put(&mut ours);
                 let theirs = convert::entitlement(m, &snapshot, from, now);
                 if m.id == 6 {
@@ -354,7 +326,6 @@ mod tests {
                 }
                 let theirs = theirs.encode_to_vec();
                 assert_eq!(ours, theirs, "{m:?}");
-                assert_eq!(ent.len(), theirs.len());
             }
         }
         // The whole answer decodes as the generated response would (field by field).
@@ -366,6 +337,7 @@ mod tests {
             (cases[1].clone(), ServedFrom::L2),
         ];
         let answer = BatchAnswer::new(&ids, found, snapshot.clone());
+        let now = clock_ms();
         let bytes = answer.encode_to_vec();
         assert_eq!(bytes.len(), answer.encoded_len());
         #[derive(Clone, PartialEq, prost::Message)]
@@ -398,7 +370,7 @@ mod tests {
                 cases[0].member.as_ref().unwrap(),
                 &snapshot,
                 ServedFrom::L1,
-                answer.now,
+                now,
             ))
         );
         assert_eq!(r.results[1].entitlement, None);
