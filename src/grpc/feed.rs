@@ -66,9 +66,10 @@ fn all_codes() -> impl Iterator<Item = [u8; 2]> {
     (b'A'..=b'Z').flat_map(|a| (b'A'..=b'Z').map(move |b| [a, b]))
 }
 
-/// The same plans, whatever version they were rendered at.
+/// The same plans until the same instant, whatever version they were rendered at (a
+/// newly scheduled change alters `valid_until_ms` alone, and callers hear of it).
 fn same_plans(a: &pb::CountryPlans, b: &pb::CountryPlans) -> bool {
-    a.currency == b.currency && a.plans == b.plans
+    a.currency == b.currency && a.plans == b.plans && a.valid_until_ms == b.valid_until_ms
 }
 
 impl FeedState {
@@ -140,11 +141,14 @@ impl FeedState {
     pub fn update_since(&self, held: Option<u64>, filter: &Filter) -> pb::CatalogUpdate {
         let mut update = pb::CatalogUpdate {
             version: self.version,
-            valid_until_ms: if self.next_switch_ms == i64::MAX {
-                0
-            } else {
-                self.next_switch_ms
-            },
+            // The earliest scheduled change among the watched countries (0: none).
+            valid_until_ms: self
+                .countries
+                .iter()
+                .filter(|(cc, t)| t.plans.valid_until_ms != 0 && wanted(filter, cc))
+                .map(|(_, t)| t.plans.valid_until_ms)
+                .min()
+                .unwrap_or(0),
             ..Default::default()
         };
         match held {
