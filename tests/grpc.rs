@@ -21,6 +21,21 @@ async fn client(node: &TestNode) -> ReadTierClient<Channel> {
         .expect("connects")
 }
 
+/// Opens `WatchCatalog` for these countries from `known_version` (0: nothing held).
+async fn watch(
+    c: &mut ReadTierClient<Channel>,
+    countries: &[&str],
+    known_version: u64,
+) -> tonic::Streaming<pb::CatalogUpdate> {
+    c.watch_catalog(pb::WatchCatalogRequest {
+        countries: countries.iter().map(|s| s.to_string()).collect(),
+        known_version,
+    })
+    .await
+    .expect("the watch opens")
+    .into_inner()
+}
+
 /// A client without tonic's own timer: tonic's channel gives up by itself when a
 /// request's `grpc-timeout` passes (CANCELLED, "Timeout expired"), racing the node's
 /// answer; this one waits for what the node says.
@@ -570,14 +585,7 @@ impl Held {
 async fn watch_sends_the_catalog_then_changes_and_resumes_from_known_version() {
     let node = TestNode::start(&[]).await;
     let mut c = client(&node).await;
-    let mut stream = c
-        .watch_catalog(pb::WatchCatalogRequest {
-            countries: vec![],
-            known_version: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut c, &[], 0).await;
     let mut held = Held::default();
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.full);
@@ -615,14 +623,7 @@ async fn watch_sends_the_catalog_then_changes_and_resumes_from_known_version() {
     node.caught_up().await;
     // The node's HTTP answer, for comparison once resumed.
     let http_fr = node.get("/v1/plans?country=FR").await.json();
-    let mut resumed = c
-        .watch_catalog(pb::WatchCatalogRequest {
-            countries: vec![],
-            known_version: v1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = watch(&mut c, &[], v1).await;
     // The node may still be installing the last of them: read until it is current.
     let target: u64 = http_fr["catalog_version"].as_u64().unwrap();
     let first = resumed.message().await.unwrap().unwrap();
@@ -657,25 +658,12 @@ async fn watch_sends_the_catalog_then_changes_and_resumes_from_known_version() {
     }
 
     // Up to date: an empty, non-full update; a filter; a bad filter.
-    let mut current = c
-        .watch_catalog(pb::WatchCatalogRequest {
-            countries: vec!["fr".into(), "JP".into()],
-            known_version: held.version,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut current = watch(&mut c, &["fr", "JP"], held.version).await;
     let u = current.message().await.unwrap().unwrap();
     assert!(!u.full && u.countries.is_empty() && u.removed.is_empty());
     assert_eq!(u.version, held.version);
-    let only = c
-        .watch_catalog(pb::WatchCatalogRequest {
-            countries: vec!["fr".into(), "JP".into()],
-            known_version: 0,
-        })
+    let only = watch(&mut c, &["fr", "JP"], 0)
         .await
-        .unwrap()
-        .into_inner()
         .message()
         .await
         .unwrap()
@@ -773,18 +761,7 @@ async fn the_caching_client_follows_changes_and_reconnects_to_a_restarted_node()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_trouble_is_unavailable_while_the_catalog_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut data = readtier::catalog::CatalogData::reference().unwrap();
-    data.version = 77;
-    readtier::catalog::disk::save(&data, &readtier::catalog::disk::snapshot_path(dir.path()))
-        .unwrap();
-    let d = dir.path().display().to_string();
-    // Nothing listens on port 9: every store call fails at once.
-    let node = TestNode::start(&[
-        ("READTIER_DATA_DIR", d.as_str()),
-        ("READTIER_STORE_URL", "postgres://postgres@127.0.0.1:9/none"),
-    ])
-    .await;
+    let node = TestNode::start_store_down(77).await;
     let mut c = client(&node).await;
     let us = c
         .get_plans(pb::GetPlansRequest {
@@ -844,14 +821,7 @@ async fn a_watch_sees_a_scheduled_change_at_its_instant_with_no_write_then() {
         ),
     );
     node.caught_up().await;
-    let mut stream = c
-        .watch_catalog(pb::WatchCatalogRequest {
-            countries: vec!["DE".into(), "US".into()],
-            known_version: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut c, &["DE", "US"], 0).await;
     let mut held = Held::default();
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.full);
@@ -922,14 +892,7 @@ async fn a_watch_sees_a_scheduled_change_at_its_instant_with_no_write_then() {
         .any(|p| p["id"] == "standard" && p["price"]["amount"] == "77.77"));
 
     // A caller resuming with that version may not have seen the switch: it is sent DE.
-    let mut again = c
-        .watch_catalog(pb::WatchCatalogRequest {
-            countries: vec!["DE".into(), "US".into()],
-            known_version: version,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut again = watch(&mut c, &["DE", "US"], version).await;
     let r = again.message().await.unwrap().unwrap();
     assert!(!r.full);
     assert_eq!(

@@ -572,18 +572,7 @@ async fn shutdown_gives_in_flight_requests_at_most_the_shutdown_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_its_disk_snapshot_when_the_store_is_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut data = readtier::catalog::CatalogData::reference().unwrap();
-    data.version = 77;
-    readtier::catalog::disk::save(&data, &readtier::catalog::disk::snapshot_path(dir.path()))
-        .unwrap();
-    let d = dir.path().display().to_string();
-    // Nothing listens on port 9: every store call fails at once.
-    let node = TestNode::start(&[
-        ("READTIER_DATA_DIR", d.as_str()),
-        ("READTIER_STORE_URL", "postgres://postgres@127.0.0.1:9/none"),
-    ])
-    .await;
+    let node = TestNode::start_store_down(77).await;
     let us = node.get("/v1/plans?country=US").await;
     assert_eq!(us.status, 200);
     assert_eq!(us.header("x-catalog-version"), Some("77"));

@@ -15,7 +15,7 @@ use prost::encoding::{
     encode_varint, encoded_len_varint, key_len, skip_field, DecodeContext, WireType,
 };
 
-use crate::catalog::{clock_ms, MemberPrice, Snapshot};
+use crate::catalog::{clock_ms, Snapshot};
 use crate::lookup::{Entry, ServedFrom};
 use crate::member::{self, Member};
 use crate::plan::Plan;
@@ -71,7 +71,7 @@ impl BatchAnswer {
                         None => &[],
                     };
                     ent.clear();
-                    Ent::new(m, &snapshot, *from, plan, frag, now).put(&mut ent);
+                    put_entitlement(m, &snapshot, *from, plan, frag, now, &mut ent);
                     key(2, WireType::LengthDelimited, &mut one);
                     varint(ent.len() as u64, &mut one);
                     one.extend_from_slice(&ent);
@@ -143,66 +143,37 @@ fn put_varint(tag: u32, v: u64, buf: &mut Vec<u8>) {
     }
 }
 
-/// One member's `Entitlement`, as [`super::convert::entitlement`] builds it.
-struct Ent<'a> {
-    m: &'a Member,
-    plan: Option<&'a Plan>,
-    /// Fields 6 to 9 (what the plan says), encoded once per plan ([`plan_fragment`]).
-    frag: &'a [u8],
-    can_stream: bool,
-    from: &'static str,
-    catalog_version: u64,
-    price: Option<MemberPrice<'a>>,
-}
-
-impl<'a> Ent<'a> {
-    /// `plan`: the member's plan's index in `snapshot`, if it offers it, and `frag`
-    /// that plan's [`plan_fragment`] (empty without a plan).
-    fn new(
-        m: &'a Member,
-        snapshot: &'a Snapshot,
-        from: ServedFrom,
-        plan: Option<usize>,
-        frag: &'a [u8],
-        now: i64,
-    ) -> Ent<'a> {
-        let plan = plan.and_then(|i| snapshot.plan_at(i)).map(|e| &e.plan);
-        Ent {
-            m,
-            plan,
-            frag,
-            can_stream: member::standing(m, plan).is_ok(),
-            from: from.as_str(),
-            catalog_version: snapshot.version(),
-            price: snapshot.member_price(m, now).0,
-        }
-    }
-
-    fn price_len(&self) -> Option<usize> {
-        self.price
-            .map(|p| str_len(1, p.amount) + str_len(2, p.currency) + str_len(3, p.source()))
-    }
-
-    fn put(&self, buf: &mut Vec<u8>) {
-        let m = self.m;
-        put_varint(1, m.id, buf);
-        put_str(2, m.status.as_str(), buf);
-        put_str(3, &m.plan_id, buf);
-        put_str(4, &m.country, buf);
-        put_varint(5, self.can_stream as u64, buf);
-        debug_assert_eq!(self.frag.is_empty(), self.plan.is_none());
-        buf.extend_from_slice(self.frag);
-        // int64 is written as its two's complement, as prost does.
-        put_varint(10, m.version as u64, buf);
-        put_str(11, self.from, buf);
-        put_varint(12, self.catalog_version, buf);
-        if let (Some(p), Some(n)) = (self.price, self.price_len()) {
-            key(13, WireType::LengthDelimited, buf);
-            varint(n as u64, buf);
-            put_str(1, p.amount, buf);
-            put_str(2, p.currency, buf);
-            put_str(3, p.source(), buf);
-        }
+/// One member's `Entitlement`, as [`super::convert::entitlement`] builds it: `plan` is
+/// the member's plan's index in `snapshot` (if it offers it) and `frag` that plan's
+/// [`plan_fragment`] (empty without a plan); the price is taken at `now`.
+fn put_entitlement(
+    m: &Member,
+    snapshot: &Snapshot,
+    from: ServedFrom,
+    plan: Option<usize>,
+    frag: &[u8],
+    now: i64,
+    buf: &mut Vec<u8>,
+) {
+    let plan = plan.and_then(|i| snapshot.plan_at(i)).map(|e| &e.plan);
+    debug_assert_eq!(frag.is_empty(), plan.is_none());
+    put_varint(1, m.id, buf);
+    put_str(2, m.status.as_str(), buf);
+    put_str(3, &m.plan_id, buf);
+    put_str(4, &m.country, buf);
+    put_varint(5, u64::from(member::standing(m, plan).is_ok()), buf);
+    buf.extend_from_slice(frag);
+    // int64 is written as its two's complement, as prost does.
+    put_varint(10, m.version as u64, buf);
+    put_str(11, from.as_str(), buf);
+    put_varint(12, snapshot.version(), buf);
+    if let Some(p) = snapshot.member_price(m, now).0 {
+        let len = str_len(1, p.amount) + str_len(2, p.currency) + str_len(3, p.source());
+        key(13, WireType::LengthDelimited, buf);
+        varint(len as u64, buf);
+        put_str(1, p.amount, buf);
+        put_str(2, p.currency, buf);
+        put_str(3, p.source(), buf);
     }
 }
 
@@ -314,8 +285,7 @@ mod tests {
                     .and_then(|i| snapshot.plan_at(i))
                     .map(|e| plan_fragment(&e.plan))
                     .unwrap_or_default();
-                let ent = Ent::new(m, &snapshot, from, plan, &frag, now);
-                ent.put(&mut ours);
+                put_entitlement(m, &snapshot, from, plan, &frag, now, &mut ours);
                 let theirs = convert::entitlement(m, &snapshot, from, now);
                 if m.id == 6 {
                     let p = theirs.price.as_ref().expect("a locked price");

@@ -11,7 +11,7 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use super::history;
-use super::problem::{method_not_allowed, only_get, problem};
+use super::problem::{malformed_country, method_not_allowed, only_get, problem};
 use super::{App, Body};
 
 mod members;
@@ -79,14 +79,7 @@ pub(super) async fn route(app: &App, req: Request<Incoming>) -> http::Response<B
 fn preview_plans(app: &App, query: Option<&str>) -> http::Response<Body> {
     let cc = match super::params::country_param(query) {
         Ok(cc) => cc,
-        Err(detail) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "malformed-country",
-                "Malformed country code",
-                &detail,
-            )
-        }
+        Err(detail) => return malformed_country(&detail),
     };
     let at = match super::params::query_value(query, "at") {
         Ok(Some(text)) => crate::plan::parse_instant_ms(&text),

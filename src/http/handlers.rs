@@ -16,7 +16,9 @@ use super::params::{
     country_param, etag_matches, parse_member_id, plans_params, read_body, valid_device_class,
     AuthorizeRequest,
 };
-use super::problem::{method_not_allowed, only_get, overloaded, problem, shed_waiting};
+use super::problem::{
+    malformed_country, method_not_allowed, only_get, overloaded, problem, shed_waiting,
+};
 use super::render::{
     json_ok, json_string, render_entitlement_at, with_member_headers, FROM_SNAPSHOT, JSON,
     X_CATALOG_VERSION, X_SERVED_FROM,
@@ -35,14 +37,7 @@ impl App {
         let query = req.uri().query();
         let cc = match country_param(query) {
             Ok(cc) => cc,
-            Err(detail) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "malformed-country",
-                    "Malformed country code",
-                    &detail,
-                )
-            }
+            Err(detail) => return malformed_country(&detail),
         };
         // `country=XX` alone (the common case) has no visitor or partner to look for.
         let (visitor, partner) = if query.is_some_and(|q| q.len() == 10) {

@@ -25,6 +25,16 @@ pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Res
 }
 
 /// The answer to a request shed under overload: try again in a second.
+/// A `country` query parameter that is missing or not a code (`detail` says which).
+pub fn malformed_country(detail: &str) -> Response<Body> {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "malformed-country",
+        "Malformed country code",
+        detail,
+    )
+}
+
 pub fn overloaded(detail: &str) -> Response<Body> {
     let mut resp = problem(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -68,6 +68,30 @@ impl TestNode {
         }
     }
 
+    /// A node whose store cannot be reached (nothing listens on port 9: every store
+    /// call fails at once), serving the reference catalog as version `version` from
+    /// the disk snapshot it finds in its data directory.
+    pub async fn start_store_down(version: u64) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut data = readtier::catalog::CatalogData::reference().unwrap();
+        data.version = version;
+        readtier::catalog::disk::save(&data, &readtier::catalog::disk::snapshot_path(dir.path()))
+            .unwrap();
+        let cfg = test_config(
+            dir.path(),
+            &[("READTIER_STORE_URL", "postgres://postgres@127.0.0.1:9/none")],
+        );
+        let shutdown = CancellationToken::new();
+        let running = node::start(cfg, shutdown.clone())
+            .await
+            .expect("node starts from its disk snapshot");
+        TestNode {
+            dir,
+            running,
+            shutdown,
+        }
+    }
+
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("readtier.db")
     }
