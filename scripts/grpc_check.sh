@@ -10,53 +10,18 @@
 # READTIER_BIN). Exit 1 on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
-
 log() { echo "grpc_check.sh: $*"; }
-
-reqs=scripts/grpc-requirements.txt
-version=$(sed -n 's/^grpcio==//p' "$reqs")
-venv=${GRPC_CHECK_VENV:-$HOME/.cache/readtier-ci/grpcio-$version-$(sha256sum "$reqs" | cut -c1-12)}
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import grpc_tools, grpc_health' 2>/dev/null; then
-  log "installing grpcio $version into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$reqs"
-fi
-
-bin=${READTIER_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build -q --bin readtier
-  bin=${CARGO_TARGET_DIR:-target}/debug/readtier
-fi
-
-work=$(mktemp -d)
-node_pid=
-cleanup() {
-  if [ -n "$node_pid" ]; then kill "$node_pid" 2>/dev/null || true; wait "$node_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. scripts/lib.sh
+ensure_venv grpcio scripts/grpc-requirements.txt "${GRPC_CHECK_VENV:-}" -c 'import grpc_tools, grpc_health'
 
 # The stubs, from the repository's proto (what a caller in Python would do).
 mkdir -p "$work/gen"
 "$venv/bin/python" -m grpc_tools.protoc -I "$root/proto" --python_out="$work/gen" \
   --grpc_python_out="$work/gen" "$root/proto/readtier/v1/readtier.proto"
 
-env -u READTIER_CONFIG READTIER_LISTEN=127.0.0.1:0 READTIER_ADMIN_LISTEN=127.0.0.1:0 \
-  READTIER_GRPC_LISTEN=127.0.0.1:0 READTIER_DATA_DIR="$work" READTIER_SEED_MEMBERS=200 \
-  READTIER_CHANGES_POLL_INTERVAL=10ms "$bin" serve >"$work/node.log" 2>&1 &
-node_pid=$!
-public= grpc=
-for _ in $(seq 1 600); do
-  line=$(grep -m1 '^readtier listening on ' "$work/node.log" || true)
-  if [ -n "$line" ]; then
-    public=$(echo "$line" | sed -E 's/^readtier listening on (http:[^ ]+) .*/\1/')
-    grpc=$(echo "$line" | sed -nE 's/.*\(grpc ([^)]+)\).*/\1/p')
-    break
-  fi
-  kill -0 "$node_pid" 2>/dev/null || { cat "$work/node.log"; log "the node exited"; exit 1; }
-  sleep 0.1
-done
+start_node READTIER_CHANGES_POLL_INTERVAL=10ms
+public=$(echo "$listening" | sed -E 's/^readtier listening on (http:[^ ]+) .*/\1/')
+grpc=$(echo "$listening" | sed -nE 's/.*\(grpc ([^)]+)\).*/\1/p')
 [ -n "$grpc" ] || { cat "$work/node.log"; log "the node did not start a gRPC listener"; exit 1; }
 log "node at $public (grpc $grpc)"
 

@@ -21,48 +21,13 @@
 # binary (or READTIER_BIN). Exit 1 on any failure, with Schemathesis's report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
-
 log() { echo "schemathesis.sh: $*"; }
+. scripts/lib.sh
+ensure_venv schemathesis scripts/schemathesis-requirements.txt "${SCHEMATHESIS_VENV:-}" -c 'import schemathesis'
 
-reqs=scripts/schemathesis-requirements.txt
-version=$(sed -n 's/^schemathesis==//p' "$reqs")
-venv=${SCHEMATHESIS_VENV:-$HOME/.cache/readtier-ci/schemathesis-$version-$(sha256sum "$reqs" | cut -c1-12)}
-if [ ! -x "$venv/bin/st" ]; then
-  log "installing schemathesis $version into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$reqs"
-fi
-
-bin=${READTIER_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build -q --bin readtier
-  bin=${CARGO_TARGET_DIR:-target}/debug/readtier
-fi
-
-work=$(mktemp -d)
-node_pid=
-cleanup() {
-  if [ -n "$node_pid" ]; then kill "$node_pid" 2>/dev/null || true; wait "$node_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-env -u READTIER_CONFIG READTIER_LISTEN=127.0.0.1:0 READTIER_ADMIN_LISTEN=127.0.0.1:0 READTIER_GRPC_LISTEN=127.0.0.1:0 READTIER_DATA_DIR="$work" \
-  READTIER_SEED_MEMBERS=200 "$bin" serve >"$work/node.log" 2>&1 &
-node_pid=$!
-public= admin=
-for _ in $(seq 1 600); do
-  line=$(grep -m1 '^readtier listening on ' "$work/node.log" || true)
-  if [ -n "$line" ]; then
-    public=$(echo "$line" | sed -E 's/^readtier listening on (http:[^ ]+) .*/\1/')
-    admin=$(echo "$line" | sed -E 's/.*\(admin (http:[^)]+)\).*/\1/')
-    break
-  fi
-  kill -0 "$node_pid" 2>/dev/null || { cat "$work/node.log"; log "the node exited"; exit 1; }
-  sleep 0.1
-done
-[ -n "$public" ] || { cat "$work/node.log"; log "the node did not start listening"; exit 1; }
+start_node
+public=$(echo "$listening" | sed -E 's/^readtier listening on (http:[^ ]+) .*/\1/')
+admin=$(echo "$listening" | sed -E 's/.*\(admin (http:[^)]+)\).*/\1/')
 log "node at $public (admin $admin)"
 
 # The served document must be valid OpenAPI 3.1 (a misspelt key is otherwise ignored,
