@@ -60,14 +60,14 @@ impl ReadTierService {
 
     fn plans(&self, req: &pb::GetPlansRequest) -> Result<pb::CountryPlans, GrpcError> {
         let cc = convert::country_code(&req.country).map_err(GrpcError::InvalidArgument)?;
-        let given = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        let (visitor, partner) = (given(&req.visitor), given(&req.partner));
+        let visitor = (!req.visitor.is_empty()).then_some(req.visitor.as_str());
+        let partner = (!req.partner.is_empty()).then_some(req.partner.as_str());
         let snapshot = self.app.catalog.load();
         // The same entry point as `GET /v1/plans`: the answer of the period in force now,
         // for this visitor's cells and partner; decoded from its rendering, so the
         // message says exactly what the HTTP answer says.
         let answer = snapshot
-            .plans(cc, visitor.as_deref(), partner.as_deref(), clock_ms)
+            .plans(cc, visitor, partner, clock_ms)
             .map_err(|e| match e {
                 PlansError::UnknownCountry(_) => GrpcError::NotFound(format!(
                     "no plans are offered in {}",
@@ -90,22 +90,31 @@ impl ReadTierService {
             return Ok((entry, ServedFrom::L1));
         }
         let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
-        let (wait, theirs) = self.wait_limit(metadata);
-        match tokio::time::timeout(wait, self.app.members.get(id)).await {
+        self.bounded(metadata, self.app.members.get(id)).await
+    }
+
+    /// A lookup that has to wait, bounded by `http.request_timeout` or the caller's
+    /// deadline if sooner (its passing is then DEADLINE_EXCEEDED, not UNAVAILABLE).
+    async fn bounded<T>(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        lookup: impl std::future::Future<Output = Result<T, LookupError>>,
+    ) -> Result<T, GrpcError> {
+        let limit = self.app.limits.request_timeout;
+        let (wait, theirs) = match deadline::of(metadata) {
+            Some(d) if d < limit => (d, true),
+            _ => (limit, false),
+        };
+        // tokio's timer counts whole milliseconds and polls the lookup first: under
+        // one, a fast store read would answer a caller that has already given up.
+        if theirs && wait < Duration::from_millis(1) {
+            return Err(GrpcError::DeadlineExceeded);
+        }
+        match tokio::time::timeout(wait, lookup).await {
             Ok(Ok(found)) => Ok(found),
             Ok(Err(e)) => Err(lookup_failed(e)),
             Err(_) if theirs => Err(GrpcError::DeadlineExceeded),
             Err(_) => Err(GrpcError::TooSlow),
-        }
-    }
-
-    /// How long a call may wait for its members: `http.request_timeout`, or the
-    /// caller's deadline if sooner (then `true`: its passing is DEADLINE_EXCEEDED).
-    fn wait_limit(&self, metadata: &tonic::metadata::MetadataMap) -> (Duration, bool) {
-        let limit = self.app.limits.request_timeout;
-        match deadline::of(metadata) {
-            Some(d) if d < limit => (d, true),
-            _ => (limit, false),
         }
     }
 
@@ -181,14 +190,8 @@ impl ReadTierService {
                 .collect()
         } else {
             let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
-            let (wait, theirs) = self.wait_limit(req.metadata());
-            let lookup = self.app.members.get_many_after(ids, l1);
-            match tokio::time::timeout(wait, lookup).await {
-                Ok(Ok(found)) => found,
-                Ok(Err(e)) => return Err(lookup_failed(e)),
-                Err(_) if theirs => return Err(GrpcError::DeadlineExceeded),
-                Err(_) => return Err(GrpcError::TooSlow),
-            }
+            self.bounded(req.metadata(), self.app.members.get_many_after(ids, l1))
+                .await?
         };
         let snapshot = arc_swap::Guard::into_inner(self.app.catalog.load());
         Ok(BatchAnswer::new(ids, found, snapshot))
