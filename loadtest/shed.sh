@@ -61,11 +61,31 @@ pids+=($!)
     sleep 0.25
   done ) >"$tmp/limit.txt" &
 pids+=($!)
+# How busy each of the two cores was (node on 0, load on 1), every 250 ms: /proc/stat's
+# busy jiffies (all but idle and iowait) over all, per core, so a generator whose core
+# is full, or anything else on the node's core, shows.
+( while kill -0 $NODE 2>/dev/null; do
+    awk '/^cpu[01] / {printf "%s %d %d ", $1, $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9} END {print ""}' /proc/stat
+    sleep 0.25
+  done ) >"$tmp/cores.txt" &
+pids+=($!)
 lt --connections $CONNS --stages "${SECS}s@$((C * MULT)),5s@$((C * 8 / 10))" --warmup 1s \
   --json "$OUT/shed-3x.json" --svg "$OUT/shed-3x.svg" >/dev/null || true
-python3 - "$OUT" "$C" "$tmp/health.txt" "$tmp/rss.txt" "$tmp/limit.txt" <<'PY'
+python3 - "$OUT" "$C" "$tmp/health.txt" "$tmp/rss.txt" "$tmp/limit.txt" "$tmp/cores.txt" <<'PY'
 import json, sys
-out, cap, health, rss, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out, cap, health, rss, limit, cores = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+busy = {"cpu0": [], "cpu1": []}
+prev = None
+for line in open(cores):
+    f = line.split()
+    if len(f) < 6:
+        continue
+    now = {f[0]: (int(f[1]), int(f[2])), f[3]: (int(f[4]), int(f[5]))}
+    if prev:
+        for c in busy:
+            db, dt = now[c][0] - prev[c][0], now[c][1] - prev[c][1]
+            busy[c].append(round(db / dt, 2) if dt else None)
+    prev = now
 rows = [x.split() for x in open(limit) if x.strip()]
 lim = [float(r[0]) for r in rows]
 rate = [float(r[1]) for r in rows if len(r) > 1]
@@ -98,10 +118,11 @@ summary = {
     "waiting_limit": {"min": min(lim) if lim else None, "last": lim[-1] if lim else None,
                       "rate_cap_min": min((r for r in rate if r > 0), default=None),
                       "every_250ms": lim, "rate_cap_every_250ms": rate},
+    "cores_busy_every_250ms": {"node (core 0)": busy["cpu0"], "load (core 1)": busy["cpu1"]},
     "timeline": [{k: t.get(k) for k in ("t", "offered", "sent", "completed", "ok", "shed", "p99_ms")} for t in tl],
 }
 json.dump(summary, open(f"{out}/shed-summary.json", "w"), indent=1)
-s = {k: v for k, v in summary.items() if k != "timeline"}
+s = {k: v for k, v in summary.items() if k not in ("timeline", "cores_busy_every_250ms")}
 s["waiting_limit"] = {k: v for k, v in summary["waiting_limit"].items() if not k.endswith("every_250ms")}
 print(json.dumps(s, indent=1))
 PY

@@ -28,20 +28,26 @@
 //!   windows; a fifth, at most a tenth, took ~40 windows, two seconds in which every
 //!   answer waited, docs/PERFORMANCE.md). Bounded by `http.min_waiting` and
 //!   `http.max_waiting`;
-//! - a slow window lowers the limit only if the runtime's workers were busy for at
-//!   least `http.waiting_saturation` of it (tokio's worker busy time): a slow Redis
-//!   zone or a locked table makes requests wait with the workers idle, and shedding
-//!   those would fail reads the fall-through can still answer (the fault suite counts
-//!   them); an overloaded core keeps its workers busy.
-//!
-//! - **below a few in flight**: a limit of one still admits as fast as one request
-//!   completes, and a fast store (50 µs a read) is 20,000 admissions a second: more
-//!   than a core has left once it also sheds three times its capacity. So a slow,
-//!   saturated window that leaves the limit at [`RATE_BELOW`] or less also caps the
-//!   rate of admissions, at the window's admitted rate times the same factor; fast windows
-//!   raise the cap by a quarter each (86× a second), and it is lifted once the load
-//!   no longer reaches half of it. The cap is a GCRA (the "virtual scheduling" form of
-//!   a token bucket): one atomic on admission, read only while a cap is set.
+//! - a slow window lowers the limit only if the process used at least
+//!   `http.waiting_saturation` of the CPU time of the cores it may use (its own CPU
+//!   time, threads and kernel work included, `CLOCK_PROCESS_CPUTIME_ID`): a slow Redis
+//!   zone or a locked table makes requests wait with the core idle, and shedding those
+//!   would fail reads the fall-through can still answer (the fault suite counts them);
+//!   an overloaded core is busy. Not the runtime's worker busy time, which counts a
+//!   worker preempted by another process as busy;
+//! - **a rate cap steered by the CPU share**: a slow window with the core saturated
+//!   also caps admissions a second, below what the window admitted. Fewer in flight
+//!   alone does not relieve the core (a fast store read admits thousands a second
+//!   through a limit of one, and a shed costs a request's kernel work too), and once
+//!   capped, latency cannot steer: admitted requests are fast because the rest were
+//!   shed, while the core may still be full and every answer, shed or not, queues in
+//!   its socket buffers. So from then on each window moves the cap toward a CPU share
+//!   a little under the saturation share: down (by a twentieth to a quarter) while
+//!   saturated, up (by a twentieth to a quarter) while below [`COOL`] of it, held in
+//!   between; a cool window that shed nothing, or whose load no longer reaches half
+//!   the cap, lifts it, and a cool window grows the count limit as usual. The cap is
+//!   a GCRA (the "virtual scheduling" form of a token bucket): one atomic on
+//!   admission, read only while a cap is set.
 //!
 //! Admission is one atomic add against the current limit; the gradient is updated
 //! under a lock taken only by requests that waited anyway, and a request that finds it
@@ -63,14 +69,13 @@ const WINDOW_MAX: Duration = Duration::from_millis(250);
 const RELEARN: Duration = Duration::from_secs(60);
 /// The weight of one unlimited window in the no-load latency.
 const LEARN: f64 = 0.1;
-/// A limit at or below this no longer bounds the load by itself (each admitted
-/// request is fast; a few in flight admit thousands a second): slow, saturated
-/// windows then cap the rate too. Measured: at 3× capacity the limit held at 2-4 with
-/// the core still saturated (docs/PERFORMANCE.md).
-const RATE_BELOW: f64 = 4.0;
 /// Lowest cap on admissions a second: a node that sheds nearly everything still
 /// admits enough to measure whether it is fast again.
 const MIN_RATE: f64 = 20.0;
+/// A capped node whose CPU share is below this fraction of the saturation share raises
+/// (or lifts) its cap; between it and saturation the cap holds (a dead band, so the cap
+/// settles instead of swinging across the line every window).
+const COOL: f64 = 0.9;
 /// Admissions a capped node lets through back to back (the bucket's depth).
 const BURST: u64 = 4;
 
@@ -94,6 +99,8 @@ pub struct WaitLimit {
     limit: AtomicUsize,
     /// Nanoseconds between admissions while a rate cap is set; 0: no cap.
     interval_ns: AtomicU64,
+    /// Requests shed so far (a window that shed none does not need its rate cap).
+    shed: AtomicU64,
     /// The GCRA's theoretical arrival time, in nanoseconds since `epoch`.
     tat: AtomicU64,
     epoch: Instant,
@@ -110,6 +117,7 @@ impl WaitLimit {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(max),
             interval_ns: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             tat: AtomicU64::new(0),
             epoch: Instant::now(),
             gradient: cfg.adaptive.then(|| {
@@ -126,6 +134,7 @@ impl WaitLimit {
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if before >= self.limit.load(Ordering::Relaxed) || !self.within_rate() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shed.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         true
@@ -162,7 +171,8 @@ impl WaitLimit {
         // Contended only when two waited requests end at the same instant; the sample
         // is worth less than the wait.
         let Ok(mut g) = g.try_lock() else { return };
-        if let Some(d) = g.sample(rtt, in_flight, Instant::now(), runtime_busy) {
+        let shed = self.shed.load(Ordering::Relaxed);
+        if let Some(d) = g.sample(rtt, in_flight, shed, Instant::now(), process_cpu) {
             self.limit.store(d.limit, Ordering::Relaxed);
             let interval = d.rate.map_or(0, |r| (1e9 / r).max(1.0) as u64);
             self.interval_ns.store(interval, Ordering::Relaxed);
@@ -182,15 +192,82 @@ impl WaitLimit {
 
 /// The runtime's workers' busy time so far, summed, and how many workers there are
 /// (tokio's stable runtime metrics: a few atomic loads, read once a window).
-fn runtime_busy() -> Option<(Duration, usize)> {
-    let handle = tokio::runtime::Handle::try_current().ok()?;
-    let m = handle.metrics();
-    let n = m.num_workers();
-    let busy = (0..n).map(|w| m.worker_total_busy_duration(w)).sum();
-    Some((busy, n))
+/// The CPU time this process has used (all its threads, user and kernel), and the
+/// cores it may use. Process time, not the runtime's worker busy time: a worker
+/// preempted by another process on its core is counted busy by tokio, so on a machine
+/// busy with other work the node looked saturated and shed (docs/PERFORMANCE.md);
+/// process time counts only what the node itself spent, socket writes included, which
+/// is what shedding can give back.
+fn process_cpu() -> Option<(Duration, f64)> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime writes only into it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let cpu = Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    );
+    Some((cpu, *CORES.get_or_init(cores)))
 }
 
-/// The gradient's state: the limit as a real number, the no-load latency, the window.
+static CORES: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// The CPU the process may use, in cores, read once: its affinity mask, or its
+/// cgroup's CPU quota if that is less. Fractional: a container limited to 1.5 cores
+/// that counted 2 (as `available_parallelism` rounds) could never use 90% of them, and
+/// would never shed.
+fn cores() -> f64 {
+    let affinity = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let quota = read("/proc/self/cgroup").and_then(|c| cgroup_quota(&c, read));
+    quota.map_or(affinity, |q| q.min(affinity))
+}
+
+/// The CPU quota, in cores, of the cgroup named in `/proc/self/cgroup`'s text, or of
+/// its nearest ancestor with one: v2's `cpu.max` ("max 100000": none; "150000 100000":
+/// 1.5), or v1's `cpu.cfs_quota_us` (-1: none) over `cpu.cfs_period_us`.
+fn cgroup_quota(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<f64> {
+    let ratio = |q: &str, p: &str| -> Option<f64> {
+        let (q, p) = (q.trim().parse::<f64>().ok()?, p.trim().parse::<f64>().ok()?);
+        (q > 0.0 && p > 0.0).then(|| q / p)
+    };
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let v2 = controllers.is_empty();
+        if !v2 && !controllers.split(',').any(|c| c == "cpu") {
+            continue;
+        }
+        let mut dir = path.trim_end_matches('/').to_string();
+        loop {
+            let found = if v2 {
+                read(&format!("/sys/fs/cgroup{dir}/cpu.max")).and_then(|m| {
+                    let mut m = m.split_whitespace();
+                    ratio(m.next()?, m.next()?)
+                })
+            } else {
+                let base = format!("/sys/fs/cgroup/cpu{dir}");
+                read(&format!("{base}/cpu.cfs_quota_us"))
+                    .zip(read(&format!("{base}/cpu.cfs_period_us")))
+                    .and_then(|(q, p)| ratio(&q, &p))
+            };
+            if found.is_some() {
+                return found;
+            }
+            match dir.rfind('/') {
+                Some(i) => dir.truncate(i),
+                None => break,
+            }
+        }
+    }
+    None
+}
+
 #[derive(Debug)]
 struct Gradient {
     estimate: f64,
@@ -208,8 +285,10 @@ struct Gradient {
     peak: usize,
     /// See [`LimitConfig::saturation`].
     saturation: f64,
-    /// The workers' busy time when the last window closed, and when that was.
-    busy: Option<(Instant, Duration)>,
+    /// The process's CPU time when the last window closed, and when that was.
+    cpu_at: Option<(Instant, Duration)>,
+    /// Requests shed (all time) when the last window closed.
+    shed_at: u64,
     /// The cap on admissions a second, once the limit alone could not shed enough.
     rate: Option<f64>,
 }
@@ -235,7 +314,8 @@ impl Gradient {
             sum: 0.0,
             peak: 0,
             saturation: 0.0,
-            busy: None,
+            cpu_at: None,
+            shed_at: 0,
             rate: None,
         }
     }
@@ -252,8 +332,9 @@ impl Gradient {
         &mut self,
         rtt: Duration,
         in_flight: usize,
+        shed: u64,
         now: Instant,
-        busy: impl FnOnce() -> Option<(Duration, usize)>,
+        cpu: impl FnOnce() -> Option<(Duration, f64)>,
     ) -> Option<Decision> {
         let start = *self.window_start.get_or_insert(now);
         self.count += 1;
@@ -267,22 +348,22 @@ impl Gradient {
         let used = self.peak as f64;
         // Admissions a second over the window (each sample is one admitted request).
         let admitted = f64::from(self.count) / age.as_secs_f64().max(1e-3);
-        // Was the core the bottleneck? Workers busy for at least `saturation` of the
-        // window. Without runtime metrics, yes; in the first window measured, no (it
-        // has nothing to compare with, and holding is the safe side).
-        let saturated = match busy() {
-            Some((total, workers)) => {
-                let was = self.busy.replace((now, total));
-                match was {
-                    Some((at, before)) if now > at && workers > 0 => {
-                        let wall = now.duration_since(at).as_secs_f64() * workers as f64;
-                        total.saturating_sub(before).as_secs_f64() / wall >= self.saturation
-                    }
-                    _ => false,
+        // Was the CPU the bottleneck? The share of the cores it may use the process
+        // spent over the window. Without a clock for it, taken as saturated; in the
+        // first window measured, unknown (nothing to compare with; holding is the safe
+        // side).
+        let share = match cpu() {
+            Some((total, cores)) => match self.cpu_at.replace((now, total)) {
+                Some((at, before)) if now > at && cores > 0.0 => {
+                    let wall = now.duration_since(at).as_secs_f64() * cores;
+                    Some(total.saturating_sub(before).as_secs_f64() / wall)
                 }
-            }
-            None => true,
+                _ => None,
+            },
+            None => Some(1.0),
         };
+        let saturated = share.is_some_and(|c| c >= self.saturation);
+        let shed_here = shed.saturating_sub(std::mem::replace(&mut self.shed_at, shed));
         self.window_start = Some(now);
         self.count = 0;
         self.sum = 0.0;
@@ -309,13 +390,42 @@ impl Gradient {
             self.unlimited_at = Some(now);
         }
 
-        let next = if gradient >= 1.0 {
-            if let Some(rate) = self.rate {
-                // Capped and fast: raise the cap, and lift it once the load no longer
-                // reaches half of it; the count limit grows only after that.
-                self.rate = (admitted * 2.0 >= rate).then_some(rate * 1.25);
-                return Some(self.decision());
+        if let Some(rate) = self.rate {
+            // Capped: the CPU share steers the cap. Latency cannot: admitted requests
+            // are fast precisely because the rest were shed, while the sheds and the
+            // admitted together still fill the core and every answer, shed or not,
+            // queues in the socket buffers in front of it.
+            let c = share.unwrap_or(self.saturation);
+            // Towards a little under the saturation share, by at most a quarter.
+            let toward = (0.95 * self.saturation / c.max(1e-3)).clamp(0.75, 1.25);
+            if saturated {
+                let slow = if gradient < 1.0 {
+                    0.5 + 0.5 * gradient
+                } else {
+                    1.0
+                };
+                let next = rate.min(admitted) * toward.min(0.95).min(slow);
+                self.rate = Some(next.max(MIN_RATE));
+                if gradient < 1.0 {
+                    let base = self.estimate.min(used.max(self.min));
+                    self.estimate = (base * slow).clamp(self.min, self.max);
+                }
+            } else if share.is_some_and(|c| c < self.saturation * COOL) && gradient >= 1.0 {
+                // Room on the core: a cap that shed nothing, or that the load no
+                // longer reaches half of (what is shed is shed by the count limit), is
+                // lifted; one still in the way is raised (by at least a twentieth a
+                // window). The count limit grows as it would uncapped.
+                let binding = shed_here > 0 && admitted * 2.0 >= rate;
+                self.rate = binding.then(|| rate * toward.max(1.05));
+                if limited {
+                    self.estimate = (self.estimate + self.estimate.sqrt()).min(self.max);
+                }
             }
+            // Otherwise (between cool and saturated, or slow with the core not
+            // saturated: a dependency) the cap holds.
+            return Some(self.decision());
+        }
+        let next = if gradient >= 1.0 {
             if !limited {
                 // Below half the limit a fast window says nothing about a higher one.
                 return None;
@@ -323,20 +433,18 @@ impl Gradient {
             self.estimate + self.estimate.sqrt()
         } else {
             if !saturated {
-                // Slow, but the workers were not: a dependency is slow (a Redis zone
+                // Slow, but the core was not: a dependency is slow (a Redis zone
                 // down, a locked table), not the core. Shedding would fail reads the
                 // fall-through can still answer; the static caps bound the waiting.
                 return None;
             }
             let base = self.estimate.min(used.max(self.min));
-            let next = (base * (0.5 + 0.5 * gradient)).clamp(self.min, self.max);
-            if next <= RATE_BELOW {
-                // A few in flight and still too slow: what they admit is too much.
-                // Cap the rate below what this window admitted.
-                let base = self.rate.map_or(admitted, |r| r.min(admitted));
-                self.rate = Some((base * (0.5 + 0.5 * gradient)).max(MIN_RATE));
-            }
-            next
+            // Slow with the core saturated: an overload of the CPU. Fewer in flight
+            // alone does not relieve it (a fast store read admits thousands a second
+            // through a limit of one), so the rate is capped too, below what this
+            // window admitted; from here the CPU share steers the cap (above).
+            self.rate = Some((admitted * (0.5 + 0.5 * gradient)).max(MIN_RATE));
+            (base * (0.5 + 0.5 * gradient)).clamp(self.min, self.max)
         };
         self.estimate = next.clamp(self.min, self.max);
         Some(self.decision())
@@ -351,14 +459,61 @@ mod tests {
         (x - y).abs() < 1e-12
     }
 
+    /// The time between samples: a window of [`WINDOW_SAMPLES`] closes just over
+    /// [`WINDOW_MIN`] after it opened (rounded up: at its last sample, not one after),
+    /// so a window admits ~584 a second.
+    fn step() -> Duration {
+        WINDOW_MIN / (WINDOW_SAMPLES - 1) + Duration::from_micros(100)
+    }
+
     /// Feeds `k` windows of samples of `rtt_us` with `in_flight` requests in flight,
-    /// just over [`WINDOW_MIN`] a window.
+    /// with no CPU clock (taken as saturated) and nothing shed.
     fn windows(g: &mut Gradient, t: &mut Instant, k: usize, rtt_us: u64, in_flight: usize) {
         for _ in 0..k {
             for _ in 0..WINDOW_SAMPLES {
-                // Rounded up: the window closes at its last sample, not one after.
-                *t += WINDOW_MIN / (WINDOW_SAMPLES - 1) + Duration::from_micros(100);
-                g.sample(Duration::from_micros(rtt_us), in_flight, *t, || None);
+                *t += step();
+                g.sample(Duration::from_micros(rtt_us), in_flight, 0, *t, || None);
+            }
+        }
+    }
+
+    /// A node's clock, CPU time (one core) and shed count, fed window by window.
+    struct Sim {
+        t: Instant,
+        cpu: Duration,
+        shed: u64,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            Sim {
+                t: Instant::now(),
+                cpu: Duration::ZERO,
+                shed: 0,
+            }
+        }
+
+        /// `k` windows of samples of `rtt_us` with `in_flight` in flight, the core
+        /// busy `share` of the time, `shed` requests shed in each window.
+        fn windows(
+            &mut self,
+            g: &mut Gradient,
+            k: usize,
+            (rtt_us, in_flight): (u64, usize),
+            share: f64,
+            shed: u64,
+        ) {
+            for _ in 0..k {
+                for i in 0..WINDOW_SAMPLES {
+                    self.t += step();
+                    self.cpu += step().mul_f64(share);
+                    if i == 0 {
+                        self.shed += shed;
+                    }
+                    let cpu = self.cpu;
+                    let rtt = Duration::from_micros(rtt_us);
+                    g.sample(rtt, in_flight, self.shed, self.t, || Some((cpu, 1.0)));
+                }
             }
         }
     }
@@ -422,90 +577,113 @@ mod tests {
     #[test]
     fn the_no_load_latency_follows_unlimited_windows_and_relearns_after_a_minute() {
         let mut g = Gradient::new(256.0, 1.0, 256.0, 2.0);
-        let mut t = Instant::now();
-        windows(&mut g, &mut t, 1, 100, 1);
+        g.saturation = 0.9;
+        let mut sim = Sim::new();
+        sim.windows(&mut g, 1, (100, 1), 0.2, 0);
         // Unlimited windows at 200 µs: a tenth of the way each.
-        windows(&mut g, &mut t, 1, 200, 1);
+        sim.windows(&mut g, 1, (200, 1), 0.2, 0);
         assert!(near(g.no_load.unwrap(), 110e-6), "{:?}", g.no_load);
-        windows(&mut g, &mut t, 100, 200, 1);
+        sim.windows(&mut g, 100, (200, 1), 0.2, 0);
         assert!(
             (g.no_load.unwrap() - 200e-6).abs() < 1e-7,
             "{:?}",
             g.no_load
         );
-        // Held at its floor by a store 25× slower for good: the limit stays down for
-        // a minute, then the slower store is the new normal and the limit grows again.
-        windows(&mut g, &mut t, 200, 5_000, 300);
-        assert_eq!(g.estimate, 1.0);
+        // Held at its floor (and its rate cap) by an overload, after which the store
+        // stays 25× slower for good with the core idle: the limit and the cap hold for
+        // a minute, then the slower store is the new normal, the cap (which sheds
+        // nothing) is lifted and the limit grows again.
+        sim.windows(&mut g, 200, (5_000, 300), 1.0, 100);
+        assert_eq!((g.estimate, g.rate), (1.0, Some(MIN_RATE)));
         assert!(near(
             g.no_load.unwrap(),
             g.no_load.unwrap().min(200e-6 + 1e-7)
         ));
-        windows(&mut g, &mut t, 70_000 / 50, 5_000, 300);
+        sim.windows(&mut g, 45_000 / 55, (5_000, 300), 0.2, 0);
+        assert_eq!((g.estimate, g.rate), (1.0, Some(MIN_RATE)), "held");
+        sim.windows(&mut g, 25_000 / 55, (5_000, 300), 0.2, 0);
+        assert_eq!(g.rate, None, "lifted");
         assert!(near(g.no_load.unwrap(), 5_000e-6), "{:?}", g.no_load);
         assert!(g.estimate > 100.0, "{}", g.estimate);
     }
 
     #[test]
-    fn a_slow_window_with_idle_workers_holds_the_limit() {
+    fn a_slow_window_with_an_idle_core_holds_the_limit() {
         let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
         g.saturation = 0.9;
-        let mut t = Instant::now();
-        let mut busy = Duration::ZERO;
-        // Teach 100 µs with idle workers.
-        windows(&mut g, &mut t, 2, 100, 1);
-        // 10× slower, all 64 in use, but the two workers busy a tenth of the time.
-        for _ in 0..10 {
-            for _ in 0..WINDOW_SAMPLES {
-                t += WINDOW_MIN / (WINDOW_SAMPLES - 1) + Duration::from_micros(100);
-                busy += (WINDOW_MIN / (WINDOW_SAMPLES - 1)) / 5;
-                g.sample(Duration::from_micros(1_000), 64, t, || Some((busy, 2)));
-            }
-        }
-        assert_eq!(g.estimate, 64.0, "a slow dependency is not shed");
-        // The same windows with the workers busy all the time: the limit falls.
-        for _ in 0..3 {
-            for _ in 0..WINDOW_SAMPLES {
-                let step = WINDOW_MIN / (WINDOW_SAMPLES - 1) + Duration::from_micros(100);
-                t += step;
-                busy += step * 2;
-                g.sample(Duration::from_micros(1_000), 64, t, || Some((busy, 2)));
-            }
-        }
-        assert!(g.estimate < 64.0, "{}", g.estimate);
+        let mut sim = Sim::new();
+        // Teach 100 µs with the core mostly idle.
+        sim.windows(&mut g, 2, (100, 1), 0.2, 0);
+        // 10× slower, all 64 in use, but the core busy a fifth of the time: a slow
+        // dependency (a Redis zone down, a locked table), not an overload.
+        sim.windows(&mut g, 10, (1_000, 64), 0.2, 0);
+        assert_eq!(
+            (g.estimate, g.rate),
+            (64.0, None),
+            "a slow dependency is not shed"
+        );
+        // Just under the saturation share: still held.
+        sim.windows(&mut g, 3, (1_000, 64), 0.89, 0);
+        assert_eq!((g.estimate, g.rate), (64.0, None));
+        // The same windows with the core full: the limit falls and the rate is capped.
+        sim.windows(&mut g, 1, (1_000, 64), 1.0, 0);
+        assert!(near(g.estimate, 64.0 * 0.75), "{}", g.estimate);
+        assert!(g.rate.is_some());
     }
 
     #[test]
-    fn a_few_in_flight_and_slow_caps_the_rate_and_fast_windows_lift_it() {
+    fn a_saturated_core_caps_the_rate_and_the_cpu_share_steers_it() {
         let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
-        let mut t = Instant::now();
-        windows(&mut g, &mut t, 2, 100, 1);
+        g.saturation = 0.9;
+        let mut sim = Sim::new();
+        sim.windows(&mut g, 2, (100, 1), 0.5, 0);
         assert_eq!(g.rate, None, "fast: no cap");
-        // 10× slower with 32 in flight, the core saturated (no runtime metrics: taken
-        // as saturated): the count limit falls to what is in use, no cap yet.
-        windows(&mut g, &mut t, 1, 1_000, 32);
-        assert_eq!((g.estimate, g.rate), (32.0 * 0.75, None));
-        // Slow with 3 in flight: the limit falls to 2.25, and the rate is capped too:
-        // the window admitted 32 in ~52 ms (~585/s), the cap goes below that by the
-        // gradient's factor (½ → 0.75).
-        windows(&mut g, &mut t, 1, 1_000, 3);
+        // 10× slower with 32 in flight and the core full: the count limit falls to
+        // what is in use times the gradient's factor (½ → 0.75), and admissions are
+        // capped below what the window admitted (32 in ~54.8 ms, ~584/s) by the same.
+        sim.windows(&mut g, 1, (1_000, 32), 1.0, 0);
+        let admitted = f64::from(WINDOW_SAMPLES) / (step() * WINDOW_SAMPLES).as_secs_f64();
         let first = g.rate.expect("capped");
-        assert!((400.0..460.0).contains(&first), "{first}");
-        // More slow windows: down, never below MIN_RATE, nor the count limit below 1.
-        windows(&mut g, &mut t, 100, 1_000, 1);
+        assert!(near(g.estimate, 32.0 * 0.75), "{}", g.estimate);
+        assert!(
+            (first - admitted * 0.75).abs() < 1e-6,
+            "{first} vs {admitted}"
+        );
+        // Capped, fast (the rest were shed), the core still full: down toward 95% of
+        // the saturation share (0.855×), and latency cannot hold it up.
+        sim.windows(&mut g, 1, (100, 1), 1.0, 50);
+        let second = g.rate.expect("capped");
+        assert!((second - first * 0.855).abs() < 1e-6, "{second} vs {first}");
+        assert!(near(g.estimate, 24.0), "the count limit holds while fast");
+        // Between cool (0.81) and saturated (0.9): held.
+        sim.windows(&mut g, 5, (100, 1), 0.85, 50);
+        assert_eq!(g.rate, Some(second));
+        // Room on the core and still shedding: up toward the share, by at most a
+        // quarter a window (0.5 → 1.25×), at least a twentieth (0.8 → 1.06875×).
+        sim.windows(&mut g, 1, (100, 1), 0.5, 50);
+        assert!((g.rate.unwrap() - second * 1.25).abs() < 1e-6);
+        sim.windows(&mut g, 1, (100, 1), 0.8, 50);
+        // (The share is measured in whole nanoseconds: equal to ~1e-8.)
+        let up = g.rate.unwrap() / (second * 1.25);
+        assert!((up - 1.068_75).abs() < 1e-6, "{up}");
+        // Slow with the core not saturated while capped (a dependency): held.
+        let held = g.rate;
+        sim.windows(&mut g, 3, (5_000, 8), 0.5, 50);
+        assert_eq!(g.rate, held);
+        // The core full for many windows: never below MIN_RATE.
+        sim.windows(&mut g, 100, (1_000, 1), 1.0, 50);
         assert_eq!(g.rate, Some(MIN_RATE));
-        assert_eq!(g.estimate, 1.0);
-        // Fast again and the load still reaches the cap: up by a quarter a window.
-        g.rate = Some(400.0);
-        windows(&mut g, &mut t, 1, 100, 1);
-        assert_eq!(g.rate, Some(500.0));
-        // The load (~620/s) no longer reaches half the cap: lifted; then the count
-        // limit grows as before.
-        g.rate = Some(2_000.0);
-        windows(&mut g, &mut t, 1, 100, 1);
+        // Cool and nothing shed: the cap is lifted; then the count limit grows as
+        // before.
+        sim.windows(&mut g, 1, (100, 1), 0.5, 0);
         assert_eq!(g.rate, None);
-        windows(&mut g, &mut t, 1, 100, 1);
-        assert_eq!(g.estimate, 2.0, "1 + √1");
+        let at = g.estimate;
+        sim.windows(&mut g, 1, (100, at as usize), 0.5, 0);
+        assert!(
+            near(g.estimate, at + at.sqrt()),
+            "{} after {at}",
+            g.estimate
+        );
     }
 
     #[test]
@@ -526,17 +704,49 @@ mod tests {
         }
         assert!(!l.try_acquire(), "past the burst");
         assert_eq!(l.in_flight(), 0, "a refused admission holds no slot");
+        assert_eq!(l.shed.load(Ordering::Relaxed), 1, "and is counted shed");
         assert_eq!(l.rate(), Some(0.1));
         l.interval_ns.store(0, Ordering::Relaxed);
         assert!(l.try_acquire(), "no cap: only the count limit");
     }
 
     #[test]
+    fn a_cgroup_quota_is_read_in_fractional_cores_from_the_nearest_cgroup_with_one() {
+        let files = |m: &'static [(&'static str, &'static str)]| {
+            move |p: &str| m.iter().find(|(k, _)| *k == p).map(|(_, v)| v.to_string())
+        };
+        // v2: the pod's own cgroup has no quota, its parent has 1.5 cores.
+        let v2 = files(&[
+            ("/sys/fs/cgroup/kubepods/pod1/c1/cpu.max", "max 100000\n"),
+            ("/sys/fs/cgroup/kubepods/pod1/cpu.max", "150000 100000\n"),
+        ]);
+        assert_eq!(cgroup_quota("0::/kubepods/pod1/c1\n", v2), Some(1.5));
+        assert_eq!(cgroup_quota("0::/\n", v2), None, "no quota anywhere");
+        // v1: the cpu controller's line, quota over period; -1 is none.
+        let v1 = files(&[
+            ("/sys/fs/cgroup/cpu/docker/abc/cpu.cfs_quota_us", "50000\n"),
+            (
+                "/sys/fs/cgroup/cpu/docker/abc/cpu.cfs_period_us",
+                "100000\n",
+            ),
+            ("/sys/fs/cgroup/cpu/docker/def/cpu.cfs_quota_us", "-1\n"),
+            (
+                "/sys/fs/cgroup/cpu/docker/def/cpu.cfs_period_us",
+                "100000\n",
+            ),
+        ]);
+        let text = "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n";
+        assert_eq!(cgroup_quota(text, v1), Some(0.5));
+        assert_eq!(cgroup_quota("2:cpu,cpuacct:/docker/def\n", v1), None);
+        assert_eq!(cgroup_quota("4:memory:/docker/abc\n", v1), None, "not cpu");
+    }
+
+    #[test]
     fn a_long_quiet_gap_closes_a_window_with_what_it_has() {
         let mut g = Gradient::new(8.0, 4.0, 256.0, 2.0);
         let t = Instant::now();
-        assert_eq!(g.sample(Duration::from_micros(100), 8, t, || None), None);
-        let r = g.sample(Duration::from_micros(100), 8, t + WINDOW_MAX, || None);
+        assert_eq!(g.sample(Duration::from_micros(100), 8, 0, t, || None), None);
+        let r = g.sample(Duration::from_micros(100), 8, 0, t + WINDOW_MAX, || None);
         assert_eq!(r.map(|d| d.limit), Some(11), "fast, at the limit: 8 + √8");
     }
 }
