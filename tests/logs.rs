@@ -492,7 +492,7 @@ async fn admin_config_names_each_keys_layer_and_hides_every_secret() {
         1_000_000,
         "typed values stay typed"
     );
-    assert_eq!(key("http.adaptive_waiting")["value"], false);
+    assert_eq!(key("http.adaptive_waiting")["value"], true);
     // Every key of the default file is listed, and nothing else.
     let all = readtier::config::Config::from_layers(None, &[]).unwrap();
     let listed: Vec<&String> = keys.as_object().unwrap().keys().collect();

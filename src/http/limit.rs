@@ -43,11 +43,13 @@
 //!   shed, while the core may still be full and every answer, shed or not, queues in
 //!   its socket buffers. So from then on each window moves the cap toward a CPU share
 //!   a little under the saturation share: down (by a twentieth to a quarter) while
-//!   saturated, up (by a twentieth to a quarter) while below [`COOL`] of it, held in
-//!   between; a cool window that shed nothing, or whose load no longer reaches half
-//!   the cap, lifts it, and a cool window grows the count limit as usual. The cap is
-//!   a GCRA (the "virtual scheduling" form of a token bucket): one atomic on
-//!   admission, read only while a cap is set.
+//!   saturated; while not, and fast, up (by a twentieth, to double when the core has
+//!   room), or lifted once a window sheds nothing or its load no longer reaches
+//!   half the cap, and the count limit grows as usual. (Held in a band under the
+//!   saturation share instead, a cap a little under the load of a node at 85% stayed
+//!   there, shedding a fifth of it, long after an overload: measured.) The cap is a
+//!   GCRA (the "virtual scheduling" form of a token bucket): one atomic on admission,
+//!   read only while a cap is set.
 //!
 //! Admission is one atomic add against the current limit; the gradient is updated
 //! under a lock taken only by requests that waited anyway, and a request that finds it
@@ -72,10 +74,6 @@ const LEARN: f64 = 0.1;
 /// Lowest cap on admissions a second: a node that sheds nearly everything still
 /// admits enough to measure whether it is fast again.
 const MIN_RATE: f64 = 20.0;
-/// A capped node whose CPU share is below this fraction of the saturation share raises
-/// (or lifts) its cap; between it and saturation the cap holds (a dead band, so the cap
-/// settles instead of swinging across the line every window).
-const COOL: f64 = 0.9;
 /// Admissions a capped node lets through back to back (the bucket's depth).
 const BURST: u64 = 4;
 
@@ -396,9 +394,20 @@ impl Gradient {
             // admitted together still fill the core and every answer, shed or not,
             // queues in the socket buffers in front of it.
             let c = share.unwrap_or(self.saturation);
-            // Towards a little under the saturation share, by at most a quarter.
-            let toward = (0.95 * self.saturation / c.max(1e-3)).clamp(0.75, 1.25);
-            if saturated {
+            // With no saturation share set (0: latency alone judges), latency steers
+            // the cap too: down a quarter while slow, up a quarter while fast.
+            let by_cpu = self.saturation > 0.0;
+            // Towards a little under the saturation share: down by at most a quarter a
+            // window, up by at most double (a cap at its floor of 20 a second, on a
+            // core that has room again, is back to thousands within a second: at a
+            // quarter a window, and windows of 250 ms at such rates, it took 7 s).
+            let toward = match (by_cpu, gradient < 1.0) {
+                (true, _) => (0.95 * self.saturation / c.max(1e-3)).clamp(0.75, 2.0),
+                (false, true) => 0.75,
+                (false, false) => 1.25,
+            };
+            let hot = if by_cpu { saturated } else { gradient < 1.0 };
+            if hot {
                 let slow = if gradient < 1.0 {
                     0.5 + 0.5 * gradient
                 } else {
@@ -410,8 +419,8 @@ impl Gradient {
                     let base = self.estimate.min(used.max(self.min));
                     self.estimate = (base * slow).clamp(self.min, self.max);
                 }
-            } else if share.is_some_and(|c| c < self.saturation * COOL) && gradient >= 1.0 {
-                // Room on the core: a cap that shed nothing, or that the load no
+            } else if gradient >= 1.0 && (share.is_some() || !by_cpu) {
+                // Not saturated and fast: a cap that shed nothing, or that the load no
                 // longer reaches half of (what is shed is shed by the count limit), is
                 // lifted; one still in the way is raised (by at least a twentieth a
                 // window). The count limit grows as it would uncapped.
@@ -421,8 +430,8 @@ impl Gradient {
                     self.estimate = (self.estimate + self.estimate.sqrt()).min(self.max);
                 }
             }
-            // Otherwise (between cool and saturated, or slow with the core not
-            // saturated: a dependency) the cap holds.
+            // Otherwise (slow with the core not saturated: a dependency; or the CPU
+            // share unknown) the cap holds.
             return Some(self.decision());
         }
         let next = if gradient >= 1.0 {
@@ -655,16 +664,17 @@ mod tests {
         let second = g.rate.expect("capped");
         assert!((second - first * 0.855).abs() < 1e-6, "{second} vs {first}");
         assert!(near(g.estimate, 24.0), "the count limit holds while fast");
-        // Between cool (0.81) and saturated (0.9): held.
-        sim.windows(&mut g, 5, (100, 1), 0.85, 50);
-        assert_eq!(g.rate, Some(second));
-        // Room on the core and still shedding: up toward the share, by at most a
-        // quarter a window (0.5 → 1.25×), at least a twentieth (0.8 → 1.06875×).
-        sim.windows(&mut g, 1, (100, 1), 0.5, 50);
-        assert!((g.rate.unwrap() - second * 1.25).abs() < 1e-6);
+        // Just under saturated (0.89), fast and still shedding: up by a twentieth.
+        sim.windows(&mut g, 1, (100, 1), 0.89, 50);
+        let third = g.rate.expect("capped");
+        assert!((third / second - 1.05).abs() < 1e-9, "{third} vs {second}");
+        // Room on the core: up toward the share, by at most double a window
+        // (0.4 → 2×), less with less room (0.8 → 1.06875×).
+        sim.windows(&mut g, 1, (100, 1), 0.4, 50);
+        assert!((g.rate.unwrap() / third - 2.0).abs() < 1e-9);
         sim.windows(&mut g, 1, (100, 1), 0.8, 50);
         // (The share is measured in whole nanoseconds: equal to ~1e-8.)
-        let up = g.rate.unwrap() / (second * 1.25);
+        let up = g.rate.unwrap() / (third * 2.0);
         assert!((up - 1.068_75).abs() < 1e-6, "{up}");
         // Slow with the core not saturated while capped (a dependency): held.
         let held = g.rate;
@@ -684,6 +694,28 @@ mod tests {
             "{} after {at}",
             g.estimate
         );
+    }
+
+    #[test]
+    fn with_no_saturation_share_latency_alone_steers_the_cap() {
+        // `waiting_saturation = 0`: any slow window counts, whatever the core did.
+        let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
+        let mut sim = Sim::new();
+        sim.windows(&mut g, 2, (100, 1), 0.1, 0);
+        sim.windows(&mut g, 1, (1_000, 32), 0.1, 0);
+        let first = g.rate.expect("a slow window caps, the core idle or not");
+        sim.windows(&mut g, 1, (1_000, 8), 0.1, 50);
+        let second = g.rate.unwrap();
+        assert!(
+            (second / first - 0.75).abs() < 1e-9,
+            "{second} after {first}"
+        );
+        // Fast and still shedding, with the core full: up a quarter, not down.
+        sim.windows(&mut g, 1, (100, 8), 1.0, 50);
+        assert!((g.rate.unwrap() / second - 1.25).abs() < 1e-9);
+        // Fast and nothing shed: lifted.
+        sim.windows(&mut g, 1, (100, 8), 1.0, 0);
+        assert_eq!(g.rate, None);
     }
 
     #[test]
