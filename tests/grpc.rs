@@ -904,3 +904,104 @@ async fn a_watch_sees_a_scheduled_change_at_its_instant_with_no_write_then() {
     );
     node.stop().await;
 }
+
+/// Member `id`'s entitlement in a batch of it alone.
+async fn batched(c: &mut ReadTierClient<Channel>, id: u64) -> pb::Entitlement {
+    let r = c
+        .batch_get_entitlements(pb::BatchGetEntitlementsRequest {
+            member_ids: vec![id],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.results[0].entitlement.clone().expect("a member")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_answers_follow_price_and_member_changes_as_the_single_lookup_does() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    // A member paying the catalog's price (not a locked one), its answer kept in L1:
+    // the second batch is answered from the bytes the first kept.
+    let mut member = None;
+    for id in 1..=50u64 {
+        let e = batched(&mut c, id).await;
+        if e.can_stream && e.price.as_ref().is_some_and(|p| p.source == "catalog") {
+            member = Some(e);
+            break;
+        }
+    }
+    let first = member.expect("a member who can stream, on the catalog's price, among 1..=50");
+    let id = first.member_id;
+    let mut again = batched(&mut c, id).await;
+    assert_eq!(again.served_from, "l1");
+    again.served_from = first.served_from.clone();
+    assert_eq!(again, first);
+    let single = |c: &mut ReadTierClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.get_entitlement(pb::GetEntitlementRequest { member_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Both faces agree (where it came from aside) before and after each change.
+    let same = |mut a: pb::Entitlement, mut b: pb::Entitlement| {
+        a.served_from.clear();
+        b.served_from.clear();
+        assert_eq!(a, b);
+    };
+    same(batched(&mut c, id).await, single(&mut c).await);
+
+    // The member's plan changes price in its country (raw SQL): a new catalog version.
+    let old = first.price.clone().unwrap().amount;
+    let new = if old == "77.01" { "77.02" } else { "77.01" };
+    sql(
+        &node.db(),
+        &format!(
+            "UPDATE plan_prices SET amount='{new}' WHERE country='{}' AND plan_id='{}'",
+            first.country, first.plan
+        ),
+    );
+    let after = eventually(
+        Duration::from_secs(10),
+        "the batch answers the new price",
+        || {
+            let mut c = c.clone();
+            async move {
+                let e = batched(&mut c, id).await;
+                (e.price.as_ref().unwrap().amount == new).then_some(e)
+            }
+        },
+    )
+    .await;
+    assert!(after.catalog_version > first.catalog_version);
+    assert_eq!(after.served_from, "l1", "the same L1 entry, answered anew");
+    same(after.clone(), single(&mut c).await);
+    let http = http_entitlement(&node.get(&format!("/v1/members/{id}/entitlement")).await);
+    same(after.clone(), http);
+
+    // The member's row changes: a new record, answered as such.
+    sql(
+        &node.db(),
+        &format!("UPDATE memberships SET status='on_hold' WHERE member_id={id}"),
+    );
+    let held = eventually(
+        Duration::from_secs(10),
+        "the batch answers the new status",
+        || {
+            let mut c = c.clone();
+            async move {
+                let e = batched(&mut c, id).await;
+                (e.status == "on_hold").then_some(e)
+            }
+        },
+    )
+    .await;
+    assert!(!held.can_stream);
+    assert!(held.version > after.version);
+    assert_eq!(held.price, after.price);
+    same(held, single(&mut c).await);
+    node.stop().await;
+}

@@ -183,11 +183,12 @@ impl ReadTierService {
         }
         let l1 = self.app.members.get_many_l1(ids);
         let found: Vec<(Entry, ServedFrom)> = if l1.iter().all(Option::is_some) {
-            // Every id is in L1: nothing waits, so nothing is admitted or shed.
-            l1.into_iter()
-                .flatten()
-                .map(|e| (e, ServedFrom::L1))
-                .collect()
+            // Every id is in L1: nothing waits, so nothing is admitted or shed. (Sized
+            // first: `flatten` tells `collect` nothing of the length, and it grew the
+            // vector from empty.)
+            let mut found = Vec::with_capacity(l1.len());
+            found.extend(l1.into_iter().flatten().map(|e| (e, ServedFrom::L1)));
+            found
         } else {
             let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
             self.bounded(req.metadata(), self.app.members.get_many_after(ids, l1))
