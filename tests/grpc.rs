@@ -1005,3 +1005,57 @@ async fn batch_answers_follow_price_and_member_changes_as_the_single_lookup_does
     same(held, single(&mut c).await);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_grpc_max_connections_are_refused_while_the_open_ones_keep_working() {
+    let node = TestNode::start(&[("READTIER_GRPC_MAX_CONNECTIONS", "2")]).await;
+    let addr = node.running.grpc_addr.expect("gRPC is on in tests");
+    let ask = |c: &mut ReadTierClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.get_entitlement(pb::GetEntitlementRequest { member_id: 42 })
+                .await
+                .map(|r| r.into_inner().member_id)
+        }
+    };
+    // Two connections, each answered once (so the node has counted both).
+    let mut open = vec![client(&node).await, client(&node).await];
+    for c in &mut open {
+        assert_eq!(ask(c).await.unwrap(), 42);
+    }
+
+    // A third: its call is answered UNAVAILABLE, and the connection closed.
+    let mut third = client(&node).await;
+    let refused = ask(&mut third).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.message(), "too many connections");
+    // One that asks nothing is closed all the same (and, as the refused ones, took
+    // no slot: see below).
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut idle, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // Closed with unread bytes, the socket may be reset rather than ended: either.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut got),
+    )
+    .await
+    .expect("the node closes an idle refused connection");
+
+    // The open ones keep working.
+    for c in &mut open {
+        assert_eq!(ask(c).await.unwrap(), 42);
+    }
+    // One closes: a new connection is served again.
+    open.pop();
+    eventually(Duration::from_secs(10), "a slot frees up", || async {
+        let mut c = ReadTierClient::connect(format!("http://{addr}"))
+            .await
+            .ok()?;
+        ask(&mut c).await.ok()
+    })
+    .await;
+    node.stop().await;
+}
