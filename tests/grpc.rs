@@ -1059,3 +1059,69 @@ async fn connections_past_grpc_max_connections_are_refused_while_the_open_ones_k
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_version_newer_than_the_nodes_waits_until_the_node_reaches_it() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    let v = watch(&mut c, &["US"], 0)
+        .await
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    // The caller holds v + 1, from a node further ahead than this one. Nothing is
+    // changed yet, so a node that answered with its own catalog would send version v
+    // (full) now; this one sends a heartbeat naming the caller's version (after
+    // HEARTBEAT, 5 s) and nothing else.
+    let mut ahead = watch(&mut c, &["US"], v + 1).await;
+    let first = tokio::time::timeout(Duration::from_secs(30), ahead.message())
+        .await
+        .expect("a heartbeat")
+        .unwrap()
+        .unwrap();
+    assert!(
+        !first.full && first.countries.is_empty() && first.removed.is_empty(),
+        "{first:?}"
+    );
+    assert_eq!(first.version, v + 1);
+
+    // The node reaches v + 1 and passes it: the stream resumes, never older than v + 1.
+    let plans_version = || async {
+        let r = node.get("/v1/plans?country=US").await;
+        r.header("x-catalog-version")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    sql(
+        &node.db(),
+        "UPDATE plan_prices SET amount='30.01' WHERE country='US' AND plan_id='standard'",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the node reaches v + 1",
+        || async { (plans_version().await > v).then_some(()) },
+    )
+    .await;
+    sql(
+        &node.db(),
+        "UPDATE plan_prices SET amount='30.02' WHERE country='US' AND plan_id='standard'",
+    );
+    let mut held = Held {
+        version: v + 1,
+        ..Default::default()
+    };
+    while held.price("US", "standard").as_deref() != Some("30.02") {
+        let u = tokio::time::timeout(Duration::from_secs(30), ahead.message())
+            .await
+            .expect("the change arrives")
+            .unwrap()
+            .unwrap();
+        assert!(u.version > v, "older than the caller's version: {u:?}");
+        held.apply(u);
+    }
+    assert!(held.version >= v + 2, "{}", held.version);
+    node.stop().await;
+}
