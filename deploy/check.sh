@@ -6,7 +6,7 @@
 #  2. validates every object of every rendering against the Kubernetes schemas (1.30
 #     and 1.37, strict), the ServiceMonitor against the Prometheus Operator's CRD, and
 #     readtier's rules for running it (deploy/validate.py), then breaks a rendering in
-#     eleven ways and fails unless each break is caught;
+#     twelve ways and fails unless each break is caught;
 #  3. `promtool check rules` and `promtool test rules` on deploy/prometheus/, and parses
 #     every query of the Grafana dashboard with promtool.
 # Tools are pinned: Python packages in deploy/requirements.txt (a virtualenv under the

@@ -222,6 +222,13 @@ def _policy_errors(docs):
             target = ports.get(p["port"], p["port"])
             if str(target) != port:
                 errs.append(f"serve: {probe} probes port {p['port']}, not the admin listener's {port}")
+        grpc = setting(cfg, env, "grpc_listen")
+        grpc = "0.0.0.0:50051" if grpc is None else grpc
+        if grpc.strip():
+            grpc_port = grpc.rpartition(":")[2]
+            if str(ports.get("grpc")) != grpc_port:
+                errs.append(f"serve: the containerPort named grpc is {ports.get('grpc')}, "
+                            f"not the gRPC listener's {grpc_port} (grpc_listen {grpc})")
         data_dir = setting(cfg, env, "data_dir") or "./var"
         mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"].rstrip("/") == data_dir.rstrip("/")), None)
         vol = mount and next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), None)
@@ -253,6 +260,8 @@ def _policy_errors(docs):
         services = [s for s in by_kind.get("Service", []) if selects(s["spec"].get("selector"))]
         if not any(p.get("targetPort") == "http" for s in services for p in s["spec"]["ports"]):
             errs.append("no Service routes the serving pods' http port")
+        if not any(p.get("targetPort") == "grpc" for s in services for p in s["spec"]["ports"]):
+            errs.append("no Service routes the serving pods' grpc port")
         if not any(selects(p["spec"].get("selector", {}).get("matchLabels")) for p in by_kind.get("PodDisruptionBudget", [])):
             errs.append("no PodDisruptionBudget covers the serving pods")
         monitors = by_kind.get("ServiceMonitor", [])
@@ -306,6 +315,8 @@ def self_test(path):
         "relay holder not the pod name": lambda ds: serve_container(find("Deployment", "relay")).update(args=["relay"]),
         "admin listener left to the image (loopback)": lambda ds: serve_container(find("Deployment", "serve")).update(
             env=[e for e in serve_container(find("Deployment", "serve"))["env"] if e["name"] != "READTIER_ADMIN_LISTEN"]),
+        "grpc containerPort not the listener's": lambda ds: next(
+            p for p in serve_container(find("Deployment", "serve"))["ports"] if p["name"] == "grpc").update(containerPort=50052),
         "service links on": lambda ds: find("Deployment", "serve")["spec"]["template"]["spec"].update(enableServiceLinks=True),
     }
     missed = []

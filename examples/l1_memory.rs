@@ -1,9 +1,11 @@
 //! Measures L1 memory per cached member and the cost of an L1 hit as the number of
 //! members held grows (1M, then 10M), with a counting allocator; then the memory of
 //! the same entries once each has been served (its entitlement answer rendered and
-//! kept with it, as `http::handlers` does on the first hit).
+//! kept with it, as `http::handlers` does on the first hit), and once each has also
+//! been answered in a gRPC batch (its encoded `Entitlement` kept too, as
+//! `grpc::batch` does).
 //!
-//! `cargo run --release --example l1_memory`
+//! `cargo run --release --example l1_memory [members…]` (default: 1000000 10000000)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -12,8 +14,9 @@ use std::time::Instant;
 
 use readtier::catalog::Snapshot;
 use readtier::config::Config;
+use readtier::grpc::BatchAnswer;
 use readtier::http::render_entitlement;
-use readtier::lookup::{FillLimits, Members};
+use readtier::lookup::{FillLimits, Members, ServedFrom};
 use readtier::member::Member;
 use readtier::plan::CatalogData;
 use readtier::store::seed::MemberGenerator;
@@ -46,15 +49,21 @@ fn main() {
     let store = Store::open(&cfg.store).unwrap();
     let gen = MemberGenerator::new(&CatalogData::reference().unwrap()).unwrap();
     let snapshot = Snapshot::build(&CatalogData::reference().unwrap());
+    let snapshot = std::sync::Arc::new(snapshot);
+    let sizes: Vec<u64> = match std::env::args().skip(1).map(|a| a.parse()).collect() {
+        Ok(v) if !Vec::is_empty(&v) => v,
+        _ => vec![1_000_000, 10_000_000],
+    };
     println!(
-        "{:>12} {:>16} {:>22} {:>22} {:>18}",
+        "{:>12} {:>16} {:>22} {:>22} {:>18} {:>18}",
         "members",
         "L1 bytes/member",
         "hit ns (1,000 hot)",
         "hit ns (uniform)",
-        "served bytes/member"
+        "served bytes/member",
+        "+gRPC bytes/member"
     );
-    for n in [1_000_000u64, 10_000_000] {
+    for n in sizes {
         let members = Members::new(store.clone(), None, &cfg.l1, FillLimits::of(&cfg));
         let before = LIVE.load(Ordering::Relaxed);
         for id in 1..=n {
@@ -96,7 +105,19 @@ fn main() {
             ))));
         }
         let served = (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64;
-        println!("{n:>12} {bytes:>16.1} {hot:>22.1} {uniform:>22.1} {served:>18.1}");
+        // Answer every entry once in gRPC batches of 1,000: each keeps its encoding.
+        let mut ids = Vec::with_capacity(1000);
+        for start in (1..=n).step_by(1000) {
+            ids.clear();
+            ids.extend(start..(start + 1000).min(n + 1));
+            let found = ids
+                .iter()
+                .map(|id| (members.get_l1(*id).expect("preloaded"), ServedFrom::L1))
+                .collect();
+            black_box(BatchAnswer::new(&ids, found, snapshot.clone()));
+        }
+        let grpc = (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        println!("{n:>12} {bytes:>16.1} {hot:>22.1} {uniform:>22.1} {served:>18.1} {grpc:>18.1}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,11 @@
 # (`grpc load`, tonic clients, closed loop) runs pinned to core 1. Each round runs
 #   bare:        GetEntitlement on the bare server
 #   entitlement: GetEntitlement, ids 1..1000 (L1 hits)
-#   batch:       BatchGetEntitlements, 100 consecutive L1-hit ids a call
+#   batch:       BatchGetEntitlements, 100 consecutive L1-hit ids a call, by a client
+#                that sends requests encoded beforehand and walks each answer's
+#                top-level fields, counting its 100 results (`--method batch-raw`: a
+#                tonic client decoding every Entitlement was the bottleneck, not the
+#                node; BATCH_METHOD=batch measures with it again)
 #   http-single: GET /v1/members/{id}/entitlement over HTTP/1.1 keep-alive (same client)
 # and prints calls/s, lookups/s and server CPU µs per call (from /proc). Then the
 # medians: readtier's GetEntitlement calls/s over the bare server's (target ≥ 0.90), the
@@ -52,7 +56,7 @@ rows="$tmp/rows.jsonl"
 for r in $(seq 1 "$ROUNDS"); do
   a=$(load --target 127.0.0.1:$BG --method entitlement --server-pid $BPID | sed 's/"entitlement"/"bare"/')
   b=$(load --target 127.0.0.1:$G --method entitlement --server-pid $RTPID)
-  c=$(load --target 127.0.0.1:$G --method batch --batch 100 --server-pid $RTPID)
+  c=$(load --target 127.0.0.1:$G --method "${BATCH_METHOD:-batch-raw}" --batch 100 --server-pid $RTPID | sed 's/"batch-raw"/"batch"/')
   d=$(load --target 127.0.0.1:$RT --method http-single --server-pid $RTPID)
   echo "round $r:"; printf '  %s\n' "$a" "$b" "$c" "$d"
   printf '%s\n' "$a" "$b" "$c" "$d" >>"$rows"
@@ -71,8 +75,12 @@ print(f"GetEntitlement L1 hit: readtier {med('entitlement','calls_per_s'):.0f}/s
       f"ratio per round {[round(x, 3) for x in ratios]}, median {statistics.median(ratios):.3f} (target >= 0.90)")
 print(f"  server CPU us/call: readtier {med('entitlement','server_cpu_us_per_call'):.2f}, bare {med('bare','server_cpu_us_per_call'):.2f}; "
       f"bare/readtier per round {[round(x, 3) for x in cpu]}")
+batch_cpu = [h["server_cpu_us_per_lookup"] / bt["server_cpu_us_per_lookup"] for bt, h in zip(by["batch"], by["http-single"])]
 print(f"batch of 100: {med('batch','lookups_per_s'):.0f} lookups/s vs single HTTP {med('http-single','lookups_per_s'):.0f}/s; "
       f"ratio per round {[round(x, 1) for x in batch]}, median {statistics.median(batch):.1f} (target >= 20)")
+print(f"  server CPU us/lookup: batch {med('batch','server_cpu_us_per_lookup'):.3f}, single HTTP {med('http-single','server_cpu_us_per_lookup'):.2f}; "
+      f"single/batch per round {[round(x, 1) for x in batch_cpu]}; node busy (share of its core) batch {[b.get('server_busy') for b in by['batch']]}, "
+      f"single HTTP {[h.get('server_busy') for h in by['http-single']]}")
 PY
 
 echo "caching client (200 raw-SQL price changes, then plans() timed):"

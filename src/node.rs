@@ -300,6 +300,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         listeners.push(tokio::spawn(grpc::serve(
             listener,
             face.routes,
+            cfg.grpc_max_connections,
             stop_accepting.clone(),
             connections.clone(),
             cut.clone(),

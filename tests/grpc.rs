@@ -904,3 +904,224 @@ async fn a_watch_sees_a_scheduled_change_at_its_instant_with_no_write_then() {
     );
     node.stop().await;
 }
+
+/// Member `id`'s entitlement in a batch of it alone.
+async fn batched(c: &mut ReadTierClient<Channel>, id: u64) -> pb::Entitlement {
+    let r = c
+        .batch_get_entitlements(pb::BatchGetEntitlementsRequest {
+            member_ids: vec![id],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.results[0].entitlement.clone().expect("a member")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_answers_follow_price_and_member_changes_as_the_single_lookup_does() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    // A member paying the catalog's price (not a locked one), its answer kept in L1:
+    // the second batch is answered from the bytes the first kept.
+    let mut member = None;
+    for id in 1..=50u64 {
+        let e = batched(&mut c, id).await;
+        if e.can_stream && e.price.as_ref().is_some_and(|p| p.source == "catalog") {
+            member = Some(e);
+            break;
+        }
+    }
+    let first = member.expect("a member who can stream, on the catalog's price, among 1..=50");
+    let id = first.member_id;
+    let mut again = batched(&mut c, id).await;
+    assert_eq!(again.served_from, "l1");
+    again.served_from = first.served_from.clone();
+    assert_eq!(again, first);
+    let single = |c: &mut ReadTierClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.get_entitlement(pb::GetEntitlementRequest { member_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Both faces agree (where it came from aside) before and after each change.
+    let same = |mut a: pb::Entitlement, mut b: pb::Entitlement| {
+        a.served_from.clear();
+        b.served_from.clear();
+        assert_eq!(a, b);
+    };
+    same(batched(&mut c, id).await, single(&mut c).await);
+
+    // The member's plan changes price in its country (raw SQL): a new catalog version.
+    let old = first.price.clone().unwrap().amount;
+    let new = if old == "77.01" { "77.02" } else { "77.01" };
+    sql(
+        &node.db(),
+        &format!(
+            "UPDATE plan_prices SET amount='{new}' WHERE country='{}' AND plan_id='{}'",
+            first.country, first.plan
+        ),
+    );
+    let after = eventually(
+        Duration::from_secs(10),
+        "the batch answers the new price",
+        || {
+            let mut c = c.clone();
+            async move {
+                let e = batched(&mut c, id).await;
+                (e.price.as_ref().unwrap().amount == new).then_some(e)
+            }
+        },
+    )
+    .await;
+    assert!(after.catalog_version > first.catalog_version);
+    assert_eq!(after.served_from, "l1", "the same L1 entry, answered anew");
+    same(after.clone(), single(&mut c).await);
+    let http = http_entitlement(&node.get(&format!("/v1/members/{id}/entitlement")).await);
+    same(after.clone(), http);
+
+    // The member's row changes: a new record, answered as such.
+    sql(
+        &node.db(),
+        &format!("UPDATE memberships SET status='on_hold' WHERE member_id={id}"),
+    );
+    let held = eventually(
+        Duration::from_secs(10),
+        "the batch answers the new status",
+        || {
+            let mut c = c.clone();
+            async move {
+                let e = batched(&mut c, id).await;
+                (e.status == "on_hold").then_some(e)
+            }
+        },
+    )
+    .await;
+    assert!(!held.can_stream);
+    assert!(held.version > after.version);
+    assert_eq!(held.price, after.price);
+    same(held, single(&mut c).await);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_grpc_max_connections_are_refused_while_the_open_ones_keep_working() {
+    let node = TestNode::start(&[("READTIER_GRPC_MAX_CONNECTIONS", "2")]).await;
+    let addr = node.running.grpc_addr.expect("gRPC is on in tests");
+    let ask = |c: &mut ReadTierClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.get_entitlement(pb::GetEntitlementRequest { member_id: 42 })
+                .await
+                .map(|r| r.into_inner().member_id)
+        }
+    };
+    // Two connections, each answered once (so the node has counted both).
+    let mut open = vec![client(&node).await, client(&node).await];
+    for c in &mut open {
+        assert_eq!(ask(c).await.unwrap(), 42);
+    }
+
+    // A third: its call is answered UNAVAILABLE, and the connection closed.
+    let mut third = client(&node).await;
+    let refused = ask(&mut third).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.message(), "too many connections");
+    // One that asks nothing is closed all the same (and, as the refused ones, took
+    // no slot: see below).
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut idle, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // Closed with unread bytes, the socket may be reset rather than ended: either.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut got),
+    )
+    .await
+    .expect("the node closes an idle refused connection");
+
+    // The open ones keep working.
+    for c in &mut open {
+        assert_eq!(ask(c).await.unwrap(), 42);
+    }
+    // One closes: a new connection is served again.
+    open.pop();
+    eventually(Duration::from_secs(10), "a slot frees up", || async {
+        let mut c = ReadTierClient::connect(format!("http://{addr}"))
+            .await
+            .ok()?;
+        ask(&mut c).await.ok()
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_version_newer_than_the_nodes_waits_until_the_node_reaches_it() {
+    let node = TestNode::start(&[]).await;
+    let mut c = client(&node).await;
+    let v = watch(&mut c, &["US"], 0)
+        .await
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    // The caller holds v + 1, from a node further ahead than this one. Nothing is
+    // changed yet, so a node that answered with its own catalog would send version v
+    // (full) now; this one sends a heartbeat naming the caller's version (after
+    // HEARTBEAT, 5 s) and nothing else.
+    let mut ahead = watch(&mut c, &["US"], v + 1).await;
+    let first = tokio::time::timeout(Duration::from_secs(30), ahead.message())
+        .await
+        .expect("a heartbeat")
+        .unwrap()
+        .unwrap();
+    assert!(
+        !first.full && first.countries.is_empty() && first.removed.is_empty(),
+        "{first:?}"
+    );
+    assert_eq!(first.version, v + 1);
+
+    // The node reaches v + 1 and passes it: the stream resumes, never older than v + 1.
+    let plans_version = || async {
+        let r = node.get("/v1/plans?country=US").await;
+        r.header("x-catalog-version")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    sql(
+        &node.db(),
+        "UPDATE plan_prices SET amount='30.01' WHERE country='US' AND plan_id='standard'",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the node reaches v + 1",
+        || async { (plans_version().await > v).then_some(()) },
+    )
+    .await;
+    sql(
+        &node.db(),
+        "UPDATE plan_prices SET amount='30.02' WHERE country='US' AND plan_id='standard'",
+    );
+    let mut held = Held {
+        version: v + 1,
+        ..Default::default()
+    };
+    while held.price("US", "standard").as_deref() != Some("30.02") {
+        let u = tokio::time::timeout(Duration::from_secs(30), ahead.message())
+            .await
+            .expect("the change arrives")
+            .unwrap()
+            .unwrap();
+        assert!(u.version > v, "older than the caller's version: {u:?}");
+        held.apply(u);
+    }
+    assert!(held.version >= v + 2, "{}", held.version);
+    node.stop().await;
+}

@@ -61,6 +61,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The gRPC listener (`grpc_listen`); `None`: no gRPC face.
     pub grpc_listen: Option<SocketAddr>,
+    /// Most open connections on the gRPC listener (`grpc_max_connections`).
+    pub grpc_max_connections: usize,
     pub data_dir: PathBuf,
     pub store: StoreUrl,
     pub seed_members: u64,
@@ -394,6 +396,7 @@ impl Config {
         }
         positive("http.max_body_bytes", raw.http.max_body_bytes as u64)?;
         positive("http.max_connections", raw.http.max_connections as u64)?;
+        positive("grpc_max_connections", raw.grpc_max_connections as u64)?;
         positive("http.max_waiting", raw.http.max_waiting as u64)?;
         positive("http.min_waiting", raw.http.min_waiting as u64)?;
         if !(0.0..=1.0).contains(&raw.http.waiting_saturation) {
@@ -476,6 +479,7 @@ impl Config {
             listen: raw.listen,
             admin_listen: raw.admin_listen,
             grpc_listen,
+            grpc_max_connections: raw.grpc_max_connections,
             data_dir: raw.data_dir,
             store,
             seed_members: raw.seed_members,

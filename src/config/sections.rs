@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub admin_listen: SocketAddr,
     /// The gRPC listener; empty turns it off (checked by `Config::validate`).
     pub grpc_listen: String,
+    /// Most open connections on the gRPC listener.
+    pub grpc_max_connections: usize,
     pub data_dir: PathBuf,
     pub store_url: String,
     #[serde(deserialize_with = "duration")]

@@ -15,6 +15,7 @@ fn defaults_load_and_name_the_embedded_store() {
     assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
     assert_eq!(c.grpc_listen, Some("0.0.0.0:50051".parse().unwrap()));
+    assert_eq!(c.grpc_max_connections, 10000);
     assert_eq!(
         c.store,
         StoreUrl::Sqlite(PathBuf::from("./var/readtier.db"))
@@ -90,6 +91,10 @@ fn errors_name_the_key_and_the_layer() {
         (
             env(&[("READTIER_GRPC_LISTEN", "localhost")]),
             "`grpc_listen`",
+        ),
+        (
+            env(&[("READTIER_GRPC_MAX_CONNECTIONS", "0")]),
+            "`grpc_max_connections`",
         ),
         (env(&[("READTIER_L1_TTL", "5 parsecs")]), "`l1.ttl`"),
         (env(&[("READTIER_L1_CAPACITY", "-1")]), "`l1.capacity`"),

@@ -13,7 +13,9 @@
 //! countries changed after `k`'s first epoch (a switch it may have seen already is
 //! sent again: a replace, harmless). A `k` this node never saw (it started later, the
 //! catalog moved twice between two of its wake-ups, another node's version) gets
-//! everything.
+//! everything. A `k` newer than this node's version (the caller last watched a node
+//! further ahead) gets nothing but heartbeats until this node has caught up to it
+//! (`service::Watch`): an older catalog would take the caller back in time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

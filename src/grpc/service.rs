@@ -13,7 +13,7 @@ use tonic::{Code, Request, Response, Status};
 use super::batch::BatchAnswer;
 use super::convert::{self, entitlement};
 use super::error::GrpcError;
-use super::feed::{CatalogFeed, Filter};
+use super::feed::{CatalogFeed, FeedState, Filter};
 use super::metrics::{GrpcMetrics, Method};
 use super::{deadline, pb, HEARTBEAT};
 use crate::catalog::{clock_ms, PlansError};
@@ -183,11 +183,12 @@ impl ReadTierService {
         }
         let l1 = self.app.members.get_many_l1(ids);
         let found: Vec<(Entry, ServedFrom)> = if l1.iter().all(Option::is_some) {
-            // Every id is in L1: nothing waits, so nothing is admitted or shed.
-            l1.into_iter()
-                .flatten()
-                .map(|e| (e, ServedFrom::L1))
-                .collect()
+            // Every id is in L1: nothing waits, so nothing is admitted or shed. (Sized
+            // first: `flatten` tells `collect` nothing of the length, and it grew the
+            // vector from empty.)
+            let mut found = Vec::with_capacity(l1.len());
+            found.extend(l1.into_iter().flatten().map(|e| (e, ServedFrom::L1)));
+            found
         } else {
             let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
             self.bounded(req.metadata(), self.app.members.get_many_after(ids, l1))
@@ -242,7 +243,11 @@ struct Watch {
     stop: CancellationToken,
     filter: Filter,
     /// The catalog version the caller said it holds (resolved to an epoch against
-    /// the first state sent).
+    /// the first state sent). Nothing older is ever sent: a caller that holds a newer
+    /// version than this node (it last watched a node further ahead) hears only
+    /// heartbeats naming its version until this node has caught up to it, then what
+    /// changed since, as any resuming caller. Sending this node's older catalog would
+    /// take the caller back in time (prices it has seen change would change back).
     known: Option<u64>,
     /// The feed epoch the caller holds, as far as this stream knows.
     held: Option<u64>,
@@ -264,7 +269,11 @@ impl Watch {
             // Marked seen before the state is read: a state stored after this read
             // wakes the loop below.
             self.installed.borrow_and_update();
-            return Some((Ok(self.send_current()), self));
+            if !self.ahead(&self.feed.current()) {
+                return Some((Ok(self.send_current()), self));
+            }
+            // Heartbeats say the caller's own version until this node reaches it.
+            self.held_version = self.known.unwrap_or(0);
         }
         loop {
             tokio::select! {
@@ -272,7 +281,8 @@ impl Watch {
                     if changed.is_err() {
                         return None;
                     }
-                    if self.feed.current().epoch > self.held.unwrap_or(0) {
+                    let state = self.feed.current();
+                    if !self.ahead(&state) && state.epoch > self.held.unwrap_or(0) {
                         return Some((Ok(self.send_current()), self));
                     }
                 }
@@ -289,6 +299,12 @@ impl Watch {
                 }
             }
         }
+    }
+
+    /// Whether the caller holds a newer catalog version than `state` (nothing is sent
+    /// until this node has caught up).
+    fn ahead(&self, state: &FeedState) -> bool {
+        self.known.is_some_and(|k| k > state.version)
     }
 
     fn send_current(&mut self) -> pb::CatalogUpdate {

@@ -39,6 +39,11 @@ pub struct Cached {
     /// replaced when a request finds the catalog or the price period has moved on (see
     /// `http::render`).
     pub rendered: arc_swap::ArcSwapOption<(u64, i64, bytes::Bytes)>,
+    /// The same answer as the gRPC batch encodes it (protobuf, less the plan's fields
+    /// and `served_from`), built on the first `BatchGetEntitlements` that answers this
+    /// entry and replaced under the same rules as `rendered` (see `grpc::batch`): a
+    /// node that serves only HTTP pays this pointer and nothing more.
+    pub encoded: arc_swap::ArcSwapOption<crate::grpc::Encoded>,
 }
 
 impl Cached {
@@ -48,6 +53,7 @@ impl Cached {
             version,
             origin,
             rendered: arc_swap::ArcSwapOption::empty(),
+            encoded: arc_swap::ArcSwapOption::empty(),
         }
     }
 }

@@ -164,19 +164,25 @@ impl Members {
     /// `get` on the hit path: no future, no timer.
     #[inline]
     pub fn get_l1(&self, id: u64) -> Option<Entry> {
-        let now = Instant::now();
-        let generation = self.generation.load(Ordering::Relaxed);
+        let hit = self.probe_l1(id, Instant::now(), self.generation.load(Ordering::Relaxed));
+        if hit.is_some() {
+            self.metrics.l1_hits.increment(1);
+        }
+        hit
+    }
+
+    /// An L1 hit as of `now` and `generation`, not counted.
+    #[inline]
+    fn probe_l1(&self, id: u64, now: Instant, generation: u32) -> Option<Entry> {
         if let Some(slot) = self.l1.get(&id) {
             if slot.expires > now && slot.generation == generation {
                 if let Some(entry) = slot.entry {
-                    self.metrics.l1_hits.increment(1);
                     return Some(entry);
                 }
             }
         }
         let negative = self.negative.get(&id)?;
         if negative.expires > now && negative.generation == generation {
-            self.metrics.l1_hits.increment(1);
             return Some(negative.entry);
         }
         None
@@ -313,7 +319,16 @@ impl Members {
     /// all-hit batches at once (no waiting, so not under the waiting limit) hands
     /// this to [`Members::get_many_after`] otherwise, so no id is looked up twice.
     pub fn get_many_l1(&self, ids: &[u64]) -> Vec<Option<Entry>> {
-        ids.iter().map(|id| self.get_l1(*id)).collect()
+        // The clock read and the hit counted once a batch, not once an id (~30
+        // instructions a member each, callgrind).
+        let (now, generation) = (Instant::now(), self.generation.load(Ordering::Relaxed));
+        let found: Vec<Option<Entry>> = ids
+            .iter()
+            .map(|id| self.probe_l1(*id, now, generation))
+            .collect();
+        let hits = found.iter().filter(|e| e.is_some()).count();
+        self.metrics.l1_hits.increment(hits as u64);
+        found
     }
 
     /// [`Members::get_many`] after its L1 pass (`l1`, one per id of `ids`).

@@ -4,12 +4,19 @@
 //! - `bare --listen A --copy G --member N`: a bare tonic server (`tonic::transport::
 //!   Server`, defaults) that answers every `GetEntitlement` with the one message node
 //!   `G` answered for member `N`: the ceiling readtier's L1-hit path is held against.
-//! - `load --target A --method entitlement|batch|http-single …`: closed-loop load for
-//!   `--seconds` from `--concurrency` callers over `--connections` connections, ids
-//!   cycling through `1..=--ids` (batches of `--batch` consecutive ids); prints calls/s,
+//! - `load --target A --method entitlement|batch|batch-raw|http-single …`: closed-loop
+//!   load for `--seconds` from `--concurrency` callers over `--connections` connections,
+//!   ids cycling through `1..=--ids` (batches of `--batch` consecutive ids); prints calls/s,
 //!   member lookups/s and, given `--server-pid`, the server's CPU µs per call and per
 //!   lookup (from /proc). `http-single` is `GET /v1/members/{id}/entitlement` over
 //!   HTTP/1.1 keep-alive on `--target` (the HTTP listener), for the batch comparison.
+//!   `batch` decodes every answer with prost (a `BatchGetEntitlementsResponse` of
+//!   `--batch` messages: a one-core client decoded ~910,000 `Entitlement`s a second and
+//!   was the bottleneck); `batch-raw` sends requests encoded once beforehand and walks
+//!   each answer's top-level fields (tag, length, skip), counting its results: a call
+//!   counts only if it holds exactly `--batch` results, each starting with a
+//!   `member_id`, and a catalog version. Its client costs little per member, so the rate
+//!   is the server's.
 //! - `watch --target G --db PATH --changes N`: the caching client (`readtier-client`)
 //!   watching node `G`; N price changes written in raw SQL to the node's SQLite file,
 //!   each timed from its commit until `CatalogCache::plans` answers the new price;
@@ -118,6 +125,87 @@ async fn bare(listen: SocketAddr, copy: SocketAddr, member: u64) -> anyhow::Resu
     Ok(())
 }
 
+/// The `batch-raw` codec: the request is bytes encoded beforehand; the answer is not
+/// decoded but walked ([`count_results`]), and is the number of results it holds.
+#[derive(Clone, Copy)]
+struct RawBatch;
+
+impl tonic::codec::Codec for RawBatch {
+    type Encode = bytes::Bytes;
+    type Decode = u64;
+    type Encoder = RawBatch;
+    type Decoder = RawBatch;
+
+    fn encoder(&mut self) -> RawBatch {
+        RawBatch
+    }
+
+    fn decoder(&mut self) -> RawBatch {
+        RawBatch
+    }
+}
+
+impl tonic::codec::Encoder for RawBatch {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBatch {
+    type Item = u64;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<u64>, tonic::Status> {
+        count_results(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("a malformed batch answer: {e}")))
+    }
+}
+
+/// The results in a `BatchGetEntitlementsResponse`, from its top-level fields alone:
+/// field 1 (a result: length-delimited, skipped whole once its first field is seen to
+/// be `member_id`) counted, field 2 (the catalog version, a varint) required non-zero;
+/// anything else is an error.
+fn count_results(buf: &mut impl bytes::Buf) -> Result<u64, String> {
+    use prost::encoding::decode_varint;
+    let (mut results, mut version) = (0u64, 0u64);
+    while buf.has_remaining() {
+        let key = decode_varint(buf).map_err(|e| e.to_string())?;
+        match (key >> 3, key & 7) {
+            (1, 2) => {
+                let len = decode_varint(buf).map_err(|e| e.to_string())? as usize;
+                if len > buf.remaining() {
+                    return Err(format!("a result of {len} bytes past the end"));
+                }
+                // member_id, a varint: field 1, wire type 0.
+                if len == 0 || buf.chunk()[0] != 0x08 {
+                    return Err("a result without its member_id first".into());
+                }
+                buf.advance(len);
+                results += 1;
+            }
+            (2, 0) => version = decode_varint(buf).map_err(|e| e.to_string())?,
+            (tag, wire) => return Err(format!("unexpected field {tag} (wire type {wire})")),
+        }
+    }
+    if version == 0 {
+        return Err("no catalog_version".into());
+    }
+    Ok(results)
+}
+
 /// One HTTP/1.1 keep-alive connection's sender.
 type Http = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
 
@@ -143,9 +231,28 @@ async fn load(
 ) -> anyhow::Result<()> {
     let per_call = match method.as_str() {
         "entitlement" | "http-single" => 1,
-        "batch" => batch,
+        "batch" | "batch-raw" => batch,
         other => anyhow::bail!("unknown method {other}"),
     };
+    // batch-raw: each request a call can send (the ids start at a multiple of
+    // `batch`, modulo `ids`), encoded once.
+    let raw_requests: Arc<Vec<Option<bytes::Bytes>>> = Arc::new(if method == "batch-raw" {
+        use prost::Message;
+        let mut reqs = vec![None; ids as usize];
+        let mut start = 0u64;
+        while reqs[start as usize].is_none() {
+            let member_ids = (0..batch).map(|k| (start + k) % ids + 1).collect();
+            reqs[start as usize] = Some(
+                pb::BatchGetEntitlementsRequest { member_ids }
+                    .encode_to_vec()
+                    .into(),
+            );
+            start = (start + batch) % ids;
+        }
+        reqs
+    } else {
+        Vec::new()
+    });
     let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
         channels.push(
@@ -163,12 +270,13 @@ async fn load(
     let started = Instant::now();
     for i in 0..concurrency {
         let channel = channels[i % channels.len()].clone();
-        let (stop, calls, errors, next, method) = (
+        let (stop, calls, errors, next, method, raw_requests) = (
             stop.clone(),
             calls.clone(),
             errors.clone(),
             next.clone(),
             method.clone(),
+            raw_requests.clone(),
         );
         let mut http = if method == "http-single" {
             Some(http_conn(target).await?)
@@ -176,6 +284,7 @@ async fn load(
             None
         };
         tasks.push(tokio::spawn(async move {
+            let mut raw = tonic::client::Grpc::new(channel.clone());
             let mut c = ReadTierClient::new(channel);
             while !stop.load(Ordering::Relaxed) {
                 let n = next.fetch_add(per_call, Ordering::Relaxed);
@@ -192,6 +301,26 @@ async fn load(
                             .await
                             .map(|r| r.into_inner().results.len() as u64 == batch)
                             .unwrap_or(false)
+                    }
+                    "batch-raw" => {
+                        // Every start reachable from 0 by steps of `batch` was encoded.
+                        let Some(req) = raw_requests[(n % ids) as usize].clone() else {
+                            return;
+                        };
+                        match raw.ready().await {
+                            Ok(()) => raw
+                                .unary(
+                                    tonic::Request::new(req),
+                                    http::uri::PathAndQuery::from_static(
+                                        "/readtier.v1.ReadTier/BatchGetEntitlements",
+                                    ),
+                                    RawBatch,
+                                )
+                                .await
+                                .map(|r| r.into_inner() == batch)
+                                .unwrap_or(false),
+                            Err(_) => false,
+                        }
                     }
                     _ => {
                         // Only http-single has a connection.
@@ -233,8 +362,11 @@ async fn load(
         (Some(a), Some(b)) if calls > 0 => (b - a).as_secs_f64() * 1e6 / calls as f64,
         _ => f64::NAN,
     };
+    // The share of one core the server used: near 1 when it, not this client, bound
+    // the rate (the server is pinned to one core).
+    let busy = rate * cpu_us / 1e6;
     println!(
-        "{{\"method\":\"{method}\",\"calls_per_s\":{rate:.0},\"lookups_per_s\":{:.0},\"server_cpu_us_per_call\":{cpu_us:.2},\"server_cpu_us_per_lookup\":{:.3},\"errors\":{errors}}}",
+        "{{\"method\":\"{method}\",\"calls_per_s\":{rate:.0},\"lookups_per_s\":{:.0},\"server_cpu_us_per_call\":{cpu_us:.2},\"server_cpu_us_per_lookup\":{:.3},\"server_busy\":{busy:.2},\"errors\":{errors}}}",
         rate * per_call as f64,
         cpu_us / per_call as f64
     );
@@ -364,4 +496,47 @@ fn main() -> anyhow::Result<()> {
             } => watch(target, db, changes, Duration::from_millis(interval_ms)).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn answer(n: u64, version: u64) -> Vec<u8> {
+        pb::BatchGetEntitlementsResponse {
+            results: (1..=n)
+                .map(|id| pb::EntitlementResult {
+                    member_id: id,
+                    entitlement: Some(pb::Entitlement {
+                        member_id: id,
+                        status: "active".into(),
+                        ..Default::default()
+                    }),
+                    served_from: "l1".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            catalog_version: version,
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn results_are_counted_from_the_top_level_fields() {
+        assert_eq!(count_results(&mut &answer(100, 7)[..]), Ok(100));
+        assert_eq!(count_results(&mut &answer(1, 1 << 40)[..]), Ok(1));
+        assert!(count_results(&mut &answer(3, 0)[..]).is_err(), "no version");
+        let whole = answer(5, 7);
+        // Cut short anywhere: an error, never a count.
+        for cut in 1..whole.len() {
+            if let Ok(n) = count_results(&mut &whole[..cut]) {
+                panic!("{n} results counted in {cut} of {} bytes", whole.len());
+            }
+        }
+        // A field the response does not have.
+        let mut odd = whole.clone();
+        odd.extend_from_slice(&[3 << 3, 1]);
+        assert!(count_results(&mut &odd[..]).is_err());
+    }
 }
