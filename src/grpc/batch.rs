@@ -21,7 +21,7 @@ use prost::encoding::{
 };
 
 use crate::catalog::{clock_ms, Snapshot};
-use crate::lookup::{Entry, ServedFrom};
+use crate::lookup::{Encoded, Entry, ServedFrom};
 use crate::member::{self, Member};
 use crate::plan::Plan;
 use prost::Message as _;
@@ -144,31 +144,6 @@ impl BatchAnswer {
             catalog_version: version,
         }
     }
-}
-
-/// One member's `Entitlement` as the batch answers it, less what is not the member's:
-/// the plan's fields (6 to 9, shared by every member on the plan) and `served_from`
-/// (11, this call's). Kept in the member's L1 entry ([`crate::lookup::Cached`]`::encoded`)
-/// so a batch copies these bytes instead of encoding the member again (callgrind:
-/// docs/PERFORMANCE.md, "gRPC (issue 13)"). It follows the same rules as the entry's
-/// rendered JSON: built under one catalog version and held until the member's price
-/// period ends, so it is never staler than the HTTP answer; a changed member record is
-/// a new entry, without it.
-#[derive(Debug)]
-pub struct Encoded {
-    catalog_version: u64,
-    /// The instant (ms) the price in it holds until (`i64::MAX`: until the catalog
-    /// changes).
-    until_ms: i64,
-    /// The member's plan's index in the snapshot of `catalog_version`
-    /// (`u16::MAX`: a plan the catalog does not offer).
-    plan: u16,
-    /// Where fields 1 to 5 end and where field 10 ends: the plan's fields go at the
-    /// first, `served_from` at the second. Sixteen bits each, so that with `plan` the
-    /// entry is 56 bytes with its `Arc`'s counts (one 64-byte allocation, not 80).
-    cuts: [u16; 2],
-    /// Fields 1 to 5, 10, 12 and 13, in that order.
-    bytes: Box<[u8]>,
 }
 
 impl Encoded {

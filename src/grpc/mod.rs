@@ -35,7 +35,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
-pub use batch::{BatchAnswer, Encoded};
+pub use batch::BatchAnswer;
 pub use conn::serve;
 pub use service::ReadTierService;
 

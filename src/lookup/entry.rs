@@ -43,7 +43,34 @@ pub struct Cached {
     /// and `served_from`), built on the first `BatchGetEntitlements` that answers this
     /// entry and replaced under the same rules as `rendered` (see `grpc::batch`): a
     /// node that serves only HTTP pays this pointer and nothing more.
-    pub encoded: arc_swap::ArcSwapOption<crate::grpc::Encoded>,
+    pub encoded: arc_swap::ArcSwapOption<Encoded>,
+}
+
+/// One member's `Entitlement` as the batch answers it, less what is not the member's:
+/// the plan's fields (6 to 9, shared by every member on the plan) and `served_from`
+/// (11, this call's). Kept in the member's L1 entry ([`Cached`]`::encoded`) so
+/// a batch copies these bytes instead of encoding the member again (callgrind:
+/// docs/PERFORMANCE.md, "gRPC (issue 13)"). It follows the same rules as the entry's
+/// rendered JSON: built under one catalog version and held until the member's price
+/// period ends, so it is never staler than the HTTP answer; a changed member record is
+/// a new entry, without it. Defined here, beside the entry that holds it; built and
+/// read by `grpc::batch` (which is above this layer), the only code that touches its
+/// fields.
+#[derive(Debug)]
+pub struct Encoded {
+    pub(crate) catalog_version: u64,
+    /// The instant (ms) the price in it holds until (`i64::MAX`: until the catalog
+    /// changes).
+    pub(crate) until_ms: i64,
+    /// The member's plan's index in the snapshot of `catalog_version`
+    /// (`u16::MAX`: a plan the catalog does not offer).
+    pub(crate) plan: u16,
+    /// Where fields 1 to 5 end and where field 10 ends: the plan's fields go at the
+    /// first, `served_from` at the second. Sixteen bits each, so that with `plan` the
+    /// entry is 56 bytes with its `Arc`'s counts (one 64-byte allocation, not 80).
+    pub(crate) cuts: [u16; 2],
+    /// Fields 1 to 5, 10, 12 and 13, in that order.
+    pub(crate) bytes: Box<[u8]>,
 }
 
 impl Cached {

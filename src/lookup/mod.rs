@@ -48,7 +48,7 @@ mod entry;
 pub mod inspector;
 use crate::telemetry::MemberMetrics;
 use crate::tier::{Tier, TierEntry};
-pub use entry::{Cached, Entry, FillLimits, LookupError, ServedFrom};
+pub use entry::{Cached, Encoded, Entry, FillLimits, LookupError, ServedFrom};
 
 /// What L1 holds per member.
 #[derive(Clone)]
