@@ -93,17 +93,7 @@ impl BatchAnswer {
                         // A record whose fields do not fit the cuts' 16 bits (a
                         // plan id of 64 KiB): encoded whole, each time, by prost.
                         let ent = convert::entitlement(m, &snapshot, *from, now);
-                        let ent_len = ent.encoded_len();
-                        let len = varint_len(1, *id)
-                            + 1
-                            + encoded_len_varint(ent_len as u64)
-                            + ent_len
-                            + str_len(4, from.as_str());
-                        key(1, WireType::LengthDelimited, &mut results);
-                        varint(len as u64, &mut results);
-                        put_varint(1, *id, &mut results);
-                        key(2, WireType::LengthDelimited, &mut results);
-                        varint(ent_len as u64, &mut results);
+                        open_result(*id, ent.encoded_len(), *from, &mut results);
                         ent.encode_raw(&mut results);
                         put_str(4, from.as_str(), &mut results);
                         continue;
@@ -124,17 +114,7 @@ impl BatchAnswer {
                 }
                 None => &[],
             };
-            let ent_len = enc.len(frag, *from);
-            let len = varint_len(1, *id)
-                + 1
-                + encoded_len_varint(ent_len as u64)
-                + ent_len
-                + str_len(4, from.as_str());
-            key(1, WireType::LengthDelimited, &mut results);
-            varint(len as u64, &mut results);
-            put_varint(1, *id, &mut results);
-            key(2, WireType::LengthDelimited, &mut results);
-            varint(ent_len as u64, &mut results);
+            open_result(*id, enc.len(frag, *from), *from, &mut results);
             enc.write(frag, *from, &mut results);
             results.extend_from_slice(served_from_field(4, *from));
         }
@@ -213,6 +193,23 @@ impl Encoded {
         out.extend_from_slice(served_from_field(11, from));
         out.extend_from_slice(&self.bytes[second..]);
     }
+}
+
+/// Opens the result for member `id` whose `Entitlement` is `ent_len` bytes: the
+/// result's key and length, its `member_id`, then field 2's key and length. The
+/// entitlement's bytes and `served_from` (field 4) follow, written by the caller.
+#[inline(always)]
+fn open_result(id: u64, ent_len: usize, from: ServedFrom, out: &mut Vec<u8>) {
+    let len = varint_len(1, id)
+        + 1
+        + encoded_len_varint(ent_len as u64)
+        + ent_len
+        + str_len(4, from.as_str());
+    key(1, WireType::LengthDelimited, out);
+    varint(len as u64, out);
+    put_varint(1, id, out);
+    key(2, WireType::LengthDelimited, out);
+    varint(ent_len as u64, out);
 }
 
 fn str_len(tag: u32, s: &str) -> usize {
