@@ -236,7 +236,9 @@ fn cgroup_quota(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Opt
     };
     for line in proc_cgroup.lines() {
         let mut f = line.splitn(3, ':');
-        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
         let v2 = controllers.is_empty();
         if !v2 && !controllers.split(',').any(|c| c == "cpu") {
             continue;
@@ -754,6 +756,11 @@ mod tests {
         ]);
         assert_eq!(cgroup_quota("0::/kubepods/pod1/c1\n", v2), Some(1.5));
         assert_eq!(cgroup_quota("0::/\n", v2), None, "no quota anywhere");
+        assert_eq!(
+            cgroup_quota("garbage\n0::/kubepods/pod1/c1\n", v2),
+            Some(1.5),
+            "a line it cannot read is skipped, not the end of the search"
+        );
         // v1: the cpu controller's line, quota over period; -1 is none.
         let v1 = files(&[
             ("/sys/fs/cgroup/cpu/docker/abc/cpu.cfs_quota_us", "50000\n"),
