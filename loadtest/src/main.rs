@@ -388,15 +388,14 @@ async fn connection(plan: Arc<Plan>, t: Target, index: usize, mut sender: Option
         if let Some(p) = place {
             let (late, lag) = match plan.schedule {
                 Some(_) => {
-                    let lag = own_lag;
-                    let late = if lag > plan.late_bound {
+                    let late = if own_lag > plan.late_bound {
                         Late::Generator
                     } else if sent_at.saturating_duration_since(intended) > plan.late_bound {
                         Late::Target
                     } else {
                         Late::No
                     };
-                    (late, Some(lag.as_micros() as u64))
+                    (late, Some(own_lag.as_micros() as u64))
                 }
                 None => (Late::No, None),
             };

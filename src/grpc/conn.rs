@@ -35,11 +35,7 @@ pub async fn serve(
         .keep_alive_interval(Some(KEEPALIVE))
         .keep_alive_timeout(KEEPALIVE);
     let open = Arc::new(AtomicUsize::new(0));
-    metrics::describe_counter!(
-        "readtier_grpc_shed_total",
-        "gRPC connections refused over grpc_max_connections (reason=\"connections\")"
-    );
-    let refused = metrics::counter!("readtier_grpc_shed_total", "reason" => "connections");
+    let refused = super::metrics::refused_connections();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

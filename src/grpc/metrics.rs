@@ -30,6 +30,16 @@ const CODES: [(Code, &str); 5] = [
     (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
 ];
 
+/// The counter of connections refused over `grpc_max_connections`, beside the gRPC
+/// listener's other metrics.
+pub fn refused_connections() -> Counter {
+    metrics::describe_counter!(
+        "readtier_grpc_shed_total",
+        "gRPC connections refused over grpc_max_connections (reason=\"connections\")"
+    );
+    metrics::counter!("readtier_grpc_shed_total", "reason" => "connections")
+}
+
 pub struct GrpcMetrics {
     /// `METHODS.len() × (CODES.len() + 1)`, the last of each row `other`.
     requests: Vec<Counter>,
