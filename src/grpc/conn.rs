@@ -35,6 +35,7 @@ pub async fn serve(
         .keep_alive_interval(Some(KEEPALIVE))
         .keep_alive_timeout(KEEPALIVE);
     let open = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     let refused = super::metrics::refused_connections();
     loop {
         let (stream, peer) = tokio::select! {
@@ -52,7 +53,19 @@ pub async fn serve(
         if open.fetch_add(1, Ordering::AcqRel) >= max_connections {
             open.fetch_sub(1, Ordering::AcqRel);
             refused.increment(1);
-            tokio::spawn(refuse(stream, builder.clone()));
+            // Each refusal holds a descriptor for seconds at most; past
+            // MAX_REFUSING of them a connection is closed unanswered at once.
+            if refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+                refusing.fetch_sub(1, Ordering::AcqRel);
+                drop(stream);
+                continue;
+            }
+            let refusing = Slot(refusing.clone());
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let _refusing = refusing;
+                refuse(stream, builder).await
+            });
             continue;
         }
         let slot = Slot(open.clone());
@@ -86,17 +99,36 @@ pub async fn serve(
     }
 }
 
+/// Refused connections being answered at once; a flood past this is closed unanswered
+/// rather than holding a descriptor each for seconds.
+const MAX_REFUSING: usize = 1024;
+
+/// How long a refused connection may take to send its first call: long enough for a
+/// caller's handshake and call on a busy node, short enough that connections opened
+/// and left idle past the cap do not pile up.
+const REFUSE_FIRST_CALL: Duration = Duration::from_secs(2);
+
+/// How long the answer and the GOAWAY that follows it may take to reach the caller
+/// (one ping round trip, then the close) before the connection is cut.
+const REFUSE_CLOSE: Duration = Duration::from_secs(5);
+
 /// A connection past `grpc_max_connections`: its calls are answered UNAVAILABLE ("too
 /// many connections", what a gRPC caller retries elsewhere; the HTTP listener's
-/// counterpart is one 503 answer), and once one is, the connection is closed (GOAWAY).
-/// A second at most, however the client behaves; it never takes a slot.
+/// counterpart is one 503 answer), and once the first answer has been handed to the
+/// connection, it is closed gracefully (GOAWAY, then the close once the caller has
+/// it). Bounded in time ([`REFUSE_FIRST_CALL`], [`REFUSE_CLOSE`]) however the
+/// caller behaves; it never takes a slot.
+///
+/// The GOAWAY starts only after the answer is queued: started as the call arrived, a
+/// caller on a busy node could see the connection end before the answer did (CI saw
+/// one such call fail as INTERNAL "GoAway(NO_ERROR)").
 async fn refuse(stream: TcpStream, builder: http2::Builder<TokioExecutor>) {
     let answered = Arc::new(tokio::sync::Notify::new());
     let service = {
         let answered = answered.clone();
         hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
-            answered.notify_one();
-            async {
+            let answered = answered.clone();
+            async move {
                 // A trailers-only gRPC answer: status in the headers, no body.
                 let mut resp = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
                 let h = resp.headers_mut();
@@ -109,6 +141,9 @@ async fn refuse(stream: TcpStream, builder: http2::Builder<TokioExecutor>) {
                     "grpc-message",
                     http::HeaderValue::from_static("too many connections"),
                 );
+                // hyper hands the answer to the connection in the same poll that
+                // completes this future, so the close below starts after it.
+                answered.notify_one();
                 Ok::<_, std::convert::Infallible>(resp)
             }
         })
@@ -116,18 +151,24 @@ async fn refuse(stream: TcpStream, builder: http2::Builder<TokioExecutor>) {
     let _ = stream.set_nodelay(true);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let first_call = tokio::time::timeout(REFUSE_FIRST_CALL, async {
         tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = answered.notified() => {}
+            _ = conn.as_mut() => false,
+            _ = answered.notified() => true,
         }
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
     })
     .await;
+    let close_within = match first_call {
+        Ok(false) => return, // the caller closed it
+        Ok(true) => REFUSE_CLOSE,
+        // Silent too long: told to go all the same, but not waited on for long.
+        Err(_) => REFUSE_FIRST_CALL / 2,
+    };
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(close_within, conn).await;
 }
 
-/// One open connection, counted until dropped.
+/// One open (or refused, being answered) connection, counted until dropped.
 struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
