@@ -13,12 +13,16 @@
 //!   over short windows (at least [`WINDOW_SAMPLES`] samples and [`WINDOW_MIN`], at
 //!   most [`WINDOW_MAX`]);
 //! - the **no-load latency** is the average latency of windows in which the limit
-//!   held nothing back (less than half of it in use), smoothed over about ten of them:
-//!   what this node's waiting path normally takes at the load it normally carries. A
-//!   node held at its limit does not learn from its windows (admitted requests are
-//!   fast because others were shed), nor from a window slow enough to lower the limit. After [`RELEARN`] with no unlimited window, the
-//!   state it is in becomes the new normal: a store that got slower for good does not
-//!   pin the limit at its floor for ever;
+//!   held nothing back (less than half of it in use) and the core had room (under
+//!   `http.waiting_saturation`), smoothed over about ten of them: what this node's
+//!   waiting path normally takes at the load it normally carries. A node held at its
+//!   limit does not learn from its windows (admitted requests are fast because others
+//!   were shed), nor from a window slow enough to lower the limit, nor from one with
+//!   the core full (a load that grew into an overload, or was one from the start,
+//!   would become the normal). Until a window with room has measured it, a saturated
+//!   window is judged against the CPU time an admitted request cost in it. After
+//!   [`RELEARN`] with no unlimited window, the state it is in becomes the new normal:
+//!   a store that got slower for good does not pin the limit at its floor for ever;
 //! - `gradient = clamp(tolerance × no_load / average, ½, 1)`. At 1 (latency within
 //!   `tolerance ×` the no-load latency), and with at least half the limit in use, the
 //!   limit grows by √limit: a node back from an overload reaches a limit of 100 in
@@ -334,9 +338,19 @@ impl Gradient {
         in_flight: usize,
         shed: u64,
         now: Instant,
-        cpu: impl FnOnce() -> Option<(Duration, f64)>,
+        cpu: impl Fn() -> Option<(Duration, f64)>,
     ) -> Option<Decision> {
-        let start = *self.window_start.get_or_insert(now);
+        let start = match self.window_start {
+            Some(start) => start,
+            None => {
+                // The first window: its CPU share is measured from here, so a node
+                // overloaded from its first request knows its core is full.
+                if let Some((total, _)) = cpu() {
+                    self.cpu_at = Some((now, total));
+                }
+                *self.window_start.insert(now)
+            }
+        };
         self.count += 1;
         self.sum += rtt.as_secs_f64();
         self.peak = self.peak.max(in_flight);
@@ -349,20 +363,28 @@ impl Gradient {
         // Admissions a second over the window (each sample is one admitted request).
         let admitted = f64::from(self.count) / age.as_secs_f64().max(1e-3);
         // Was the CPU the bottleneck? The share of the cores it may use the process
-        // spent over the window. Without a clock for it, taken as saturated; in the
-        // first window measured, unknown (nothing to compare with; holding is the safe
-        // side).
-        let share = match cpu() {
+        // spent over the window (and the CPU seconds). Without a clock for it, taken
+        // as saturated; unknown if the clock could not be read when the window
+        // opened (nothing to compare with; holding is the safe side).
+        let (share, cpu_secs) = match cpu() {
             Some((total, cores)) => match self.cpu_at.replace((now, total)) {
                 Some((at, before)) if now > at && cores > 0.0 => {
+                    let used = total.saturating_sub(before).as_secs_f64();
                     let wall = now.duration_since(at).as_secs_f64() * cores;
-                    Some(total.saturating_sub(before).as_secs_f64() / wall)
+                    (Some(used / wall), Some(used))
                 }
-                _ => None,
+                _ => (None, None),
             },
-            None => Some(1.0),
+            None => (Some(1.0), None),
         };
         let saturated = share.is_some_and(|c| c >= self.saturation);
+        // Room on the core (or no saturation share set): only such a window's latency
+        // can be no-load. Learned from saturated windows too, a load that grew into an
+        // overload, or was one from the node's first window, became the node's normal
+        // and was never shed (measured: a node started into 3× its capacity answered
+        // its 256 connections in seconds, shedding nothing).
+        let room = self.saturation <= 0.0 || share.is_none_or(|c| c < self.saturation);
+        let samples = f64::from(self.count);
         let shed_here = shed.saturating_sub(std::mem::replace(&mut self.shed_at, shed));
         self.window_start = Some(now);
         self.count = 0;
@@ -373,21 +395,29 @@ impl Gradient {
         let stale = self
             .unlimited_at
             .is_none_or(|at| now.saturating_duration_since(at) >= RELEARN);
+        // Never measured with room on the core, and saturated now: what an admitted
+        // request costs the core (its CPU time per sample, the window's sheds and
+        // hits included) stands in, unlearned, until a window with room measures it.
+        let provisional = self.no_load.is_none() && !room;
         let known = match self.no_load {
             Some(b) if !stale => b,
+            None if provisional => cpu_secs.map_or(average, |c| c / samples),
             // Nothing known, or a minute held at the limit: this is the normal now.
             _ => average,
         };
         let gradient = (self.tolerance * known / average.max(1e-9)).clamp(0.5, 1.0);
-        // Learned from unlimited windows within the tolerance only: the first slow
-        // window of an overload is not normal.
-        self.no_load = Some(if !limited && gradient >= 1.0 {
-            known + (average - known) * LEARN
-        } else {
-            known
-        });
-        if (!limited && gradient >= 1.0) || stale {
-            self.unlimited_at = Some(now);
+        // Learned from unlimited windows within the tolerance, with room on the core,
+        // only: the first slow window of an overload is not normal.
+        let learn = !limited && gradient >= 1.0 && room;
+        if !provisional {
+            self.no_load = Some(if learn {
+                known + (average - known) * LEARN
+            } else {
+                known
+            });
+            if learn || stale {
+                self.unlimited_at = Some(now);
+            }
         }
 
         if let Some(rate) = self.rate {
@@ -616,6 +646,52 @@ mod tests {
         assert_eq!(g.rate, None, "lifted");
         assert!(near(g.no_load.unwrap(), 5_000e-6), "{:?}", g.no_load);
         assert!(g.estimate > 100.0, "{}", g.estimate);
+    }
+
+    #[test]
+    fn a_node_overloaded_from_its_first_window_sheds() {
+        // Started into an overload: 256 connections answered in 13 ms each, the core
+        // full from the first request. No latency was ever measured with room, so
+        // the CPU time per request (~1.7 ms here) stands in: the first window sheds.
+        let mut g = Gradient::new(1024.0, 1.0, 1024.0, 2.0);
+        g.saturation = 0.9;
+        let mut sim = Sim::new();
+        sim.windows(&mut g, 1, (13_000, 256), 1.0, 0);
+        assert!(g.rate.is_some(), "capped");
+        assert!(near(g.estimate, 256.0 * 0.75), "{}", g.estimate);
+        assert_eq!(g.no_load, None, "the stand-in is not learned");
+        // Still saturated: the cap keeps falling, nothing learned.
+        let first = g.rate.unwrap();
+        sim.windows(&mut g, 3, (13_000, 256), 1.0, 100);
+        assert!(g.rate.unwrap() < first);
+        assert_eq!(g.no_load, None);
+        // Room on the core, answers fast: that latency is learned as no-load.
+        sim.windows(&mut g, 1, (300, 4), 0.5, 100);
+        assert!(near(g.no_load.unwrap(), 300e-6), "{:?}", g.no_load);
+    }
+
+    #[test]
+    fn a_latency_that_creeps_up_while_the_core_is_full_is_not_learned() {
+        let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
+        g.saturation = 0.9;
+        let mut sim = Sim::new();
+        sim.windows(&mut g, 2, (100, 1), 0.5, 0);
+        // 5% slower every window, the core full, few in flight: each window is within
+        // twice a no-load latency that followed it (1.5×), so it was never shed and the
+        // latency doubled every 14 windows. Now the no-load latency holds, and the
+        // window past twice it sheds.
+        let mut rtt = 100.0_f64;
+        let mut shed_at = None;
+        for k in 0..40 {
+            rtt *= 1.05;
+            sim.windows(&mut g, 1, (rtt as u64, 1), 0.95, 0);
+            if g.rate.is_some() && shed_at.is_none() {
+                shed_at = Some(k);
+            }
+        }
+        assert!(near(g.no_load.unwrap(), 100e-6), "{:?}", g.no_load);
+        // 100 × 1.05^15 = 207.9 µs: the first window past twice the no-load latency.
+        assert_eq!(shed_at, Some(14));
     }
 
     #[test]
