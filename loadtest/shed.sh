@@ -56,15 +56,15 @@ lt --connections $CONNS --rate $((C * 8 / 10)) --duration 10s --warmup 2s --json
     curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$A/healthz" || echo fail
     sleep 0.1
   done ) >"$tmp/health.txt" &
-pids+=($!)
+pids+=($!); samplers=($!)
 ( while kill -0 $NODE 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$NODE/status; sleep 1; done ) >"$tmp/rss.txt" &
-pids+=($!)
+pids+=($!); samplers+=($!)
 # The adaptive waiting limit and its rate cap (0: none), every 250 ms.
 ( while kill -0 $NODE 2>/dev/null; do
     curl -s "http://127.0.0.1:$A/metrics" | awk '/^readtier_http_waiting_limit / {l=$2} /^readtier_http_waiting_rate_limit / {r=$2} END {if (l != "") print l, (r == "" ? 0 : r)}'
     sleep 0.25
   done ) >"$tmp/limit.txt" &
-pids+=($!)
+pids+=($!); samplers+=($!)
 # How busy each of the two cores was (node on 0, load on 1), every 250 ms: /proc/stat's
 # busy jiffies (all but idle and iowait) over all, per core, so a generator whose core
 # is full, or anything else on the node's core, shows.
@@ -72,9 +72,12 @@ pids+=($!)
     awk '/^cpu[01] / {printf "%s %d %d ", $1, $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9} END {print ""}' /proc/stat
     sleep 0.25
   done ) >"$tmp/cores.txt" &
-pids+=($!)
+pids+=($!); samplers+=($!)
 lt --connections $CONNS --stages "${SECS}s@$((C * MULT)),5s@$((C * 8 / 10))" --warmup 1s \
   --json "$OUT/shed-3x.json" --svg "$OUT/shed-3x.svg" >/dev/null || true
+# The samplers stop with phase 3 (a probe in flight as the node is stopped is not a
+# failed probe).
+kill "${samplers[@]}" 2>/dev/null || true
 kill $NODE; wait $NODE 2>/dev/null || true
 start_node "${ADAPTIVE:-true}"
 lt --connections $CONNS --rate "${COLD_RATE:-$((C * MULT))}" --duration 10s --warmup 0s --json "$OUT/shed-cold.json" >/dev/null || true

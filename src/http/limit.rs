@@ -26,7 +26,10 @@
 //! - `gradient = clamp(tolerance × no_load / average, ½, 1)`. At 1 (latency within
 //!   `tolerance ×` the no-load latency), and with at least half the limit in use, the
 //!   limit grows by √limit: a node back from an overload reaches a limit of 100 in
-//!   about 20 windows. Below 1 the limit first drops to what was in use in the window
+//!   about 20 windows. It grows the same while the core has room (under the
+//!   saturation share), however slow the window: the limit is there to shed a CPU
+//!   overload, and one left where an overload put it went on shedding part of a load
+//!   the core could carry. Below 1 the limit first drops to what was in use in the window
 //!   (a limit above it admits nothing more), then by half the gradient's shortfall
 //!   (at most a quarter a window: from a few hundred in use to a few in about 15
 //!   windows; a fifth, at most a tenth, took ~40 windows, two seconds in which every
