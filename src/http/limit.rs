@@ -579,6 +579,25 @@ mod tests {
         }
     }
 
+    /// A gradient from `estimate` (floor 1, ceiling `max`, tolerance 2) gated at a
+    /// saturation share of 0.9, and a simulated node to feed it.
+    fn gated(estimate: f64, max: f64) -> (Gradient, Sim) {
+        let mut g = Gradient::new(estimate, 1.0, max, 2.0);
+        g.saturation = 0.9;
+        (g, Sim::new())
+    }
+
+    /// One window with the whole limit in use and nothing shed: it grows by √limit.
+    fn grows_one_step_in_use(g: &mut Gradient, sim: &mut Sim, rtt_us: u64, share: f64) {
+        let at = g.estimate;
+        sim.windows(g, 1, (rtt_us, at as usize), share, 0);
+        assert!(
+            near(g.estimate, at + at.sqrt()),
+            "{} after {at}",
+            g.estimate
+        );
+    }
+
     #[test]
     fn admits_up_to_the_limit_and_frees_on_release() {
         let l = WaitLimit::new(LimitConfig {
@@ -637,9 +656,7 @@ mod tests {
 
     #[test]
     fn the_no_load_latency_follows_unlimited_windows_and_relearns_after_a_minute() {
-        let mut g = Gradient::new(256.0, 1.0, 256.0, 2.0);
-        g.saturation = 0.9;
-        let mut sim = Sim::new();
+        let (mut g, mut sim) = gated(256.0, 256.0);
         sim.windows(&mut g, 1, (100, 1), 0.2, 0);
         // Unlimited windows at 200 µs: a tenth of the way each.
         sim.windows(&mut g, 1, (200, 1), 0.2, 0);
@@ -677,9 +694,7 @@ mod tests {
         // Started into an overload: 256 connections answered in 13 ms each, the core
         // full from the first request. No latency was ever measured with room, so
         // the CPU time per request (~1.7 ms here) stands in: the first window sheds.
-        let mut g = Gradient::new(1024.0, 1.0, 1024.0, 2.0);
-        g.saturation = 0.9;
-        let mut sim = Sim::new();
+        let (mut g, mut sim) = gated(1024.0, 1024.0);
         sim.windows(&mut g, 1, (13_000, 256), 1.0, 0);
         assert!(g.rate.is_some(), "capped");
         assert!(near(g.estimate, 256.0 * 0.75), "{}", g.estimate);
@@ -696,9 +711,7 @@ mod tests {
 
     #[test]
     fn a_latency_that_creeps_up_while_the_core_is_full_is_not_learned() {
-        let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
-        g.saturation = 0.9;
-        let mut sim = Sim::new();
+        let (mut g, mut sim) = gated(64.0, 256.0);
         sim.windows(&mut g, 2, (100, 1), 0.5, 0);
         // 5% slower every window, the core full, few in flight: each window is within
         // twice a no-load latency that followed it (1.5×), so it was never shed and the
@@ -720,9 +733,7 @@ mod tests {
 
     #[test]
     fn a_slow_window_with_an_idle_core_never_lowers_the_limit() {
-        let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
-        g.saturation = 0.9;
-        let mut sim = Sim::new();
+        let (mut g, mut sim) = gated(64.0, 256.0);
         // Teach 100 µs with the core mostly idle.
         sim.windows(&mut g, 2, (100, 1), 0.2, 0);
         // 10× slower, all 64 in use, but the core busy a fifth of the time: a slow
@@ -746,9 +757,7 @@ mod tests {
 
     #[test]
     fn a_saturated_core_caps_the_rate_and_the_cpu_share_steers_it() {
-        let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
-        g.saturation = 0.9;
-        let mut sim = Sim::new();
+        let (mut g, mut sim) = gated(64.0, 256.0);
         sim.windows(&mut g, 2, (100, 1), 0.5, 0);
         assert_eq!(g.rate, None, "fast: no cap");
         // 10× slower with 32 in flight and the core full: the count limit falls to
@@ -791,20 +800,12 @@ mod tests {
         // before.
         sim.windows(&mut g, 1, (100, 1), 0.5, 0);
         assert_eq!(g.rate, None);
-        let at = g.estimate;
-        sim.windows(&mut g, 1, (100, at as usize), 0.5, 0);
-        assert!(
-            near(g.estimate, at + at.sqrt()),
-            "{} after {at}",
-            g.estimate
-        );
+        grows_one_step_in_use(&mut g, &mut sim, 100, 0.5);
     }
 
     #[test]
     fn after_an_overload_a_limit_in_use_grows_back_while_the_core_has_room() {
-        let mut g = Gradient::new(64.0, 1.0, 256.0, 2.0);
-        g.saturation = 0.9;
-        let mut sim = Sim::new();
+        let (mut g, mut sim) = gated(64.0, 256.0);
         sim.windows(&mut g, 2, (100, 1), 0.5, 0);
         // An overload: capped, the limit down to 24.
         sim.windows(&mut g, 1, (1_000, 32), 1.0, 0);
@@ -819,13 +820,7 @@ mod tests {
         // Lifted once fast; the limit, uncapped, keeps growing while in use.
         sim.windows(&mut g, 1, (150, 30), 0.8, 0);
         assert_eq!(g.rate, None);
-        let at = g.estimate;
-        sim.windows(&mut g, 1, (300, at as usize), 0.8, 0);
-        assert!(
-            near(g.estimate, at + at.sqrt()),
-            "{} after {at}",
-            g.estimate
-        );
+        grows_one_step_in_use(&mut g, &mut sim, 300, 0.8);
     }
 
     #[test]
