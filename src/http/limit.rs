@@ -93,8 +93,9 @@ pub struct LimitConfig {
     pub max: usize,
     /// How many times the no-load latency a window may average before the limit falls.
     pub tolerance: f64,
-    /// The share of the runtime's worker time spent busy, over the window, at or above
-    /// which a slow window lowers the limit (0: any slow window does).
+    /// The share of the CPU time of the cores it may use the process spent, over the
+    /// window, at or above which a slow window lowers the limit (0: any slow window
+    /// does).
     pub saturation: f64,
 }
 
@@ -195,8 +196,6 @@ impl WaitLimit {
     }
 }
 
-/// The runtime's workers' busy time so far, summed, and how many workers there are
-/// (tokio's stable runtime metrics: a few atomic loads, read once a window).
 /// The CPU time this process has used (all its threads, user and kernel), and the
 /// cores it may use. Process time, not the runtime's worker busy time: a worker
 /// preempted by another process on its core is counted busy by tokio, so on a machine
@@ -392,7 +391,7 @@ impl Gradient {
         // overload, or was one from the node's first window, became the node's normal
         // and was never shed (measured: a node started into 3× its capacity answered
         // its 256 connections in seconds, shedding nothing).
-        let room = self.saturation <= 0.0 || share.is_none_or(|c| c < self.saturation);
+        let room = !saturated || self.saturation <= 0.0;
         let samples = f64::from(self.count);
         let shed_here = shed.saturating_sub(std::mem::replace(&mut self.shed_at, shed));
         self.window_start = Some(now);
@@ -460,54 +459,45 @@ impl Gradient {
                     let base = self.estimate.min(used.max(self.min));
                     self.estimate = (base * slow).clamp(self.min, self.max);
                 }
-            } else if gradient >= 1.0 && (share.is_some() || !by_cpu) {
+            } else if share.is_some() || !by_cpu {
                 // Not saturated and fast: a cap that shed nothing, or that the load no
                 // longer reaches half of (what is shed is shed by the count limit), is
                 // lifted; one still in the way is raised (by at least a twentieth a
-                // window). The count limit grows as it would uncapped.
-                let binding = shed_here > 0 && admitted * 2.0 >= rate;
-                self.rate = binding.then(|| rate * toward.max(1.05));
+                // window). Slow with room on the core (a dependency, or an overload's
+                // queue draining), the cap holds.
+                if gradient >= 1.0 {
+                    let binding = shed_here > 0 && admitted * 2.0 >= rate;
+                    self.rate = binding.then(|| rate * toward.max(1.05));
+                }
+                // Either way a count limit in use grows, as it would uncapped.
                 if limited {
                     self.grow();
                 }
-            } else if !hot && share.is_some() && limited {
-                // Slow with room on the core (a dependency, or an overload's queue
-                // draining): the cap holds, and a count limit in use grows as it
-                // would uncapped.
-                self.grow();
             }
-            // Otherwise (slow with the core not saturated and the limit not in use;
-            // or the CPU share unknown) both hold.
+            // Otherwise (the CPU share unknown) both hold.
             return Some(self.decision());
         }
-        let next = if gradient >= 1.0 {
-            if !limited {
-                // Below half the limit a fast window says nothing about a higher one.
+        if gradient >= 1.0 || !saturated {
+            // Fast; or slow, but the core was not: a dependency is slow (a Redis zone
+            // down, a locked table), or an overload is over and the queue it left
+            // drains. Shedding would fail reads the fall-through can still answer; the
+            // static caps bound the waiting. Either way a limit in use grows (left
+            // where an overload put it, it shed a few percent of the load for seconds
+            // after: measured, 94% served over 5 s back at 0.8 C). Below half the
+            // limit a window says nothing about a higher one; nor does a slow window
+            // whose CPU share is unknown.
+            if !limited || (gradient < 1.0 && share.is_none()) {
                 return None;
             }
-            self.estimate + self.estimate.sqrt()
-        } else {
-            if !saturated {
-                // Slow, but the core was not: a dependency is slow (a Redis zone
-                // down, a locked table), or an overload is over and the queue it left
-                // drains. Shedding would fail reads the fall-through can still
-                // answer; the static caps bound the waiting. A limit in use grows:
-                // left where an overload put it, it shed a few percent of the load
-                // for seconds after (measured: 94% served over 5 s back at 0.8 C).
-                if !limited || share.is_none() {
-                    return None;
-                }
-                return Some(self.grow());
-            }
-            let base = self.estimate.min(used.max(self.min));
-            // Slow with the core saturated: an overload of the CPU. Fewer in flight
-            // alone does not relieve it (a fast store read admits thousands a second
-            // through a limit of one), so the rate is capped too, below what this
-            // window admitted; from here the CPU share steers the cap (above).
-            self.rate = Some((admitted * (0.5 + 0.5 * gradient)).max(MIN_RATE));
-            (base * (0.5 + 0.5 * gradient)).clamp(self.min, self.max)
-        };
-        self.estimate = next.clamp(self.min, self.max);
+            return Some(self.grow());
+        }
+        // Slow with the core saturated: an overload of the CPU. Fewer in flight alone
+        // does not relieve it (a fast store read admits thousands a second through a
+        // limit of one), so the rate is capped too, below what this window admitted;
+        // from here the CPU share steers the cap (above).
+        let base = self.estimate.min(used.max(self.min));
+        self.rate = Some((admitted * (0.5 + 0.5 * gradient)).max(MIN_RATE));
+        self.estimate = (base * (0.5 + 0.5 * gradient)).clamp(self.min, self.max);
         Some(self.decision())
     }
 }
