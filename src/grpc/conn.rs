@@ -50,25 +50,19 @@ pub async fn serve(
             },
             _ = stop.cancelled() => return,
         };
-        if open.fetch_add(1, Ordering::AcqRel) >= max_connections {
-            open.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = Slot::take(&open, max_connections) else {
             refused.increment(1);
             // Each refusal holds a descriptor for seconds at most; past
             // MAX_REFUSING of them a connection is closed unanswered at once.
-            if refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
-                refusing.fetch_sub(1, Ordering::AcqRel);
-                drop(stream);
-                continue;
+            if let Some(refusing) = Slot::take(&refusing, MAX_REFUSING) {
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let _refusing = refusing;
+                    refuse(stream, builder).await
+                });
             }
-            let refusing = Slot(refusing.clone());
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let _refusing = refusing;
-                refuse(stream, builder).await
-            });
             continue;
-        }
-        let slot = Slot(open.clone());
+        };
         let _ = stream.set_nodelay(true);
         let conn = builder.serve_connection(
             TokioIo::new(stream),
@@ -170,6 +164,17 @@ async fn refuse(stream: TcpStream, builder: http2::Builder<TokioExecutor>) {
 
 /// One open (or refused, being answered) connection, counted until dropped.
 struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A slot of `count`'s, if fewer than `max` are taken.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(count.clone()))
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
