@@ -17,7 +17,7 @@
 # The generator's own send lag and CPU use in phase 3 are printed beside: at 3 C its
 # core is nearly full, and the latencies include its delays.
 # Prints the figures and writes the reports to $OUT (default docs/figures/shed/).
-# ADAPTIVE=false runs phases 2 and 3 with the waiting limit static (for comparison).
+# ADAPTIVE=false runs phases 2 to 4 with the waiting limit static (for comparison).
 # BIN=dir picks the binaries (default target/release, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,15 +56,15 @@ lt --connections $CONNS --rate $((C * 8 / 10)) --duration 10s --warmup 2s --json
     curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$A/healthz" || echo fail
     sleep 0.1
   done ) >"$tmp/health.txt" &
-pids+=($!); samplers=($!)
+samplers=($!)
 ( while kill -0 $NODE 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$NODE/status; sleep 1; done ) >"$tmp/rss.txt" &
-pids+=($!); samplers+=($!)
+samplers+=($!)
 # The adaptive waiting limit and its rate cap (0: none), every 250 ms.
 ( while kill -0 $NODE 2>/dev/null; do
     curl -s "http://127.0.0.1:$A/metrics" | awk '/^readtier_http_waiting_limit / {l=$2} /^readtier_http_waiting_rate_limit / {r=$2} END {if (l != "") print l, (r == "" ? 0 : r)}'
     sleep 0.25
   done ) >"$tmp/limit.txt" &
-pids+=($!); samplers+=($!)
+samplers+=($!)
 # How busy each of the two cores was (node on 0, load on 1), every 250 ms: /proc/stat's
 # busy jiffies (all but idle and iowait) over all, per core, so a generator whose core
 # is full, or anything else on the node's core, shows.
@@ -72,7 +72,8 @@ pids+=($!); samplers+=($!)
     awk '/^cpu[01] / {printf "%s %d %d ", $1, $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9} END {print ""}' /proc/stat
     sleep 0.25
   done ) >"$tmp/cores.txt" &
-pids+=($!); samplers+=($!)
+samplers+=($!)
+pids+=("${samplers[@]}")
 lt --connections $CONNS --stages "${SECS}s@$((C * MULT)),5s@$((C * 8 / 10))" --warmup 1s \
   --json "$OUT/shed-3x.json" --svg "$OUT/shed-3x.svg" >/dev/null || true
 # The samplers stop with phase 3 (a probe in flight as the node is stopped is not a
