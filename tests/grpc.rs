@@ -375,6 +375,18 @@ async fn deadlines_are_honoured_and_overload_is_unavailable() {
         .get_entitlement(pb::GetEntitlementRequest { member_id: 1 })
         .await
         .unwrap();
+    // A deadline of one millisecond (what gRPC core sends for anything less, rounded
+    // up) on a miss: DEADLINE_EXCEEDED before the store is asked, however fast it
+    // would have answered.
+    let e = raw_client(&node)
+        .get_entitlement(with_deadline(
+            pb::GetEntitlementRequest { member_id: 5 },
+            Duration::from_millis(1),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+
     // The store stops answering member reads.
     let locker = schema.lock_members().await;
 

@@ -105,9 +105,13 @@ impl ReadTierService {
             Some(d) if d < limit => (d, true),
             _ => (limit, false),
         };
-        // tokio's timer counts whole milliseconds and polls the lookup first: under
-        // one, a fast store read would answer a caller that has already given up.
-        if theirs && wait < Duration::from_millis(1) {
+        // tokio's timer counts whole milliseconds and polls the lookup first: at one
+        // or under, a fast store read would answer a caller that has already given
+        // up. One included: a client rounds what is left up to its timeout's unit,
+        // so a caller's "1m" may mean next to nothing left (a Python grpcio call with
+        // a 1 µs timeout got OK from a fast store read in `.ci/run` once: its header
+        // must have read 1 ms or more).
+        if theirs && wait <= Duration::from_millis(1) {
             return Err(GrpcError::DeadlineExceeded);
         }
         match tokio::time::timeout(wait, lookup).await {
