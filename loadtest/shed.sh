@@ -14,8 +14,8 @@
 #      second;
 #   4. a cold start: a fresh node driven at MULT C (or COLD_RATE a second) from its
 #      first request for 10 s (no calm load before it to learn from).
-# The generator's own send lag and CPU use in phase 3 are printed beside: at 3 C its
-# core is nearly full, and the latencies include its delays.
+# The generator's own send and read lags and CPU use in phase 3 are printed beside: at
+# 3 C its core is nearly full (the latencies leave both lags out).
 # Prints the figures and writes the reports to $OUT (default docs/figures/shed/).
 # ADAPTIVE=false runs phases 2 to 4 with the waiting limit static (for comparison).
 # BIN=dir picks the binaries (default target/release, built first).
@@ -131,6 +131,7 @@ summary = {
                    "p50_ms": cold["latency_ms"]["p50"], "p99_ms": cold["latency_ms"]["p99"],
                    "shed_p99_ms": cold["shed_latency_ms"]["p99"]},
     "generator": {"send_lag_p99_ms": r3["generator"]["send_lag_ms"]["p99"],
+                  "read_lag_p99_ms": r3["generator"]["read_lag_ms"]["p99"],
                   "cpu_utilisation": r3["generator"]["cpu_utilisation"]},
     "healthz_ms": {"probes": len(h), "failed": h.count("fail"),
                    "p99": hs[int(len(hs) * 0.99) - 1] if hs else None, "max": hs[-1] if hs else None},

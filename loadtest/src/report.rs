@@ -141,6 +141,8 @@ pub struct Recorder {
     pub seconds: Vec<Bucket>,
     /// How late the generator sent when the connection was free (open loop), µs.
     pub send_lag: Histogram<u64>,
+    /// How long answers waited in the socket before the generator read them, µs.
+    pub read_lag: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub served_from: BTreeMap<String, u64>,
 }
@@ -157,6 +159,7 @@ impl Recorder {
             stages: Vec::new(),
             seconds: Vec::new(),
             send_lag: histogram(),
+            read_lag: histogram(),
             statuses: BTreeMap::new(),
             served_from: BTreeMap::new(),
         }
@@ -172,6 +175,11 @@ impl Recorder {
         if let Some(l) = lag_us {
             let _ = self.send_lag.record(l.min(60_000_000));
         }
+    }
+
+    /// How long an answer to a send due in the window waited to be read.
+    pub fn read_lag(&mut self, micros: u64) {
+        let _ = self.read_lag.record(micros.min(60_000_000));
     }
 
     /// The answer to a send due in the window.
@@ -232,6 +240,7 @@ impl Recorder {
             at(&mut self.seconds, i).merge(b);
         }
         let _ = self.send_lag.add(&other.send_lag);
+        let _ = self.read_lag.add(&other.read_lag);
         for (k, v) in &other.statuses {
             *self.statuses.entry(*k).or_insert(0) += v;
         }
@@ -342,6 +351,10 @@ pub struct Generator {
     /// How late sends were made when their connection was free (open loop): the
     /// generator's own lateness, apart from waiting for a slow target.
     pub send_lag_ms: Option<Percentiles>,
+    /// How long answers sat in the generator's socket buffers before it read them
+    /// (from the kernel's receive stamps; zero where it gives none): the generator's
+    /// lag on the receive side, not in the latency.
+    pub read_lag_ms: Percentiles,
     /// Process CPU time over the window (Linux), and the cores it may run on. In open
     /// loop it reads high even when every send is on time (the generator spins in the
     /// last millisecond before each send): the send lag is the measure there.

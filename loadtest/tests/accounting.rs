@@ -349,7 +349,7 @@ fn closed_loop_ends_with_its_window() {
     );
     assert!(achieved > 0.0 && achieved <= 205.0);
     let sent = r.u("/sends/sent");
-    assert_eq!(s.answered.load(Ordering::SeqCst), sent);
+    assert_eq!(s.answered.load(Ordering::SeqCst), sent, "{}", r.stderr());
     assert_eq!(
         achieved,
         (sent - r.u("/answers/after_window_in_grace")) as f64
@@ -687,4 +687,71 @@ fn stages_are_reported_each() {
     assert!(f(&st[1], "/latency_ms/p99") > 5.0 * f(&st[0], "/latency_ms/p99"));
     let picture = std::fs::read_to_string(&svg).expect("svg written");
     assert!(picture.contains("stage 1: 800/s"), "stages drawn");
+}
+
+/// An answer is timed to when it reached this host, not to when the generator read
+/// it. The generator is stopped (SIGSTOP) for 400 ms while every connection of a
+/// closed loop has a request in flight at a server that answers in 50 ms: those
+/// answers wait unread for ~350 ms. Timed at their reading they would take ~400 ms;
+/// timed at their arrival, ~50 ms, and the wait shows as the read lag.
+#[test]
+fn a_stopped_generator_reports_its_read_lag_apart_from_latency() {
+    let _serial = serial();
+    let s = server(Mode::Slow(Duration::from_millis(50)));
+    let child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "--target",
+            &s.url,
+            "--path",
+            "/",
+            "--progress",
+            "0",
+            "--connections",
+            "8",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run loadtest");
+    let pid = child.id().to_string();
+    // Well inside the window (connecting 8 takes milliseconds).
+    std::thread::sleep(Duration::from_millis(900));
+    let signal = |sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(400));
+    signal("-CONT");
+    let out = child.wait_with_output().expect("loadtest ends");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read_lag_max = f(&report, "/generator/read_lag_ms/max");
+    let latency_max = f(&report, "/latency_ms/max");
+    assert!(
+        read_lag_max >= 250.0,
+        "the answers that arrived during the stop waited: read lag max {read_lag_max} ms"
+    );
+    // 50 ms of server delay, plus whatever a busy machine adds; far below the stop.
+    assert!(
+        latency_max < 200.0,
+        "latency max {latency_max} ms: the generator's stop was counted as the target's"
+    );
+    assert!(u(&report, "/answers/ok") > 0);
 }

@@ -1,0 +1,256 @@
+//! A TCP stream that notes when the bytes it reads reached this host's kernel.
+//!
+//! Why: at tens of thousands of answers a second the generator's one core falls behind
+//! in *reading* answers, and an answer that sat in its socket buffer for 3 ms while the
+//! generator was busy was not 3 ms slower from the target. The send side already takes
+//! the generator's own lag out of the latency (`send_lag`); this is the receive side.
+//! The kernel stamps every received segment (`SO_TIMESTAMPNS`, the software receive
+//! timestamp, taken as the segment is queued on the socket); `recvmsg` hands back the
+//! stamp of the last segment it read. A response is timed to the arrival of its last
+//! segment, and the wait between that and the generator reading it is reported apart
+//! as the read lag.
+//!
+//! Where the kernel gives no stamp (not Linux, the option refused, or the first
+//! segments after a process first asks: the kernel turns stamping on in deferred
+//! work), nothing is noted and the answer is timed when it is read, as before.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The instant arrivals are counted from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// When the last segment read on a connection arrived: nanoseconds after [`epoch`]
+/// plus one (0: nothing noted since the last [`Arrival::take`]).
+#[derive(Default)]
+pub struct Arrival(AtomicU64);
+
+impl Arrival {
+    /// The arrival noted since the last call, if any.
+    pub fn take(&self) -> Option<Instant> {
+        match self.0.swap(0, Ordering::Relaxed) {
+            0 => None,
+            n => Some(epoch() + Duration::from_nanos(n - 1)),
+        }
+    }
+
+    fn note(&self, at: Instant) {
+        let n = at.saturating_duration_since(epoch()).as_nanos() as u64;
+        self.0.store(n + 1, Ordering::Relaxed);
+    }
+}
+
+/// A connected stream whose reads note their arrival in a shared [`Arrival`].
+pub struct Stamped {
+    inner: TcpStream,
+    arrival: Arc<Arrival>,
+    /// The kernel accepted `SO_TIMESTAMPNS`: reads go through `recvmsg`.
+    stamps: bool,
+}
+
+impl Stamped {
+    pub fn new(inner: TcpStream) -> (Stamped, Arc<Arrival>) {
+        epoch();
+        let stamps = enable(&inner);
+        let arrival = Arc::new(Arrival::default());
+        let s = Stamped {
+            inner,
+            arrival: arrival.clone(),
+            stamps,
+        };
+        (s, arrival)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn enable(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and an option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enable(_: &TcpStream) -> bool {
+    false
+}
+
+/// One `recvmsg` into `buf`: the bytes read and the kernel's receive stamp of the last
+/// segment among them (CLOCK_REALTIME), if it gave one.
+#[cfg(target_os = "linux")]
+fn recv_stamped(s: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+    use std::os::fd::AsRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one timespec control message, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: the header points at `iov` (over `buf`) and `control`, both alive and
+    // of the lengths given, for the duration of the call.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: walking the control messages the kernel wrote into `control`, within
+    // msg_controllen, with the libc macros made for it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                stamp = Some(
+                    SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                );
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn recv_stamped(_: &TcpStream, _: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+impl AsyncRead for Stamped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if !me.stamps {
+            return Pin::new(&mut me.inner).poll_read(cx, buf);
+        }
+        loop {
+            ready!(me.inner.poll_read_ready(cx))?;
+            // SAFETY: recvmsg only writes into the unfilled part and reports how much;
+            // exactly that much is marked initialised below.
+            let unfilled = unsafe { &mut *(buf.unfilled_mut() as *mut [_] as *mut [u8]) };
+            match me
+                .inner
+                .try_io(Interest::READABLE, || recv_stamped(&me.inner, unfilled))
+            {
+                Ok((n, stamp)) => {
+                    if let Some(at) = stamp {
+                        // How long ago it arrived, on the wall clock, moved onto the
+                        // monotonic one (both read now; a clock step during one read
+                        // is clamped to "just now").
+                        let ago = SystemTime::now().duration_since(at).unwrap_or_default();
+                        let now = Instant::now();
+                        me.arrival.note(now.checked_sub(ago).unwrap_or(now));
+                    }
+                    // SAFETY: recvmsg wrote n bytes at the start of the unfilled part.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stamped {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bytes that sat unread for 50 ms are stamped with their arrival, not their read.
+    #[tokio::test]
+    async fn a_read_is_stamped_with_when_its_bytes_arrived() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) =
+            tokio::join!(TcpStream::connect(addr), async { listener.accept().await });
+        let (mut s, arrival) = Stamped::new(client.unwrap());
+        let (mut peer, _) = server.unwrap();
+        let mut buf = [0u8; 16];
+        // The kernel turns receive stamping on a moment after the first socket asks
+        // (deferred work): the first segments of a process may come unstamped.
+        for _ in 0..200 {
+            peer.write_all(b"x").await.unwrap();
+            s.read_exact(&mut buf[..1]).await.unwrap();
+            if arrival.take().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sent = Instant::now();
+        peer.write_all(b"hello").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = s.read(&mut buf).await.unwrap();
+        let read = Instant::now();
+        assert_eq!(&buf[..n], b"hello");
+        let at = arrival.take().expect("the kernel stamps received segments");
+        assert!(
+            at >= sent - Duration::from_millis(1),
+            "stamped before it was sent"
+        );
+        assert!(
+            read.duration_since(at) >= Duration::from_millis(45),
+            "stamped at its read, not its arrival: {:?} before the read",
+            read.duration_since(at)
+        );
+        assert!(arrival.take().is_none(), "taken once");
+    }
+}
