@@ -399,7 +399,15 @@ async fn connection(plan: Arc<Plan>, t: Target, index: usize, mut sender: Option
         if let Some(p) = place {
             let (late, lag) = match plan.schedule {
                 Some(_) => {
-                    let late = if own_lag > plan.late_bound {
+                    // Late by the target's doing when it held the connection past the
+                    // bound after the send was due, whatever the generator added to
+                    // that (it reads an answer a little after its arrival, and on a
+                    // busy machine more than the bound after: such a send, due seconds
+                    // before behind a backlog, is not the generator's lateness).
+                    let held = free_since.saturating_duration_since(intended);
+                    let late = if held > plan.late_bound {
+                        Late::Target
+                    } else if own_lag > plan.late_bound {
                         Late::Generator
                     } else if sent_at.saturating_duration_since(intended) > plan.late_bound {
                         Late::Target

@@ -239,7 +239,14 @@ fn over_capacity_reports_achieved_and_counts_dropped_sends() {
     // All but each connection's first send waited for the previous answer: late, and
     // (nearly all) by the target's doing, not the generator's.
     assert!(late + 4 >= sent && late <= sent, "late {late} of {sent}");
-    assert!(r.u("/sends/late_generator") <= sent / 20);
+    // (A send due behind the backlog is the target's even when the generator read the
+    // answer before it late: CI, with the suite running beside, once put more than a
+    // twentieth on the generator when its read lag counted.)
+    let late_generator = r.u("/sends/late_generator");
+    assert!(
+        late_generator <= sent / 20,
+        "late by the generator's doing: {late_generator} of {sent}"
+    );
     // Every send made was answered (the last ones inside the grace), and the target
     // saw exactly those.
     assert_eq!(r.u("/answers/ok"), sent);
