@@ -15,38 +15,29 @@
 //! work), nothing is noted and the answer is timed when it is read, as before.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The instant arrivals are counted from.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// When the last segment read on a connection arrived: nanoseconds after [`epoch`]
-/// plus one (0: nothing noted since the last [`Arrival::take`]).
+/// When the last segment read on a connection arrived, until taken. Written by the
+/// connection's reading task, taken by the task timing its answers; uncontended.
 #[derive(Default)]
-pub struct Arrival(AtomicU64);
+pub struct Arrival(Mutex<Option<Instant>>);
 
 impl Arrival {
     /// The arrival noted since the last call, if any.
     pub fn take(&self) -> Option<Instant> {
-        match self.0.swap(0, Ordering::Relaxed) {
-            0 => None,
-            n => Some(epoch() + Duration::from_nanos(n - 1)),
-        }
+        // A poisoned lock holds a plain Instant: still good.
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     fn note(&self, at: Instant) {
-        let n = at.saturating_duration_since(epoch()).as_nanos() as u64;
-        self.0.store(n + 1, Ordering::Relaxed);
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
     }
 }
 
@@ -60,7 +51,6 @@ pub struct Stamped {
 
 impl Stamped {
     pub fn new(inner: TcpStream) -> (Stamped, Arc<Arrival>) {
-        epoch();
         let stamps = enable(&inner);
         let arrival = Arc::new(Arrival::default());
         let s = Stamped {
@@ -97,7 +87,10 @@ fn enable(_: &TcpStream) -> bool {
 /// One `recvmsg` into `buf`: the bytes read and the kernel's receive stamp of the last
 /// segment among them (CLOCK_REALTIME), if it gave one.
 #[cfg(target_os = "linux")]
-fn recv_stamped(s: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+fn recv_stamped(
+    s: &TcpStream,
+    buf: &mut [MaybeUninit<u8>],
+) -> io::Result<(usize, Option<SystemTime>)> {
     use std::os::fd::AsRawFd;
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -136,7 +129,10 @@ fn recv_stamped(s: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<Syst
 }
 
 #[cfg(not(target_os = "linux"))]
-fn recv_stamped(_: &TcpStream, _: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+fn recv_stamped(
+    _: &TcpStream,
+    _: &mut [MaybeUninit<u8>],
+) -> io::Result<(usize, Option<SystemTime>)> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
@@ -152,9 +148,10 @@ impl AsyncRead for Stamped {
         }
         loop {
             ready!(me.inner.poll_read_ready(cx))?;
-            // SAFETY: recvmsg only writes into the unfilled part and reports how much;
-            // exactly that much is marked initialised below.
-            let unfilled = unsafe { &mut *(buf.unfilled_mut() as *mut [_] as *mut [u8]) };
+            // SAFETY: recvmsg only writes into the unfilled part (never reads it, nor
+            // de-initialises it) and reports how much; exactly that much is marked
+            // initialised below.
+            let unfilled = unsafe { buf.unfilled_mut() };
             match me
                 .inner
                 .try_io(Interest::READABLE, || recv_stamped(&me.inner, unfilled))
