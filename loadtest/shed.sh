@@ -30,19 +30,8 @@ MULT=${MULT:-3}
 echo "shed.sh: $CONNS connections, ${MULT}x; adaptive waiting ${ADAPTIVE:-true}" >&2
 OUT=${OUT:-docs/figures/shed}
 . loadtest/lib.sh
-P=$(port); A=$(port)
-# Starts the node; $1: adaptive waiting limit (true/false).
-start_node() {
-  READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$P READTIER_ADMIN_LISTEN=127.0.0.1:$A \
-    READTIER_L1_CAPACITY=20000 READTIER_HTTP_ADAPTIVE_WAITING=$1 RUST_LOG=warn \
-    taskset -c 0 "$BIN/readtier" >>"$tmp/node.log" 2>&1 &
-  NODE=$!
-  pids+=($NODE)
-  for _ in $(seq 1 240); do curl -s -o /dev/null "http://127.0.0.1:$P/healthz" && break; sleep 0.5; done
-}
+. loadtest/shed_lib.sh
 mkdir -p "$OUT"
-lt() { taskset -c 1 "$BIN/loadtest" --target "http://127.0.0.1:$P" --mix plans=0,entitlement=1,authorize=0 \
-  --zipf 0 --members 1000000 --progress 0 "$@"; }
 # Capacity is what the node serves, not what it sheds: measured with the limit static
 # (a saturated closed loop is latency the adaptive limit would shed).
 start_node false

@@ -4,8 +4,8 @@
 #
 #   HIGH=63000 LOW=16800 loadtest/shed_rate.sh
 #
-# One node on core 0 (shed.sh's settings: embedded default, 1,000,000 members, L1 of
-# 20,000), loadtest on core 1, 256 connections: 5 s at LOW a second (the calm load
+# One node on core 0 and loadtest on core 1 as shed.sh has them (shed_lib.sh), 256
+# connections: 5 s at LOW a second (the calm load
 # the node learns from), then 10 s at HIGH and 5 s back at LOW. Prints one line: the
 # overload's served rate and p99, its shed p99, the share of the LOW load served in
 # the first and second seconds after the drop and over the 5 s, and the generator's
@@ -16,15 +16,10 @@ cd "$(dirname "$0")/.."
 HIGH=${HIGH:-63000}
 LOW=${LOW:-16800}
 . loadtest/lib.sh
-P=$(port); A=$(port)
-READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$P READTIER_ADMIN_LISTEN=127.0.0.1:$A \
-  READTIER_L1_CAPACITY=20000 RUST_LOG=warn taskset -c 0 "$BIN/readtier" >>"$tmp/node.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 240); do curl -s -o /dev/null "http://127.0.0.1:$P/healthz" && break; sleep 0.5; done
-lt() { taskset -c 1 "$BIN/loadtest" --target "http://127.0.0.1:$P" --mix plans=0,entitlement=1,authorize=0 \
-  --zipf 0 --members 1000000 --progress 0 --connections 256 "$@"; }
-lt --rate "$LOW" --duration 5s --warmup 1s >/dev/null 2>&1 || true
-lt --stages "10s@$HIGH,5s@$LOW" --warmup 1s --json "$tmp/r.json" >/dev/null 2>&1 || true
+. loadtest/shed_lib.sh
+start_node
+lt --connections 256 --rate "$LOW" --duration 5s --warmup 1s >/dev/null 2>&1 || true
+lt --connections 256 --stages "10s@$HIGH,5s@$LOW" --warmup 1s --json "$tmp/r.json" >/dev/null 2>&1 || true
 python3 - "$tmp/r.json" "$BIN" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
