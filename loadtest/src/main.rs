@@ -5,9 +5,12 @@
 //!   from each send's intended time, so a target that stalls cannot hide the queue it
 //!   causes (no coordinated omission), less the generator's own lag (how late a send
 //!   went out after it was due with its connection free), which is the generator's
-//!   doing and is reported apart (`send_lag`). An answer is timed to when its last
+//!   doing and is reported apart (`send_lag`). A request is timed from when the
+//!   generator's connection task got round to writing it, not from when it was handed
+//!   to that task (the hop between is `write_lag`), and its answer to when its last
 //!   byte reached this host's kernel (its receive stamp), not to when the generator
-//!   got round to reading it; that wait is reported apart too (`read_lag`).
+//!   got round to reading it (`read_lag`): both waits are the generator's, reported
+//!   apart.
 //! - **closed loop** (`--rate 0`, the default): every connection sends its next request
 //!   as soon as the last answer arrives; this measures maximum throughput.
 //!
@@ -274,18 +277,18 @@ fn request(plan: &Plan, t: &Target, rng: &mut Rng) -> http::Request<Full<Bytes>>
     .expect("valid request")
 }
 
-/// A connection's request sender and where its reads note their arrival.
-type Sender = (http1::SendRequest<Full<Bytes>>, Arc<stamped::Arrival>);
+/// A connection's request sender and where its socket notes its write and read times.
+type Sender = (http1::SendRequest<Full<Bytes>>, Arc<stamped::Stamps>);
 
 async fn connect(t: &Target) -> anyhow::Result<Sender> {
     let stream = tokio::net::TcpStream::connect(&t.host).await?;
     stream.set_nodelay(true)?;
-    let (stream, arrival) = stamped::Stamped::new(stream);
+    let (stream, stamps) = stamped::Stamped::new(stream);
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok((sender, arrival))
+    Ok((sender, stamps))
 }
 
 /// Every runtime thread's recorder, registered on first use.
@@ -386,7 +389,7 @@ async fn connection(plan: Arc<Plan>, t: Target, index: usize, mut sender: Option
                 }
             }
         }
-        let (s, arrival) = sender.as_mut().expect("connected just above");
+        let (s, stamps) = sender.as_mut().expect("connected just above");
         let req = request(&plan, &t, &mut rng);
         let sent_at = Instant::now();
         // The generator's own lag: how late this send went out after it was due and its
@@ -421,8 +424,8 @@ async fn connection(plan: Arc<Plan>, t: Target, index: usize, mut sender: Option
             record(|r| r.sent(p, late, lag));
         }
         plan.sent.fetch_add(1, Ordering::Relaxed);
-        // A stamp left from before this send (none is expected) must not time its answer.
-        let _ = arrival.take();
+        // Stamps left from before this send (none is expected) must not time this one.
+        let _ = (stamps.arrival(), stamps.written());
         let result = async {
             s.ready().await?;
             let resp = s.send_request(req).await?;
@@ -433,11 +436,17 @@ async fn connection(plan: Arc<Plan>, t: Target, index: usize, mut sender: Option
             Ok::<_, hyper::Error>((status, retry_after, from))
         }
         .await;
-        // The answer is timed to when its last byte reached this host, not to when this
-        // task got to read it: the wait in between is the generator's (read lag,
-        // reported apart). Without a kernel stamp, when it was read.
+        // The request is timed from when the connection task first tried to write it,
+        // not from when it was handed over: the hop in between is the generator's
+        // (write lag, reported apart). The answer is timed to when its last byte
+        // reached this host, not to when this task got to read it: the wait in between
+        // is the generator's too (read lag). Without a kernel stamp, when it was read.
         let read = Instant::now();
-        let done = arrival.take().map_or(read, |at| at.clamp(sent_at, read));
+        let written = stamps
+            .written()
+            .map_or(sent_at, |at| at.clamp(sent_at, read));
+        let write_lag = written.duration_since(sent_at);
+        let done = stamps.arrival().map_or(read, |at| at.clamp(written, read));
         let read_lag = read.duration_since(done);
         free_since = done;
         match result {
@@ -448,9 +457,10 @@ async fn connection(plan: Arc<Plan>, t: Target, index: usize, mut sender: Option
                     record(|r| {
                         if let Some(p) = place {
                             r.read_lag(read_lag.as_micros() as u64);
+                            r.write_lag(write_lag.as_micros() as u64);
                             r.answer(
                                 p,
-                                done.saturating_duration_since(intended + own_lag)
+                                done.saturating_duration_since(intended + own_lag + write_lag)
                                     .as_micros() as u64,
                                 status,
                                 outcome,
@@ -876,6 +886,13 @@ fn build_report(
             read_lag.p99
         ));
     }
+    let write_lag = Percentiles::of(&rec.write_lag);
+    if write_lag.p99 > late_bound_ms {
+        warnings.push(format!(
+            "the generator wrote requests late: write lag p99 {:.3} ms (requests timed from their write, so not in the latency); its core was short",
+            write_lag.p99
+        ));
+    }
     if let (None, Some(u)) = (schedule, cpu_utilisation) {
         if u >= 0.9 {
             warnings.push(format!(
@@ -936,6 +953,7 @@ fn build_report(
         generator: report::Generator {
             send_lag_ms: send_lag,
             read_lag_ms: read_lag,
+            write_lag_ms: write_lag,
             cpu_seconds: cpu.map(|c| c.as_secs_f64()),
             cores,
             cpu_utilisation,

@@ -143,6 +143,8 @@ pub struct Recorder {
     pub send_lag: Histogram<u64>,
     /// How long answers waited in the socket before the generator read them, µs.
     pub read_lag: Histogram<u64>,
+    /// How long requests waited for their connection task to write them, µs.
+    pub write_lag: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub served_from: BTreeMap<String, u64>,
 }
@@ -160,6 +162,7 @@ impl Recorder {
             seconds: Vec::new(),
             send_lag: histogram(),
             read_lag: histogram(),
+            write_lag: histogram(),
             statuses: BTreeMap::new(),
             served_from: BTreeMap::new(),
         }
@@ -180,6 +183,11 @@ impl Recorder {
     /// How long an answer to a send due in the window waited to be read.
     pub fn read_lag(&mut self, micros: u64) {
         let _ = self.read_lag.record(micros.min(60_000_000));
+    }
+
+    /// How long a send due in the window waited for its connection task to write it.
+    pub fn write_lag(&mut self, micros: u64) {
+        let _ = self.write_lag.record(micros.min(60_000_000));
     }
 
     /// The answer to a send due in the window.
@@ -241,6 +249,7 @@ impl Recorder {
         }
         let _ = self.send_lag.add(&other.send_lag);
         let _ = self.read_lag.add(&other.read_lag);
+        let _ = self.write_lag.add(&other.write_lag);
         for (k, v) in &other.statuses {
             *self.statuses.entry(*k).or_insert(0) += v;
         }
@@ -355,6 +364,10 @@ pub struct Generator {
     /// (from the kernel's receive stamps; zero where it gives none): the generator's
     /// lag on the receive side, not in the latency.
     pub read_lag_ms: Percentiles,
+    /// How long requests waited, once made, for the generator's connection task to
+    /// write them: the generator's lag on the send side after `send_lag`, not in the
+    /// latency.
+    pub write_lag_ms: Percentiles,
     /// Process CPU time over the window (Linux), and the cores it may run on. In open
     /// loop it reads high even when every send is on time (the generator spins in the
     /// last millisecond before each send): the send lag is the measure there.

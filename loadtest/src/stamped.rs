@@ -1,4 +1,5 @@
-//! A TCP stream that notes when the bytes it reads reached this host's kernel.
+//! A TCP stream that notes when the bytes it reads reached this host's kernel, and when
+//! it was first asked to write.
 //!
 //! Why: at tens of thousands of answers a second the generator's one core falls behind
 //! in *reading* answers, and an answer that sat in its socket buffer for 3 ms while the
@@ -13,6 +14,12 @@
 //! Where the kernel gives no stamp (not Linux, the option refused, or the first
 //! segments after a process first asks: the kernel turns stamping on in deferred
 //! work), nothing is noted and the answer is timed when it is read, as before.
+//!
+//! The write side: a request handed to hyper is written by the connection's own task,
+//! which a busy generator runs a while later. The first write attempt after the stamps
+//! are taken is noted, so that hop is the generator's (`write_lag`), not in the
+//! latency either. Noted at the attempt, before the system call: a write the target's
+//! closed window held back would be the target's doing.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -24,41 +31,61 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// When the last segment read on a connection arrived, until taken. Written by the
-/// connection's reading task, taken by the task timing its answers; uncontended.
+/// When the last segment read on a connection arrived, and when the first write since
+/// the last take was attempted, each until taken. Noted by the connection's own task,
+/// taken by the task timing its answers; uncontended.
 #[derive(Default)]
-pub struct Arrival(Mutex<Option<Instant>>);
+pub struct Stamps {
+    arrival: Mutex<Option<Instant>>,
+    written: Mutex<Option<Instant>>,
+}
 
-impl Arrival {
+/// A poisoned lock holds a plain Instant: still good.
+fn cell(m: &Mutex<Option<Instant>>) -> std::sync::MutexGuard<'_, Option<Instant>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Stamps {
     /// The arrival noted since the last call, if any.
-    pub fn take(&self) -> Option<Instant> {
-        // A poisoned lock holds a plain Instant: still good.
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    pub fn arrival(&self) -> Option<Instant> {
+        cell(&self.arrival).take()
     }
 
-    fn note(&self, at: Instant) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    /// When the first write since the last call was attempted, if any.
+    pub fn written(&self) -> Option<Instant> {
+        cell(&self.written).take()
+    }
+
+    fn note_arrival(&self, at: Instant) {
+        *cell(&self.arrival) = Some(at);
+    }
+
+    fn note_write(&self) {
+        let mut w = cell(&self.written);
+        if w.is_none() {
+            *w = Some(Instant::now());
+        }
     }
 }
 
-/// A connected stream whose reads note their arrival in a shared [`Arrival`].
+/// A connected stream whose reads and writes note their times in shared [`Stamps`].
 pub struct Stamped {
     inner: TcpStream,
-    arrival: Arc<Arrival>,
+    stamps: Arc<Stamps>,
     /// The kernel accepted `SO_TIMESTAMPNS`: reads go through `recvmsg`.
-    stamps: bool,
+    kernel_stamps: bool,
 }
 
 impl Stamped {
-    pub fn new(inner: TcpStream) -> (Stamped, Arc<Arrival>) {
-        let stamps = enable(&inner);
-        let arrival = Arc::new(Arrival::default());
+    pub fn new(inner: TcpStream) -> (Stamped, Arc<Stamps>) {
+        let kernel_stamps = enable(&inner);
+        let stamps = Arc::new(Stamps::default());
         let s = Stamped {
             inner,
-            arrival: arrival.clone(),
-            stamps,
+            stamps: stamps.clone(),
+            kernel_stamps,
         };
-        (s, arrival)
+        (s, stamps)
     }
 }
 
@@ -143,7 +170,7 @@ impl AsyncRead for Stamped {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        if !me.stamps {
+        if !me.kernel_stamps {
             return Pin::new(&mut me.inner).poll_read(cx, buf);
         }
         loop {
@@ -163,7 +190,7 @@ impl AsyncRead for Stamped {
                         // is clamped to "just now").
                         let ago = SystemTime::now().duration_since(at).unwrap_or_default();
                         let now = Instant::now();
-                        me.arrival.note(now.checked_sub(ago).unwrap_or(now));
+                        me.stamps.note_arrival(now.checked_sub(ago).unwrap_or(now));
                     }
                     // SAFETY: recvmsg wrote n bytes at the start of the unfilled part.
                     unsafe { buf.assume_init(n) };
@@ -183,7 +210,9 @@ impl AsyncWrite for Stamped {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        me.stamps.note_write();
+        Pin::new(&mut me.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -191,7 +220,9 @@ impl AsyncWrite for Stamped {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        me.stamps.note_write();
+        Pin::new(&mut me.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -219,7 +250,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (client, server) =
             tokio::join!(TcpStream::connect(addr), async { listener.accept().await });
-        let (mut s, arrival) = Stamped::new(client.unwrap());
+        let (mut s, stamps) = Stamped::new(client.unwrap());
         let (mut peer, _) = server.unwrap();
         let mut buf = [0u8; 16];
         // The kernel turns receive stamping on a moment after the first socket asks
@@ -227,7 +258,7 @@ mod tests {
         for _ in 0..200 {
             peer.write_all(b"x").await.unwrap();
             s.read_exact(&mut buf[..1]).await.unwrap();
-            if arrival.take().is_some() {
+            if stamps.arrival().is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -238,7 +269,9 @@ mod tests {
         let n = s.read(&mut buf).await.unwrap();
         let read = Instant::now();
         assert_eq!(&buf[..n], b"hello");
-        let at = arrival.take().expect("the kernel stamps received segments");
+        let at = stamps
+            .arrival()
+            .expect("the kernel stamps received segments");
         assert!(
             at >= sent - Duration::from_millis(1),
             "stamped before it was sent"
@@ -248,6 +281,41 @@ mod tests {
             "stamped at its read, not its arrival: {:?} before the read",
             read.duration_since(at)
         );
-        assert!(arrival.take().is_none(), "taken once");
+        assert!(stamps.arrival().is_none(), "taken once");
+    }
+
+    /// A write is noted when first attempted after a take, and later writes do not move
+    /// it: the request's write time is when the generator got round to writing it.
+    #[tokio::test]
+    async fn a_write_is_noted_at_its_first_attempt() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) =
+            tokio::join!(TcpStream::connect(addr), async { listener.accept().await });
+        let (mut s, stamps) = Stamped::new(client.unwrap());
+        let (mut peer, _) = server.unwrap();
+        assert!(stamps.written().is_none(), "nothing written yet");
+        let before = Instant::now();
+        s.write_all(b"GET").await.unwrap();
+        let first = Instant::now();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        s.write_all(b" /").await.unwrap();
+        let at = stamps.written().expect("the write was noted");
+        assert!(
+            before <= at && at <= first,
+            "noted at the first write, not the second ({:?} after it)",
+            at.saturating_duration_since(first)
+        );
+        assert!(stamps.written().is_none(), "taken once");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let again = Instant::now();
+        s.write_all(b"\r\n").await.unwrap();
+        let at = stamps
+            .written()
+            .expect("a write after the take is noted anew");
+        assert!(at >= again, "the new note is the new write's");
+        let mut got = [0u8; 7];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /\r\n");
     }
 }
