@@ -42,6 +42,15 @@
 //!   would fail reads the fall-through can still answer (the fault suite counts them);
 //!   an overloaded core is busy. Not the runtime's worker busy time, which counts a
 //!   worker preempted by another process as busy;
+//! - **or the store saturated by the node's own reads**: a slow window in which store
+//!   fills found all `l2.max_store_fills` permits taken and queued lowers the count
+//!   limit the same way, with the core idle. The store answers a fixed number at once
+//!   and the rest queue in the node, so fewer in flight is exactly what relieves it; no
+//!   rate cap (that is for a core a fast read can fill). Without this a node on a
+//!   PostgreSQL store driven at 3× its capacity kept its limit at 1,024 and queued
+//!   every request (admitted p99 16 s from the schedule, 8 shed in 20 s: measured,
+//!   docs/PERFORMANCE.md). A slow Redis zone does not queue fills, so its reads are
+//!   still not shed;
 //! - **a rate cap steered by the CPU share**: a slow window with the core saturated
 //!   also caps admissions a second, below what the window admitted. Fewer in flight
 //!   alone does not relieve the core (a fast store read admits thousands a second
@@ -170,15 +179,16 @@ impl WaitLimit {
         }
     }
 
-    /// Ends an admitted request that took `rtt` in the node.
-    pub fn release(&self, rtt: Duration) {
+    /// Ends an admitted request that took `rtt` in the node; `queued` is the count,
+    /// since start, of store fills that queued for a permit.
+    pub fn release(&self, rtt: Duration, queued: u64) {
         let in_flight = self.in_flight.fetch_sub(1, Ordering::AcqRel);
         let Some(g) = &self.gradient else { return };
         // Contended only when two waited requests end at the same instant; the sample
         // is worth less than the wait.
         let Ok(mut g) = g.try_lock() else { return };
         let shed = self.shed.load(Ordering::Relaxed);
-        if let Some(d) = g.sample(rtt, in_flight, shed, Instant::now(), process_cpu) {
+        if let Some(d) = g.sample(rtt, in_flight, shed, queued, Instant::now(), process_cpu) {
             self.limit.store(d.limit, Ordering::Relaxed);
             let interval = d.rate.map_or(0, |r| (1e9 / r).max(1.0) as u64);
             self.interval_ns.store(interval, Ordering::Relaxed);
@@ -295,6 +305,8 @@ struct Gradient {
     cpu_at: Option<(Instant, Duration)>,
     /// Requests shed (all time) when the last window closed.
     shed_at: u64,
+    /// Store fills that queued (all time) when the last window closed.
+    queued_at: u64,
     /// The cap on admissions a second, once the limit alone could not shed enough.
     rate: Option<f64>,
 }
@@ -322,6 +334,7 @@ impl Gradient {
             saturation: 0.0,
             cpu_at: None,
             shed_at: 0,
+            queued_at: 0,
             rate: None,
         }
     }
@@ -330,6 +343,12 @@ impl Gradient {
     fn grow(&mut self) -> Decision {
         self.estimate = (self.estimate + self.estimate.sqrt()).min(self.max);
         self.decision()
+    }
+
+    /// The limit down to what was in use, then by half the gradient's shortfall.
+    fn lower(&mut self, used: f64, gradient: f64) {
+        let base = self.estimate.min(used.max(self.min));
+        self.estimate = (base * (0.5 + 0.5 * gradient)).clamp(self.min, self.max);
     }
 
     fn decision(&self) -> Decision {
@@ -345,6 +364,7 @@ impl Gradient {
         rtt: Duration,
         in_flight: usize,
         shed: u64,
+        queued: u64,
         now: Instant,
         cpu: impl Fn() -> Option<(Duration, f64)>,
     ) -> Option<Decision> {
@@ -394,6 +414,8 @@ impl Gradient {
         let room = !saturated || self.saturation <= 0.0;
         let samples = f64::from(self.count);
         let shed_here = shed.saturating_sub(std::mem::replace(&mut self.shed_at, shed));
+        // Fills queued for a store permit in this window: the store is saturated.
+        let store_full = queued > std::mem::replace(&mut self.queued_at, queued);
         self.window_start = Some(now);
         self.count = 0;
         self.sum = 0.0;
@@ -416,7 +438,7 @@ impl Gradient {
         let gradient = (self.tolerance * known / average.max(1e-9)).clamp(0.5, 1.0);
         // Learned from unlimited windows within the tolerance, with room on the core,
         // only: the first slow window of an overload is not normal.
-        let learn = !limited && gradient >= 1.0 && room;
+        let learn = !limited && gradient >= 1.0 && room && !store_full;
         if !provisional {
             self.no_load = Some(if learn {
                 known + (average - known) * LEARN
@@ -456,8 +478,7 @@ impl Gradient {
                 let next = rate.min(admitted) * toward.min(0.95).min(slow);
                 self.rate = Some(next.max(MIN_RATE));
                 if gradient < 1.0 {
-                    let base = self.estimate.min(used.max(self.min));
-                    self.estimate = (base * slow).clamp(self.min, self.max);
+                    self.lower(used, gradient);
                 }
             } else if share.is_some() || !by_cpu {
                 // Not saturated and fast: a cap that shed nothing, or that the load no
@@ -469,15 +490,18 @@ impl Gradient {
                     let binding = shed_here > 0 && admitted * 2.0 >= rate;
                     self.rate = binding.then(|| rate * toward.max(1.05));
                 }
-                // Either way a count limit in use grows, as it would uncapped.
-                if limited {
+                // Either way a count limit in use grows, as it would uncapped; unless
+                // slow with the store saturated (below).
+                if gradient < 1.0 && store_full {
+                    self.lower(used, gradient);
+                } else if limited {
                     self.grow();
                 }
             }
             // Otherwise (the CPU share unknown) both hold.
             return Some(self.decision());
         }
-        if gradient >= 1.0 || !saturated {
+        if gradient >= 1.0 || !(saturated || store_full) {
             // Fast; or slow, but the core was not: a dependency is slow (a Redis zone
             // down, a locked table), or an overload is over and the queue it left
             // drains. Shedding would fail reads the fall-through can still answer; the
@@ -491,13 +515,18 @@ impl Gradient {
             }
             return Some(self.grow());
         }
+        if !saturated {
+            // Slow with the store saturated and the core not: fewer in flight relieves
+            // the store, so the count limit alone falls.
+            self.lower(used, gradient);
+            return Some(self.decision());
+        }
         // Slow with the core saturated: an overload of the CPU. Fewer in flight alone
         // does not relieve it (a fast store read admits thousands a second through a
         // limit of one), so the rate is capped too, below what this window admitted;
         // from here the CPU share steers the cap (above).
-        let base = self.estimate.min(used.max(self.min));
         self.rate = Some((admitted * (0.5 + 0.5 * gradient)).max(MIN_RATE));
-        self.estimate = (base * (0.5 + 0.5 * gradient)).clamp(self.min, self.max);
+        self.lower(used, gradient);
         Some(self.decision())
     }
 }
@@ -523,7 +552,7 @@ mod tests {
         for _ in 0..k {
             for _ in 0..WINDOW_SAMPLES {
                 *t += step();
-                g.sample(Duration::from_micros(rtt_us), in_flight, 0, *t, || None);
+                g.sample(Duration::from_micros(rtt_us), in_flight, 0, 0, *t, || None);
             }
         }
     }
@@ -533,6 +562,10 @@ mod tests {
         t: Instant,
         cpu: Duration,
         shed: u64,
+        /// Store fills queued for a permit, all time.
+        queued: u64,
+        /// Fills that queue in each window fed.
+        queueing: u64,
     }
 
     impl Sim {
@@ -541,6 +574,8 @@ mod tests {
                 t: Instant::now(),
                 cpu: Duration::ZERO,
                 shed: 0,
+                queued: 0,
+                queueing: 0,
             }
         }
 
@@ -560,10 +595,14 @@ mod tests {
                     self.cpu += step().mul_f64(share);
                     if i == 0 {
                         self.shed += shed;
+                        self.queued += self.queueing;
                     }
                     let cpu = self.cpu;
                     let rtt = Duration::from_micros(rtt_us);
-                    g.sample(rtt, in_flight, self.shed, self.t, || Some((cpu, 1.0)));
+                    let queued = self.queued;
+                    g.sample(rtt, in_flight, self.shed, queued, self.t, || {
+                        Some((cpu, 1.0))
+                    });
                 }
             }
         }
@@ -600,7 +639,7 @@ mod tests {
         assert!(l.try_acquire() && l.try_acquire() && l.try_acquire());
         assert!(!l.try_acquire(), "the fourth is shed");
         assert_eq!(l.in_flight(), 3);
-        l.release(Duration::from_millis(1));
+        l.release(Duration::from_millis(1), 0);
         assert!(l.try_acquire(), "a release makes room");
         assert_eq!(l.limit(), 3, "a static limit never moves");
     }
@@ -743,6 +782,35 @@ mod tests {
         sim.windows(&mut g, 1, (1_000, 64), 1.0, 0);
         assert!(near(g.estimate, 64.0 * 0.75), "{}", g.estimate);
         assert!(g.rate.is_some());
+    }
+
+    /// The store saturated by the node's own reads (fills queue for a permit), the core
+    /// idle: the count limit falls, with no rate cap, and grows back once fills stop
+    /// queueing and latency is within the tolerance again.
+    #[test]
+    fn a_store_saturated_by_our_reads_lowers_the_limit_with_the_core_idle() {
+        let (mut g, mut sim) = gated(1024.0, 1024.0);
+        // Teach 1 ms: a store read at calm load.
+        sim.windows(&mut g, 2, (1_000, 8), 0.2, 0);
+        // 3x the store's capacity: 256 in flight, 50 ms each, fills queueing, the core
+        // a fifth busy. The first window brings the limit down to what is in use less
+        // half the gradient's shortfall (256 × 0.75), then a quarter a window.
+        sim.queueing = 10;
+        sim.windows(&mut g, 1, (50_000, 256), 0.2, 0);
+        assert!(near(g.estimate, 192.0), "{}", g.estimate);
+        sim.windows(&mut g, 8, (50_000, 256), 0.2, 0);
+        assert!(g.estimate < 20.0, "{}", g.estimate);
+        assert_eq!(g.rate, None, "a store overload is not rate-capped");
+        // The same slow windows with no fill queued (a slow dependency): the limit in
+        // use grows instead.
+        sim.queueing = 0;
+        let low = g.estimate;
+        sim.windows(&mut g, 1, (50_000, low as usize), 0.2, 0);
+        assert!(near(g.estimate, low + low.sqrt()), "{}", g.estimate);
+        // Fast again and in use: it keeps growing.
+        let at = g.estimate;
+        sim.windows(&mut g, 3, (1_000, at as usize * 2), 0.2, 0);
+        assert!(g.estimate > at, "{} after {at}", g.estimate);
     }
 
     #[test]
@@ -899,8 +967,11 @@ mod tests {
     fn a_long_quiet_gap_closes_a_window_with_what_it_has() {
         let mut g = Gradient::new(8.0, 4.0, 256.0, 2.0);
         let t = Instant::now();
-        assert_eq!(g.sample(Duration::from_micros(100), 8, 0, t, || None), None);
-        let r = g.sample(Duration::from_micros(100), 8, 0, t + WINDOW_MAX, || None);
+        assert_eq!(
+            g.sample(Duration::from_micros(100), 8, 0, 0, t, || None),
+            None
+        );
+        let r = g.sample(Duration::from_micros(100), 8, 0, 0, t + WINDOW_MAX, || None);
         assert_eq!(r.map(|d| d.limit), Some(11), "fast, at the limit: 8 + √8");
     }
 }

@@ -124,7 +124,9 @@ pub(crate) struct Waiting<A: std::ops::Deref<Target = App> = Arc<App>> {
 
 impl<A: std::ops::Deref<Target = App>> Drop for Waiting<A> {
     fn drop(&mut self) {
-        self.app.waiting.release(self.started.elapsed());
+        self.app
+            .waiting
+            .release(self.started.elapsed(), self.app.members.fills_queued());
     }
 }
 

@@ -119,6 +119,9 @@ pub struct Members {
     tier: Option<Arc<Tier>>,
     /// Bounds concurrent store reads, so an outage of the tier cannot flatten the store.
     fills: Arc<Semaphore>,
+    /// Fills that found every permit taken and had to queue (all time): the sign that
+    /// the store, not the node's core, is what requests wait on (`http::limit`).
+    fills_queued: AtomicU64,
     limits: FillLimits,
     /// Loads in flight, by member, striped; holding a stripe also serializes the
     /// read-modify-write of that member's slot.
@@ -145,12 +148,34 @@ impl Members {
             store,
             tier,
             fills: Arc::new(Semaphore::new(limits.max_in_flight)),
+            fills_queued: AtomicU64::new(0),
             limits,
             loading: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             generation: AtomicU32::new(0),
             store_reads: AtomicU64::new(0),
             metrics: MemberMetrics::register(),
         }
+    }
+
+    /// A permit for one store read, or `None` when none came free within
+    /// [`FILL_QUEUE`]: shed rather than queue. A fill that had to wait is counted in
+    /// [`Members::fills_queued`].
+    async fn fill_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = self.fills.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        self.fills_queued.fetch_add(1, Ordering::Relaxed);
+        let queue = self.limits.wait.min(FILL_QUEUE);
+        match tokio::time::timeout(queue, self.fills.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Store reads that found every `l2.max_store_fills` permit taken and queued, since
+    /// start: the store is saturated by this node's own reads.
+    pub fn fills_queued(&self) -> u64 {
+        self.fills_queued.load(Ordering::Relaxed)
     }
 
     fn stripe(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Load>>> {
@@ -455,10 +480,9 @@ impl Members {
             return out;
         }
         // One permit for the one query: a batch weighs on the store as one read.
-        let queue = self.limits.wait.min(FILL_QUEUE);
-        let permit = match tokio::time::timeout(queue, self.fills.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
+        let permit = match self.fill_permit().await {
+            Some(p) => p,
+            None => {
                 let e = LookupError::Overloaded(self.limits.max_in_flight);
                 out.extend(rest.iter().map(|(id, _)| (*id, Err(e.clone()))));
                 return out;
@@ -551,11 +575,8 @@ impl Members {
                 return Ok(Arc::new(Cached::new(member, version, ServedFrom::L2)));
             }
         }
-        // Shed rather than queue: a fill waits for a permit only briefly.
-        let queue = self.limits.wait.min(FILL_QUEUE);
-        let permit = match tokio::time::timeout(queue, self.fills.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => return Err(LookupError::Overloaded(self.limits.max_in_flight)),
+        let Some(permit) = self.fill_permit().await else {
+            return Err(LookupError::Overloaded(self.limits.max_in_flight));
         };
         self.store_reads.fetch_add(1, Ordering::Relaxed);
         self.metrics.store_reads.increment(1);
