@@ -6,11 +6,14 @@
 # uniform reads of 1,000,000 members are store reads: the path shed first; the
 # adaptive waiting limit on unless "false"), sets $NODE and waits for it; `lt ARGS`
 # runs loadtest on core 1 against it, entitlement reads of uniform random members.
+# STORE_URL=postgres://… puts the node on that store instead (migrated and seeded with
+# 1,000,000 members beforehand: `readtier migrate; readtier seed --members 1000000`),
+# so its fills are bound by the store rather than by its own core.
 
 P=$(port); A=$(port)
 start_node() {
   READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$P READTIER_ADMIN_LISTEN=127.0.0.1:$A \
-    READTIER_L1_CAPACITY=20000 READTIER_HTTP_ADAPTIVE_WAITING=${1:-true} RUST_LOG=warn \
+    READTIER_STORE_URL=${STORE_URL:-} READTIER_L1_CAPACITY=20000 READTIER_HTTP_ADAPTIVE_WAITING=${1:-true} RUST_LOG=warn \
     taskset -c 0 "$BIN/readtier" >>"$tmp/node.log" 2>&1 &
   NODE=$!
   pids+=($NODE)
