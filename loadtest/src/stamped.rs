@@ -243,15 +243,20 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Bytes that sat unread for 50 ms are stamped with their arrival, not their read.
-    #[tokio::test]
-    async fn a_read_is_stamped_with_when_its_bytes_arrived() {
+    /// A stamped client stream over loopback, its stamps, and the server's end.
+    async fn pair() -> (Stamped, Arc<Stamps>, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, server) =
             tokio::join!(TcpStream::connect(addr), async { listener.accept().await });
-        let (mut s, stamps) = Stamped::new(client.unwrap());
-        let (mut peer, _) = server.unwrap();
+        let (s, stamps) = Stamped::new(client.unwrap());
+        (s, stamps, server.unwrap().0)
+    }
+
+    /// Bytes that sat unread for 50 ms are stamped with their arrival, not their read.
+    #[tokio::test]
+    async fn a_read_is_stamped_with_when_its_bytes_arrived() {
+        let (mut s, stamps, mut peer) = pair().await;
         let mut buf = [0u8; 16];
         // The kernel turns receive stamping on a moment after the first socket asks
         // (deferred work): the first segments of a process may come unstamped.
@@ -288,12 +293,7 @@ mod tests {
     /// it: the request's write time is when the generator got round to writing it.
     #[tokio::test]
     async fn a_write_is_noted_at_its_first_attempt() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) =
-            tokio::join!(TcpStream::connect(addr), async { listener.accept().await });
-        let (mut s, stamps) = Stamped::new(client.unwrap());
-        let (mut peer, _) = server.unwrap();
+        let (mut s, stamps, mut peer) = pair().await;
         assert!(stamps.written().is_none(), "nothing written yet");
         let before = Instant::now();
         s.write_all(b"GET").await.unwrap();
