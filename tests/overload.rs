@@ -239,6 +239,21 @@ async fn a_slow_dependency_with_idle_workers_does_not_lower_the_adaptive_limit()
     node.stop().await;
 }
 
+/// The same rounds with four store permits for the sixteen misses: twelve queue for
+/// a permit each round. The workers are as idle as above, but the store is saturated by
+/// the node's own reads, and that lowers the limit (before, a node on PostgreSQL at 3×
+/// its capacity held its limit at the ceiling and queued everything: docs/PERFORMANCE.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_saturated_by_the_nodes_own_reads_lowers_the_adaptive_limit() {
+    let mut next = 3_000_000_000u64;
+    let (schema, node) = adaptive_node(&[("READTIER_L2_MAX_STORE_FILLS", "4")], &mut next).await;
+    let (addr, admin) = (node.addr(), node.running.admin_addr);
+    slow_store_rounds(&schema, addr, &mut next, 8).await;
+    let lowered = waiting_limit(admin).await;
+    assert!(lowered < 14.0, "the limit fell: {lowered}");
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slower_store_lowers_the_adaptive_limit_and_fast_answers_raise_it_again() {
     let mut next = 1_000_000_000u64;
