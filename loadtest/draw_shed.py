@@ -2,16 +2,17 @@
 """Draws two `loadtest/shed.sh` runs side by side as an SVG: per second, the answers
 served and shed against the load offered (top), and the p99 of served answers counted
 from when each send was due (bottom, log scale), for a node with the adaptive waiting
-limit and one with the static cap only.
+limit and one with the static cap only (or any two runs, named by NAME_A and NAME_B).
 
-    python3 loadtest/draw_shed.py ADAPTIVE/shed-summary.json STATIC/shed-summary.json OUT.svg
+    python3 loadtest/draw_shed.py ADAPTIVE/shed-summary.json STATIC/shed-summary.json OUT.svg [NAME_A NAME_B]
 """
 import json
 import math
 import sys
 
-runs = [("adaptive limit", json.load(open(sys.argv[1])), "#1f77b4"),
-        ("static cap only", json.load(open(sys.argv[2])), "#d62728")]
+names = sys.argv[4:6] if len(sys.argv) >= 6 else ["adaptive", "static cap"]
+runs = [(names[0], json.load(open(sys.argv[1])), "#1f77b4"),
+        (names[1], json.load(open(sys.argv[2])), "#d62728")]
 out = sys.argv[3]
 W, H, L, R, T = 760, 560, 70, 20, 50
 top = (T, 270)      # answers per second
@@ -27,8 +28,8 @@ p = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-fam
 a = runs[0][1]
 p.append(f'<text x="{L}" y="22" font-size="15">One node (one core) offered {a["overload"]["offered_rps"] / a["capacity_rps"]:.0f}× its capacity '
          f'({a["capacity_rps"]}/s of store reads) for {sum(1 for t in a["timeline"] if t["offered"] == a["timeline"][0]["offered"])} s, then 0.8×</text>')
-p.append(f'<text x="{L}" y="40" fill="#555">adaptive: admitted p99 {a["overload"]["admitted_p99_ms"]:.1f} ms, shed p99 {a["overload"]["shed_p99_ms"]:.1f} ms; '
-         f'static: admitted p99 {runs[1][1]["overload"]["admitted_p99_ms"] / 1000:.1f} s, {runs[1][1]["overload"]["never_sent"]} sends never made</text>')
+p.append(f'<text x="{L}" y="40" fill="#555">{names[0]}: admitted p99 {a["overload"]["admitted_p99_ms"]:.1f} ms, shed p99 {a["overload"]["shed_p99_ms"]:.1f} ms; '
+         f'{names[1]}: admitted p99 {runs[1][1]["overload"]["admitted_p99_ms"] / 1000:.1f} s, {runs[1][1]["overload"]["never_sent"]} sends never made</text>')
 for y0, y1 in (top, bot):
     p.append(f'<line x1="{L}" y1="{y1}" x2="{W - R}" y2="{y1}" stroke="black"/>')
     p.append(f'<line x1="{L}" y1="{y0}" x2="{L}" y2="{y1}" stroke="black"/>')
@@ -56,8 +57,8 @@ for name, r, color in runs:
     if any(t["shed"] for t in tl):
         p.append(line([(px(i), pya(t["shed"])) for i, t in enumerate(tl)], color, 'stroke-width="2" stroke-dasharray="2 2"'))
     p.append(line([(px(i), pyl(t["p99_ms"])) for i, t in enumerate(tl) if t["ok"]], color))
-legend = [("offered", "#777", "6 4"), ("served, adaptive", runs[0][2], ""), ("shed, adaptive", runs[0][2], "2 2"),
-          ("served, static cap", runs[1][2], "")]
+legend = [("offered", "#777", "6 4"), (f"served, {names[0]}", runs[0][2], ""), (f"shed, {names[0]}", runs[0][2], "2 2"),
+          (f"served, {names[1]}", runs[1][2], "")]
 for k, (label, color, dash) in enumerate(legend):
     x = L + 10 + k * 170
     p.append(f'<line x1="{x}" y1="{top[0] + 10}" x2="{x + 24}" y2="{top[0] + 10}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>')
