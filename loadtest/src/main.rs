@@ -456,8 +456,7 @@ async fn connection(plan: Arc<Plan>, t: Target, index: usize, mut sender: Option
                 if place.is_some() || completed.is_some() {
                     record(|r| {
                         if let Some(p) = place {
-                            r.read_lag(read_lag.as_micros() as u64);
-                            r.write_lag(write_lag.as_micros() as u64);
+                            r.lags(write_lag.as_micros() as u64, read_lag.as_micros() as u64);
                             r.answer(
                                 p,
                                 done.saturating_duration_since(intended + own_lag + write_lag)
@@ -877,21 +876,29 @@ fn build_report(
             ));
         }
     }
-    // The receive side: answers that waited in the socket to be read. Not in the
-    // latency (timed to their arrival), but a sign the generator was short of core.
+    // Its waits around each send: for its connection task to write the request, and
+    // for it to read the answer. Not in the latency (timed from the write to the
+    // answer's arrival), but a sign the generator was short of core.
     let read_lag = Percentiles::of(&rec.read_lag);
-    if read_lag.p99 > late_bound_ms {
-        warnings.push(format!(
-            "the generator read answers late: read lag p99 {:.3} ms (answers timed to their arrival, so not in the latency); its core was short",
-            read_lag.p99
-        ));
-    }
     let write_lag = Percentiles::of(&rec.write_lag);
-    if write_lag.p99 > late_bound_ms {
-        warnings.push(format!(
-            "the generator wrote requests late: write lag p99 {:.3} ms (requests timed from their write, so not in the latency); its core was short",
-            write_lag.p99
-        ));
+    for (lag, what, timed) in [
+        (
+            &read_lag,
+            "read answers late: read lag",
+            "answers timed to their arrival",
+        ),
+        (
+            &write_lag,
+            "wrote requests late: write lag",
+            "requests timed from their write",
+        ),
+    ] {
+        if lag.p99 > late_bound_ms {
+            warnings.push(format!(
+                "the generator {what} p99 {:.3} ms ({timed}, so not in the latency); its core was short",
+                lag.p99
+            ));
+        }
     }
     if let (None, Some(u)) = (schedule, cpu_utilisation) {
         if u >= 0.9 {

@@ -176,18 +176,15 @@ impl Recorder {
             b.counts.late_generator += u64::from(late == Late::Generator);
         }
         if let Some(l) = lag_us {
-            let _ = self.send_lag.record(l.min(60_000_000));
+            self.send_lag.saturating_record(l);
         }
     }
 
-    /// How long an answer to a send due in the window waited to be read.
-    pub fn read_lag(&mut self, micros: u64) {
-        let _ = self.read_lag.record(micros.min(60_000_000));
-    }
-
-    /// How long a send due in the window waited for its connection task to write it.
-    pub fn write_lag(&mut self, micros: u64) {
-        let _ = self.write_lag.record(micros.min(60_000_000));
+    /// The generator's own waits around a send due in the window: for its connection
+    /// task to write it, and for its answer to be read.
+    pub fn lags(&mut self, write_us: u64, read_us: u64) {
+        self.write_lag.saturating_record(write_us);
+        self.read_lag.saturating_record(read_us);
     }
 
     /// The answer to a send due in the window.

@@ -163,27 +163,30 @@ fn f(v: &Value, pointer: &str) -> f64 {
         .unwrap_or_else(|| panic!("{pointer} is not a number in {v:#}"))
 }
 
-fn exe(args: &[&str]) -> (Output, Duration) {
-    let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+/// Starts loadtest with `args`, its output captured, and when.
+fn start(args: &[&str]) -> (std::process::Child, Instant) {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run loadtest");
-    (out, t.elapsed())
+    (child, started)
+}
+
+/// Runs loadtest with `args` to its end: its output and how long it took.
+fn exe(args: &[&str]) -> (Output, Duration) {
+    let (child, started) = start(args);
+    let out = child.wait_with_output().expect("loadtest ends");
+    (out, started.elapsed())
 }
 
 /// Starts loadtest against `url` with the path fixed and no progress lines.
 fn spawn(url: &str, args: &[&str]) -> (std::process::Child, Instant) {
     let mut all = vec!["--target", url, "--path", "/", "--progress", "0"];
     all.extend_from_slice(args);
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(&all)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run loadtest");
-    (child, started)
+    start(&all)
 }
 
 /// Waits for a run started by [`spawn`]; the report is its stdout.
