@@ -48,7 +48,7 @@
 //!   and the rest queue in the node, so fewer in flight is exactly what relieves it; no
 //!   rate cap (that is for a core a fast read can fill). Without this a node on a
 //!   PostgreSQL store driven at 3× its capacity kept its limit at 1,024 and queued
-//!   every request (admitted p99 16 s from the schedule, 8 shed in 20 s: measured,
+//!   every request (admitted p99 19.5 s from the schedule, 102 shed in 20 s: measured,
 //!   docs/PERFORMANCE.md). A slow Redis zone does not queue fills, so its reads are
 //!   still not shed;
 //! - **a rate cap steered by the CPU share**: a slow window with the core saturated
