@@ -332,7 +332,11 @@ impl Relay {
             failed,
             repaired: &state.repaired,
         };
-        if !self.pg.save(&self.holder, &progress).await? {
+        if !self
+            .pg
+            .save(&self.holder, self.lease_ttl, &progress)
+            .await?
+        {
             return Err(RelayError::LostLease);
         }
         state.repaired.clear();

@@ -122,17 +122,39 @@ impl RelayStore {
     /// a crash of PostgreSQL may then roll the saved position back by its last
     /// unflushed saves, so the relay publishes those pages again (at least once; nodes
     /// apply events idempotently), and repairs it already made are simply made again.
-    pub async fn save(&self, holder: &str, p: &Progress<'_>) -> Result<bool, StoreError> {
+    ///
+    /// The transaction holds `relay_state`'s row lock from its fenced update to its
+    /// commit. A relay paused in between (SIGSTOP, a stalled VM) would hold it for as
+    /// long as it is paused, and the standby's lease takeover, an update of the same
+    /// row, would wait behind it however long ago the lease lapsed (the fault suite's
+    /// paused-relay scenario once saw "r2 never took the lease" in 15 s). So the
+    /// server ends the transaction once it has sat idle for `lease_ttl`: a relay idle
+    /// that long inside its own save has lost its lease anyway, and its save fails and
+    /// is made again (measured with psql: a takeover behind a holder idle in its
+    /// transaction waited out the holder's whole 4 s pause; with the timeout at 500 ms
+    /// it went through in 0.11 s).
+    pub async fn save(
+        &self,
+        holder: &str,
+        lease_ttl: Duration,
+        p: &Progress<'_>,
+    ) -> Result<bool, StoreError> {
         let mut c = self.pg.client().await?;
         let tx = c
             .transaction()
             .await
             .map_err(self.pg.err("save relay state"))?;
+        // One round trip for both settings.
+        let mut settings = format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            lease_ttl.as_millis().max(1)
+        );
         if p.failed.is_empty() {
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await
-                .map_err(self.pg.err("save relay state"))?;
+            settings.push_str("; SET LOCAL synchronous_commit = off");
         }
+        tx.batch_execute(&settings)
+            .await
+            .map_err(self.pg.err("save relay state"))?;
         let position = serde_json::to_string(p.position).expect("a position serializes");
         let n = tx
             .execute(
