@@ -15,7 +15,10 @@
 # the same way (INSPECT=…, samples a second, default 0): each is a store read, 10 a
 # second by default, a cost per second too (about 28,000 Ir a check here, 144 Ir a
 # request when spread over a valgrind window's ~9,400 requests); its cost per request,
-# a relaxed load and a compare on every member answer, is still counted. Prints one
+# a relaxed load and a compare on every member answer, is still counted. The queue
+# probe is off too (ADAPTIVE=…, default false): a datagram through the runtime every
+# 5 ms, a cost per second as well (docs/PERFORMANCE.md, "Shedding on queueing"); an
+# L1 hit never reaches admission, and a miss's admission is off these paths. Prints one
 # line per path and server, then the ratios, and writes them as JSON to $OUT if set.
 # With MAX_PLANS_RATIO and/or MAX_ENTITLEMENT_RATIO set it is a guard: it exits 1 when
 # a ratio is above its bound (.ci/run sets them).
@@ -35,6 +38,7 @@ RT=$(port); ADMIN=$(port)
 export READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$RT READTIER_ADMIN_LISTEN=127.0.0.1:$ADMIN RUST_LOG=warn
 export READTIER_CHANGES_POLL_INTERVAL=${POLL:-1h}
 export READTIER_INSPECTOR_SAMPLES_PER_SECOND=${INSPECT:-0}
+export READTIER_HTTP_ADAPTIVE_WAITING=${ADAPTIVE:-false}
 $BIN/readtier migrate >/dev/null
 $BIN/readtier seed --members "${MEMBERS:-100000}" >/dev/null
 unset READTIER_SEED_MEMBERS

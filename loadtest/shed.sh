@@ -17,7 +17,7 @@
 # The generator's own send and read lags and CPU use in phase 3 are printed beside: at
 # 3 C its core is nearly full (the latencies leave both lags out).
 # Prints the figures and writes the reports to $OUT (default docs/figures/shed/).
-# ADAPTIVE=false runs phases 2 to 4 with the waiting limit static (for comparison).
+# ADAPTIVE=false runs phases 2 to 4 with only the static caps shedding (for comparison).
 # BIN=dir picks the binaries (default target/release, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +32,8 @@ OUT=${OUT:-docs/figures/shed}
 . loadtest/lib.sh
 . loadtest/shed_lib.sh
 mkdir -p "$OUT"
-# Capacity is what the node serves, not what it sheds: measured with the limit static
-# (a saturated closed loop is latency the adaptive limit would shed).
+# Capacity is what the node serves, not what it sheds: measured with only the static caps
+# (a closed loop of 256 keeps a queue past the target, which the adaptive part sheds).
 start_node false
 lt --connections $CONNS --duration 8s --warmup 2s --json "$OUT/shed-capacity.json" >/dev/null
 kill $NODE; wait $NODE 2>/dev/null || true
@@ -48,9 +48,9 @@ lt --connections $CONNS --rate $((C * 8 / 10)) --duration 10s --warmup 2s --json
 samplers=($!)
 ( while kill -0 $NODE 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/$NODE/status; sleep 1; done ) >"$tmp/rss.txt" &
 samplers+=($!)
-# The adaptive waiting limit and its rate cap (0: none), every 250 ms.
+# The shed level and the queue delay the node judged, every 250 ms.
 ( while kill -0 $NODE 2>/dev/null; do
-    curl -s "http://127.0.0.1:$A/metrics" | awk '/^readtier_http_waiting_limit / {l=$2} /^readtier_http_waiting_rate_limit / {r=$2} END {if (l != "") print l, (r == "" ? 0 : r)}'
+    curl -s "http://127.0.0.1:$A/metrics" | awk '/^readtier_shed_level / {l=$2} /^readtier_queue_delay_seconds / {d=$2} END {if (l != "") print l, d + 0}'
     sleep 0.25
   done ) >"$tmp/limit.txt" &
 samplers+=($!)
@@ -87,8 +87,8 @@ for line in open(cores):
             busy[c].append(round(db / dt, 2) if dt else None)
     prev = now
 rows = [x.split() for x in open(limit) if x.strip()]
-lim = [float(r[0]) for r in rows]
-rate = [float(r[1]) for r in rows if len(r) > 1]
+level = [float(r[0]) for r in rows]
+delay = [round(float(r[1]) * 1000, 2) for r in rows if len(r) > 1]
 r80 = json.load(open(f"{out}/shed-80.json"))
 r3 = json.load(open(f"{out}/shed-3x.json"))
 cold = json.load(open(f"{out}/shed-cold.json"))
@@ -103,7 +103,7 @@ summary = {
     "overload": {
         "offered_rps": over["rate_from"],
         "answered_rps": over["achieved_rps"],
-        "admitted_ok_rps": round(over["answers"]["ok"] / over["duration_s"], 1),
+        "admitted_ok_rps": over["served_rps"],
         "sent": over["sends"]["sent"], "never_sent": over["sends"]["dropped"],
         "admitted_p99_ms": over["latency_ms"]["p99"],
         "shed": over["answers"]["shed"],
@@ -125,14 +125,14 @@ summary = {
     "healthz_ms": {"probes": len(h), "failed": h.count("fail"),
                    "p99": hs[int(len(hs) * 0.99) - 1] if hs else None, "max": hs[-1] if hs else None},
     "rss_kib": {"first": m[0] if m else None, "max": max(m) if m else None, "last": m[-1] if m else None},
-    "waiting_limit": {"min": min(lim) if lim else None, "last": lim[-1] if lim else None,
-                      "rate_cap_min": min((r for r in rate if r > 0), default=None),
-                      "every_250ms": lim, "rate_cap_every_250ms": rate},
+    "admission": {"shed_level_max": max(level) if level else None, "shed_level_last": level[-1] if level else None,
+                  "queue_delay_ms_max": max(delay) if delay else None,
+                  "shed_level_every_250ms": level, "queue_delay_ms_every_250ms": delay},
     "cores_busy_every_250ms": {"node (core 0)": busy["cpu0"], "load (core 1)": busy["cpu1"]},
     "timeline": [{k: t.get(k) for k in ("t", "offered", "sent", "completed", "ok", "shed", "p99_ms")} for t in tl],
 }
 json.dump(summary, open(f"{out}/shed-summary.json", "w"), indent=1)
 s = {k: v for k, v in summary.items() if k not in ("timeline", "cores_busy_every_250ms")}
-s["waiting_limit"] = {k: v for k, v in summary["waiting_limit"].items() if not k.endswith("every_250ms")}
+s["admission"] = {k: v for k, v in summary["admission"].items() if not k.endswith("every_250ms")}
 print(json.dumps(s, indent=1))
 PY

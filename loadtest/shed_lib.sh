@@ -4,7 +4,7 @@
 # After sourcing: $P and $A are the node's public and admin ports; `start_node
 # [adaptive]` starts a node on core 0 (embedded default, L1 of 20,000 entries, so
 # uniform reads of 1,000,000 members are store reads: the path shed first; the
-# adaptive waiting limit on unless "false"), sets $NODE and waits for it; `lt ARGS`
+# adaptive shedding on unless "false"), sets $NODE and waits for it; `lt ARGS`
 # runs loadtest on core 1 against it, entitlement reads of uniform random members.
 # STORE_URL=postgres://… puts the node on that store instead (migrated and seeded with
 # 1,000,000 members beforehand: `readtier migrate; readtier seed --members 1000000`),

@@ -7,7 +7,7 @@ import os, re, sys
 LAYERS = [
     ["cli", "node", "relay"],
     ["http", "grpc", "follower"],
-    ["lookup", "catalog"],
+    ["admission", "lookup", "catalog"],
     ["tier", "stream", "store"],
     ["member", "plan", "config", "telemetry", "redis_conn", "logging"],
 ]

@@ -12,7 +12,9 @@
 //!   [`grpc`]: the gRPC face (`readtier.v1.ReadTier`, health, reflection) over the
 //!   same lookups, sharing HTTP's `App` (its waiting limit above all);
 //!   [`follower`]: applies committed changes to a node's L1 and catalog;
-//! - [`lookup`]: member lookups through L1 → L2 → store, with coalescing, and the
+//! - [`admission`]: which lookups that would wait are admitted and which shed: a
+//!   standing queue past its target, not a busy core, sheds;
+//!   [`lookup`]: member lookups through L1 → L2 → store, with coalescing, and the
 //!   consistency inspector that re-checks sampled answers against the store;
 //!   [`catalog`]: the immutable, versioned, pre-rendered catalog snapshot, with its
 //!   pricing rules (scheduled prices, experiment cells, partner offers);
@@ -24,6 +26,7 @@
 //!   [`redis_conn`]: the one Redis connection type; [`logging`]: the log, its
 //!   run-time filter, W3C trace context on the miss path and OpenTelemetry export.
 
+pub mod admission;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -248,6 +248,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     // Cancelled when the shutdown timeout runs out: connections still open are cut.
     let cut = CancellationToken::new();
     telemetry::spawn_upkeep(prometheus, background.clone());
+    // The probe that measures the serving runtimes' queue (`admission`): this runtime
+    // now, each per-core runtime as it starts.
+    let probe = |e: std::io::Error| NodeError::Other(format!("cannot start the queue probe: {e}"));
+    app.admission.start(background.clone()).map_err(probe)?;
+    if cfg.http.runtime == HttpRuntime::MultiThread || cfg.grpc_listen.is_some() {
+        app.admission.attach().map_err(probe)?;
+    }
     tokio::spawn(inspector.run(samples, store.clone(), background.clone()));
     let mut follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
     if from_disk {

@@ -94,22 +94,6 @@ const HELP: &[(&str, &str)] = &[
         "HTTP answers by route and status",
     ),
     (
-        "readtier_http_shed_total",
-        "Requests or connections refused past a limit, by reason",
-    ),
-    (
-        "readtier_http_waiting",
-        "Requests waiting on Redis or the store",
-    ),
-    (
-        "readtier_http_waiting_limit",
-        "Current limit on requests waiting on Redis or the store",
-    ),
-    (
-        "readtier_http_waiting_rate_limit",
-        "Cap on admissions a second of requests that wait, set once the waiting limit is at its floor (0: none)",
-    ),
-    (
         "readtier_inspector_checked_total",
         "Sampled answers the inspector compared with the store",
     ),
@@ -294,10 +278,9 @@ impl LatencyHistogram {
 pub struct HttpMetrics {
     requests: Vec<Counter>,
     latency: Arc<Vec<LatencyHistogram>>,
-    /// Connections refused over `http.max_connections`.
+    /// Connections refused over `http.max_connections` (lookups shed are counted
+    /// by `admission`, in the same family).
     pub shed_connections: Counter,
-    /// Requests shed over `http.max_waiting`.
-    pub shed_waiting: Counter,
 }
 
 impl HttpMetrics {
@@ -317,8 +300,7 @@ impl HttpMetrics {
         HttpMetrics {
             requests,
             latency,
-            shed_connections: metrics::counter!("readtier_http_shed_total", "reason" => "connections"),
-            shed_waiting: metrics::counter!("readtier_http_shed_total", "reason" => "waiting"),
+            shed_connections: metrics::counter!("readtier_shed_total", "face" => "http", "route" => "connection", "reason" => "connections"),
         }
     }
 
@@ -466,13 +448,6 @@ pub fn set_catalog_version(version: u64) {
 pub fn set_l1_sizes(entries: u64, negative: u64) {
     metrics::gauge!("readtier_l1_entries").set(entries as f64);
     metrics::gauge!("readtier_l1_negative_entries").set(negative as f64);
-}
-
-/// The adaptive waiting limit and the requests under it, set when `/metrics` renders.
-pub fn set_waiting(limit: usize, rate: Option<f64>, in_flight: usize) {
-    metrics::gauge!("readtier_http_waiting_limit").set(limit as f64);
-    metrics::gauge!("readtier_http_waiting_rate_limit").set(rate.unwrap_or(0.0));
-    metrics::gauge!("readtier_http_waiting").set(in_flight as f64);
 }
 
 /// A store row that could not be read (`readtier_store_bad_rows_total`).

@@ -150,14 +150,15 @@ async fn a_stuck_store_statement_is_cancelled_by_the_statement_timeout() {
     node.stop().await;
 }
 
-/// The waiting limit's current value, from the admin listener's `/metrics`.
-async fn waiting_limit(admin: std::net::SocketAddr) -> f64 {
+/// A gauge of this node's, from the admin listener's `/metrics`.
+async fn gauge(admin: std::net::SocketAddr, name: &str) -> f64 {
     let m = get(admin, "/metrics", &[]).await;
     let text = String::from_utf8_lossy(&m.body).into_owned();
+    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("readtier_http_waiting_limit "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no readtier_http_waiting_limit in {text}"))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// `n` concurrent misses (members the store never had, so each is a store read),
@@ -180,139 +181,122 @@ async fn concurrent_misses(
         .collect()
 }
 
-/// Rounds in which 16 misses at once each wait 800 ms on a locked store: slow past the
-/// tolerance (10×) even when the machine is busy enough that the taught no-load latency
-/// is tens of milliseconds (at 300 ms a full debug-build run once ended the rounds with
-/// the limit still at 16; a no-load latency inflated by the busy machine, putting 300 ms
-/// within tolerance, is the likely cause).
-async fn slow_store_rounds(
-    schema: &PgSchema,
-    addr: std::net::SocketAddr,
-    next: &mut u64,
-    rounds: usize,
-) {
-    for _ in 0..rounds {
-        let locker = schema.lock_members().await;
-        let round = concurrent_misses(addr, next, 16).await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        locker.release().await;
-        for m in round {
-            let (r, _) = m.await.unwrap();
-            assert!(matches!(r.status, 404 | 503), "{}", r.status);
-        }
-    }
-}
-
-/// A node on a fresh schema with the adaptive limit on (ceiling 16) and `extra`
-/// settings, taught its no-load latency by 40 unhurried misses (none moves the limit).
-async fn adaptive_node(extra: &[(&str, &str)], next: &mut u64) -> (PgSchema, TestNode) {
+/// A node on a fresh schema with `permits` store fills at once and `extra` settings.
+async fn node_on_pg(permits: &str, extra: &[(&str, &str)]) -> (PgSchema, TestNode) {
     let (schema, _store) = seeded_pg(10).await;
     let url = schema.url();
     let mut env = vec![
         ("READTIER_STORE_URL", url.as_str()),
-        ("READTIER_HTTP_MAX_WAITING", "16"),
-        ("READTIER_L2_MAX_STORE_FILLS", "16"),
-        ("READTIER_HTTP_ADAPTIVE_WAITING", "true"),
-        ("READTIER_HTTP_WAITING_TOLERANCE", "10"),
+        ("READTIER_L2_MAX_STORE_FILLS", permits),
         ("READTIER_HTTP_REQUEST_TIMEOUT", "20s"),
     ];
     env.extend_from_slice(extra);
     let node = TestNode::start(&env).await;
-    for _ in 0..40 {
-        *next += 1;
-        let r = node.get(&format!("/v1/members/{next}/entitlement")).await;
-        assert_eq!(r.status, 404);
-    }
-    assert_eq!(waiting_limit(node.running.admin_addr).await, 16.0);
     (schema, node)
 }
 
+/// What 16 clients, each sending misses of new members one after another for
+/// `secs`, were answered: (404s, 503s answered within 20 ms of being asked, slower
+/// 503s), and the highest shed level `/metrics` showed meanwhile.
+async fn sixteen_clients(
+    node: &TestNode,
+    next: &mut u64,
+    secs: f64,
+) -> ((usize, usize, usize), f64) {
+    let addr = node.addr();
+    let clients: Vec<_> = (0..16u64)
+        .map(|c| {
+            let first = *next + c * 1_000_000;
+            tokio::spawn(async move {
+                let (mut found, mut fast, mut slow) = (0, 0, 0);
+                let until = Instant::now() + Duration::from_secs_f64(secs);
+                let mut id = first;
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let r = get(addr, &format!("/v1/members/{id}/entitlement"), &[]).await;
+                    match r.status {
+                        404 => found += 1,
+                        503 if started.elapsed() < Duration::from_millis(20) => fast += 1,
+                        503 => slow += 1,
+                        other => panic!("unexpected {other}"),
+                    }
+                    id += 1;
+                }
+                (found, fast, slow)
+            })
+        })
+        .collect();
+    *next += 16 * 1_000_000;
+    let mut level: f64 = 0.0;
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < until {
+        level = level.max(gauge(node.running.admin_addr, "readtier_shed_level").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut total = (0, 0, 0);
+    for c in clients {
+        let (f, a, b) = c.await.unwrap();
+        total = (total.0 + f, total.1 + a, total.2 + b);
+    }
+    (total, level)
+}
+
+/// A table locked for 800 ms at a time, sixteen misses waiting on it at once with a
+/// permit each: requests wait, but nothing queues in the node and its process is
+/// idle, so nothing is shed (the fall-through answers them all once the lock goes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_dependency_with_idle_workers_does_not_lower_the_adaptive_limit() {
+async fn a_slow_dependency_with_an_idle_process_sheds_nothing() {
     let mut next = 2_000_000_000u64;
-    let (schema, node) = adaptive_node(&[], &mut next).await;
-    let (addr, admin) = (node.addr(), node.running.admin_addr);
-    // The same rounds that lower the limit when latency alone is judged (above): the
-    // workers sit idle while the table is locked, so nothing is shed.
-    slow_store_rounds(&schema, addr, &mut next, 8).await;
-    assert_eq!(waiting_limit(admin).await, 16.0);
-    node.stop().await;
-}
-
-/// The same rounds with four store permits for the sixteen misses: twelve queue for
-/// a permit each round. The workers are as idle as above, but the store is saturated by
-/// the node's own reads, and that lowers the limit (before, a node on PostgreSQL at 3×
-/// its capacity held its limit at the ceiling and queued everything: docs/PERFORMANCE.md).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_saturated_by_the_nodes_own_reads_lowers_the_adaptive_limit() {
-    let mut next = 3_000_000_000u64;
-    let (schema, node) = adaptive_node(&[("READTIER_L2_MAX_STORE_FILLS", "4")], &mut next).await;
-    let (addr, admin) = (node.addr(), node.running.admin_addr);
-    slow_store_rounds(&schema, addr, &mut next, 8).await;
-    let lowered = waiting_limit(admin).await;
-    assert!(lowered < 14.0, "the limit fell: {lowered}");
-    node.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slower_store_lowers_the_adaptive_limit_and_fast_answers_raise_it_again() {
-    let mut next = 1_000_000_000u64;
-    // Judge latency alone: a locked table keeps the workers idle, which the default
-    // saturation gate reads as a slow dependency (the test above).
-    let (schema, node) =
-        adaptive_node(&[("READTIER_HTTP_WAITING_SATURATION", "0")], &mut next).await;
-    let (addr, admin) = (node.addr(), node.running.admin_addr);
-    slow_store_rounds(&schema, addr, &mut next, 8).await;
-    let lowered = waiting_limit(admin).await;
-    assert!(lowered < 14.0, "the limit fell: {lowered}");
-
-    // Past the lowered limit, misses are shed at once, while memory answers go on.
-    let locker = schema.lock_members().await;
-    let round = concurrent_misses(addr, &mut next, 16).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(node.get("/v1/plans?country=US").await.status, 200);
-    locker.release().await;
-    let mut shed = 0;
-    for m in round {
-        let (r, took) = m.await.unwrap();
-        if r.status == 503 {
-            assert_eq!(r.json()["type"], "urn:readtier:problem:overloaded");
-            assert_eq!(r.header("retry-after"), Some("1"));
-            assert!(took < Duration::from_millis(250), "shed at once: {took:?}");
-            shed += 1;
-        } else {
-            assert_eq!(r.status, 404);
+    let (schema, node) = node_on_pg("16", &[]).await;
+    for _ in 0..4 {
+        let locker = schema.lock_members().await;
+        let round = concurrent_misses(node.addr(), &mut next, 16).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let level = gauge(node.running.admin_addr, "readtier_shed_level").await;
+        assert_eq!(level, 0.0, "nothing queued in the node");
+        locker.release().await;
+        for m in round {
+            let (r, took) = m.await.unwrap();
+            assert_eq!(r.status, 404, "answered after the lock: {took:?}");
         }
     }
-    assert!(
-        shed as f64 >= 16.0 - lowered,
-        "{shed} shed under a limit of {lowered}"
-    );
-
-    // Fast answers with the node at its limit raise it back to the ceiling.
-    let raised = eventually(Duration::from_secs(20), "the limit to grow back", || {
-        let ids = next;
-        next += 400;
-        async move {
-            let clients: Vec<_> = (0..8)
-                .map(|c| {
-                    let first = ids + c * 50;
-                    tokio::spawn(async move {
-                        for id in first..first + 50 {
-                            let r = get(addr, &format!("/v1/members/{id}/entitlement"), &[]).await;
-                            assert!(matches!(r.status, 404 | 503), "{}", r.status);
-                        }
-                    })
-                })
-                .collect();
-            for c in clients {
-                c.await.unwrap();
-            }
-            let limit = waiting_limit(admin).await;
-            (limit >= 16.0).then_some(limit)
-        }
-    })
-    .await;
-    assert_eq!(raised, 16.0);
     node.stop().await;
+}
+
+/// Four permits and sixteen clients sending misses against a locked table: every read
+/// past the first four queues for a permit, a queue in the node whatever its CPU, so
+/// the shed level rises and misses are refused at once (503 in well under the 50 ms a
+/// read may wait for a permit); with the adaptive part off, only that 50 ms bound
+/// sheds. Once the table is free the level returns to 0 and every miss is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_queue_of_the_nodes_own_reads_is_shed_at_once_and_then_served() {
+    let mut next = 3_000_000_000u64;
+    for adaptive in ["true", "false"] {
+        let (schema, node) = node_on_pg("4", &[("READTIER_HTTP_ADAPTIVE_WAITING", adaptive)]).await;
+        let locker = schema.lock_members().await;
+        let ((found, fast, slow), level) = sixteen_clients(&node, &mut next, 1.5).await;
+        locker.release().await;
+        assert_eq!(found, 0, "the table was locked");
+        if adaptive == "true" {
+            assert!(level > 0.0, "the store's queue raised the level");
+            assert!(
+                fast > slow,
+                "most sheds at once, not after waiting for a permit: {fast} fast, {slow} slow"
+            );
+        } else {
+            assert_eq!(level, 0.0, "no adaptive shedding when off");
+            assert_eq!(fast, 0, "every shed waited for a permit first");
+            assert!(slow > 16, "the 50 ms permit bound still sheds: {slow}");
+        }
+        // The queue is gone: the level falls back and every miss is answered.
+        let admin = node.running.admin_addr;
+        eventually(Duration::from_secs(10), "the level back to 0", || async {
+            (gauge(admin, "readtier_shed_level").await == 0.0).then_some(())
+        })
+        .await;
+        let ((found, fast, slow), _) = sixteen_clients(&node, &mut next, 0.5).await;
+        assert!(found > 16, "served: {found}");
+        assert_eq!((fast, slow), (0, 0), "nothing shed once the queue is gone");
+        node.stop().await;
+    }
 }

@@ -40,6 +40,7 @@ fn load(path: &Path) -> Result<Value, CompareError> {
 const ROWS: &[(&str, &str)] = &[
     ("offered req/s", "/offered_rps"),
     ("achieved req/s", "/achieved_rps"),
+    ("served req/s", "/served_rps"),
     ("achieved ÷ offered", "/achieved_ratio"),
     ("sends offered", "/sends/offered"),
     ("sends made", "/sends/sent"),
@@ -61,6 +62,7 @@ const ROWS: &[(&str, &str)] = &[
 const STAGE_ROWS: &[(&str, &str)] = &[
     ("offered", "/sends/offered"),
     ("achieved req/s", "/achieved_rps"),
+    ("served req/s", "/served_rps"),
     ("dropped", "/sends/dropped"),
     ("p99 ms", "/latency_ms/p99"),
     ("errors", "/errors"),

@@ -12,7 +12,8 @@
 //! | `dropped` | sends never made before the window closed (open loop); count or `%` of offered |
 //! | `late` | sends made later than `--late-bound` (open loop); count or `%` of offered |
 //! | `achieved` | achieved ÷ offered rate (open loop): `0.99` or `99%` |
-//! | `rps` | achieved answers per second |
+//! | `rps` | achieved answers per second (shed ones included) |
+//! | `served` | answers per second that were not shed nor errors |
 
 use std::fmt;
 
@@ -31,6 +32,7 @@ pub enum Metric {
     Late,
     Achieved,
     Rps,
+    Served,
 }
 
 const METRICS: &[(&str, Metric)] = &[
@@ -47,6 +49,7 @@ const METRICS: &[(&str, Metric)] = &[
     ("late", Metric::Late),
     ("achieved", Metric::Achieved),
     ("rps", Metric::Rps),
+    ("served", Metric::Served),
 ];
 
 impl Metric {
@@ -268,6 +271,7 @@ pub struct Observed {
     pub offered: Option<u64>,
     pub achieved_ratio: Option<f64>,
     pub rps: f64,
+    pub served_rps: f64,
 }
 
 /// A clause checked against a run.
@@ -322,6 +326,7 @@ impl Clause {
             Metric::Late => count(o.late, o.offered),
             Metric::Achieved => o.achieved_ratio,
             Metric::Rps => Some(o.rps),
+            Metric::Served => Some(o.served_rps),
         };
         Verdict {
             clause: self.text.clone(),
@@ -370,6 +375,8 @@ mod tests {
         assert_eq!((d.value, d.unit), (0.005, Unit::Fraction));
         assert_eq!(one("achieved>99%").value, 0.99);
         assert_eq!(one("rps>=50000").unit, Unit::PerSecond);
+        assert_eq!(one("served>=50000").metric, Metric::Served);
+        assert_eq!(one("served>=50000").unit, Unit::PerSecond);
         assert_eq!(one("shed==0").op, Op::Eq);
         assert_eq!(one("late>3").op, Op::Gt);
     }
@@ -418,12 +425,17 @@ mod tests {
             offered: Some(1005),
             achieved_ratio: Some(0.995),
             rps: 1000.0,
+            served_rps: 990.0,
         };
         let pass = |s: &str| parse(s).unwrap()[0].check(&o).passed;
         assert!(pass("p99<2ms"));
         assert!(!pass("p99<1.9ms"));
         assert!(pass("p99<=1.9ms"));
         assert!(pass("errors=0"));
+        assert!(
+            pass("served>=990") && !pass("served>990"),
+            "served, not achieved"
+        );
         assert!(!pass("shed=0"));
         assert!(pass("shed<=1%"));
         assert!(!pass("shed<1%"));

@@ -823,6 +823,7 @@ fn build_report(
     let schedule = plan.schedule.as_ref();
     let offered = schedule.map(Schedule::offered);
     let achieved_rps = c.completed as f64 / window_s;
+    let served_rps = c.ok as f64 / window_s;
     let offered_rps = offered.map(|o| o as f64 / window_s);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu_utilisation = cpu.map(|c| c.as_secs_f64() / (window_s * cores as f64));
@@ -917,6 +918,15 @@ fn build_report(
             ));
         }
     }
+    // A target that sheds: its 503s are answers, counted in achieved_rps, not service.
+    if c.shed * 100 > c.completed {
+        warnings.push(format!(
+            "{} of {} answers ({:.1}%) were 503s the target shed: achieved {achieved_rps:.0}/s counts them, served {served_rps:.0}/s",
+            c.shed,
+            c.completed,
+            100.0 * c.shed as f64 / c.completed.max(1) as f64
+        ));
+    }
     if c.unanswered() > 0 {
         warnings.push(format!(
             "{} sends were still unanswered {} ms after the window closed (counted as errors)",
@@ -942,6 +952,7 @@ fn build_report(
         connect_seconds: 0.0,
         offered_rps,
         achieved_rps,
+        served_rps,
         achieved_ratio: offered.map(|o| {
             if o == 0 {
                 0.0

@@ -385,6 +385,8 @@ pub struct StageReport {
     pub sends: Sends,
     /// Answers completed inside this stage ÷ its duration.
     pub achieved_rps: f64,
+    /// Of those, answers neither shed nor errors, ÷ its duration.
+    pub served_rps: f64,
     pub completed: u64,
     pub answers: Answers,
     pub errors: u64,
@@ -411,8 +413,10 @@ pub struct Report {
     pub connect_seconds: f64,
     /// Sends per second the schedule asked for over the window (open loop).
     pub offered_rps: Option<f64>,
-    /// Answers completed inside the window ÷ the window.
+    /// Answers completed inside the window ÷ the window (shed ones included).
     pub achieved_rps: f64,
+    /// Answers neither shed (503) nor errors ÷ the window: what the target served.
+    pub served_rps: f64,
     /// achieved_rps ÷ offered_rps (open loop).
     pub achieved_ratio: Option<f64>,
     pub late_bound_ms: Option<f64>,
@@ -483,6 +487,7 @@ pub fn stage_reports(rec: &Recorder, plans: &[StagePlan]) -> Vec<StageReport> {
                 rate_to: Some(p.to),
                 sends: sends(&b.counts, Some(p.offered)),
                 achieved_rps: b.counts.completed as f64 / p.duration_s,
+                served_rps: b.counts.ok as f64 / p.duration_s,
                 completed: b.counts.completed,
                 answers: answers(&b.counts),
                 errors: b.counts.errors(),
@@ -508,6 +513,7 @@ impl Report {
             offered: self.sends.offered,
             achieved_ratio: self.achieved_ratio,
             rps: self.achieved_rps,
+            served_rps: self.served_rps,
         }
     }
 
@@ -522,10 +528,11 @@ impl Report {
         let mut s = format!(
             "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\
              <rect width='100%' height='100%' fill='white'/>\
-             <text x='20' y='22' font-size='15'>readtier loadtest: {} connections, {offered}, achieved {:.0}/s, p99 {:.2} ms</text>\
+             <text x='20' y='22' font-size='15'>readtier loadtest: {} connections, {offered}, achieved {:.0}/s (served {:.0}/s), p99 {:.2} ms</text>\
              <text x='20' y='40'>dropped {}, late {}, errors {}, shed {}, send lag p99 {}</text>",
             self.connections,
             self.achieved_rps,
+            self.served_rps,
             self.latency_ms.p99,
             self.sends.dropped.map_or("-".into(), |d| d.to_string()),
             self.sends.late.map_or("-".into(), |d| d.to_string()),

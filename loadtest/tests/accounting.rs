@@ -537,6 +537,27 @@ fn shed_answers_are_counted_apart_from_errors() {
     assert!(r.f("/shed_latency_ms/p50") < 20.0);
     assert_eq!(r.u("/latency_ms/count"), ok + failed);
     assert!(r.f("/latency_ms/p50") >= 20.0);
+    // What the server served is reported beside what it answered, and a third shed
+    // is warned of (achieved_rps counts the 503s).
+    let served = r.f("/served_rps");
+    assert!(
+        (served - ok as f64 / 2.0).abs() < 1e-9,
+        "served {served}, ok {ok}"
+    );
+    assert!(
+        r.f("/achieved_rps") > served * 2.5,
+        "sheds and failures are answers"
+    );
+    assert!(
+        r.stderr().contains("were 503s the target shed: achieved"),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        r.stderr().contains(&format!("served {:.0}/s", served)),
+        "{}",
+        r.stderr()
+    );
 }
 
 #[test]

@@ -398,18 +398,13 @@ impl Config {
         positive("http.max_connections", raw.http.max_connections as u64)?;
         positive("grpc_max_connections", raw.grpc_max_connections as u64)?;
         positive("http.max_waiting", raw.http.max_waiting as u64)?;
-        positive("http.min_waiting", raw.http.min_waiting as u64)?;
         if !(0.0..=1.0).contains(&raw.http.waiting_saturation) {
             return Err(layers.invalid(
                 "http.waiting_saturation",
                 "must be a number from 0.0 to 1.0",
             ));
         }
-        if !(raw.http.waiting_tolerance.is_finite() && raw.http.waiting_tolerance >= 1.0) {
-            return Err(
-                layers.invalid("http.waiting_tolerance", "must be a number of at least 1.0")
-            );
-        }
+        nonzero("http.queue_target", raw.http.queue_target)?;
         nonzero("http.request_timeout", raw.http.request_timeout)?;
         nonzero("http.idle_timeout", raw.http.idle_timeout)?;
 

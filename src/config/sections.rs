@@ -99,19 +99,16 @@ pub struct HttpConfig {
     /// Most open connections on the public listener; past it a new connection gets
     /// one 503 and is closed.
     pub max_connections: usize,
-    /// Most requests waiting on Redis or the store at once; past it such a request
+    /// Most lookups waiting on Redis or the store at once; past it such a lookup
     /// gets an immediate 503 (answers from memory are not counted, and not shed).
-    /// The ceiling of the adaptive limit.
     pub max_waiting: usize,
-    /// Let the waiting limit follow latency, between `min_waiting` and `max_waiting`.
+    /// Shed misses while a standing queue is over `queue_target` (`admission`).
     pub adaptive_waiting: bool,
-    /// The adaptive limit's floor.
-    pub min_waiting: usize,
-    /// How many times its no-load latency the waiting path may take before the
-    /// adaptive limit falls.
-    pub waiting_tolerance: f64,
-    /// The share of the runtime's worker time spent busy at or above which a slow
-    /// window lowers the adaptive limit (0: any slow window does).
+    /// The standing queue past which misses are shed.
+    #[serde(deserialize_with = "duration")]
+    pub queue_target: Duration,
+    /// The process's share of its cores below which a runtime queue is not its own
+    /// doing, and is not shed (0: any queue is).
     pub waiting_saturation: f64,
     /// How the public listener's connections are run.
     pub runtime: HttpRuntime,

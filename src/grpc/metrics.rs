@@ -33,11 +33,7 @@ const CODES: [(Code, &str); 5] = [
 /// The counter of connections refused over `grpc_max_connections`, beside the gRPC
 /// listener's other metrics.
 pub fn refused_connections() -> Counter {
-    metrics::describe_counter!(
-        "readtier_grpc_shed_total",
-        "gRPC connections refused over grpc_max_connections (reason=\"connections\")"
-    );
-    metrics::counter!("readtier_grpc_shed_total", "reason" => "connections")
+    metrics::counter!("readtier_shed_total", "face" => "grpc", "route" => "connection", "reason" => "connections")
 }
 
 pub struct GrpcMetrics {

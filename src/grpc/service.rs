@@ -16,6 +16,7 @@ use super::error::GrpcError;
 use super::feed::{CatalogFeed, FeedState, Filter};
 use super::metrics::{GrpcMetrics, Method};
 use super::{deadline, pb, HEARTBEAT};
+use crate::admission::{Face, Path, Reason};
 use crate::catalog::{clock_ms, PlansError};
 use crate::http::{App, MAX_BATCH_IDS};
 use crate::lookup::{Entry, LookupError, ServedFrom};
@@ -84,13 +85,26 @@ impl ReadTierService {
     async fn lookup(
         &self,
         id: u64,
+        path: Path,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(Entry, ServedFrom), GrpcError> {
         if let Some(entry) = self.app.members.get_l1(id) {
             return Ok((entry, ServedFrom::L1));
         }
-        let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
-        self.bounded(metadata, self.app.members.get(id)).await
+        let _waiting = self
+            .app
+            .wait_here(id, Face::Grpc, path, 1)
+            .ok_or(GrpcError::Shed)?;
+        self.bounded(metadata, self.app.members.get(id))
+            .await
+            .inspect_err(|e| self.count_store_shed(e, path))
+    }
+
+    /// Counts a lookup whose store read found no permit in time as shed.
+    fn count_store_shed(&self, e: &GrpcError, path: Path) {
+        if matches!(e, GrpcError::Lookup(LookupError::Overloaded(_))) {
+            self.app.admission.count(Face::Grpc, path, Reason::Store);
+        }
     }
 
     /// A lookup that has to wait, bounded by `http.request_timeout` or the caller's
@@ -128,7 +142,7 @@ impl ReadTierService {
     ) -> Result<pb::Entitlement, GrpcError> {
         let id = convert::member_id(req.get_ref().member_id, "member_id")
             .map_err(GrpcError::InvalidArgument)?;
-        let (entry, from) = self.lookup(id, req.metadata()).await?;
+        let (entry, from) = self.lookup(id, Path::Entitlement, req.metadata()).await?;
         self.app.inspector.sample(id, entry.version);
         let snapshot = self.app.catalog.load();
         match entry.member.as_ref() {
@@ -150,7 +164,7 @@ impl ReadTierService {
                     .into(),
             ));
         }
-        let (entry, from) = self.lookup(id, req.metadata()).await?;
+        let (entry, from) = self.lookup(id, Path::Authorize, req.metadata()).await?;
         self.app.inspector.sample(id, entry.version);
         let snapshot = self.app.catalog.load();
         let m = entry.member.as_ref();
@@ -194,9 +208,19 @@ impl ReadTierService {
             found.extend(l1.into_iter().flatten().map(|e| (e, ServedFrom::L1)));
             found
         } else {
-            let _waiting = self.app.wait_here().ok_or(GrpcError::Shed)?;
+            let missing = l1.iter().filter(|e| e.is_none()).count();
+            let first = ids
+                .iter()
+                .zip(&l1)
+                .find_map(|(id, e)| e.is_none().then_some(*id))
+                .unwrap_or(0);
+            let _waiting = self
+                .app
+                .wait_here(first, Face::Grpc, Path::Batch, missing)
+                .ok_or(GrpcError::Shed)?;
             self.bounded(req.metadata(), self.app.members.get_many_after(ids, l1))
-                .await?
+                .await
+                .inspect_err(|e| self.count_store_shed(e, Path::Batch))?
         };
         let snapshot = arc_swap::Guard::into_inner(self.app.catalog.load());
         Ok(BatchAnswer::new(ids, found, snapshot))

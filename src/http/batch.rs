@@ -28,6 +28,7 @@ use super::params::{read_body_up_to, whole_number};
 use super::problem::{problem, shed_waiting};
 use super::render::{json_ok, X_CATALOG_VERSION};
 use super::{App, Body};
+use crate::admission::{Face, Path, Reason};
 use crate::lookup::{Entry, LookupError, ServedFrom};
 
 /// Most ids in one batch; more is a 413.
@@ -145,14 +146,22 @@ impl App {
                 .map(|e| (e, ServedFrom::L1))
                 .collect()
         } else {
-            let Some(_waiting) = self.wait_here() else {
+            let missing = l1.iter().filter(|e| e.is_none()).count();
+            let first = ids
+                .iter()
+                .zip(&l1)
+                .find_map(|(id, e)| e.is_none().then_some(*id))
+                .unwrap_or(0);
+            let Some(_waiting) = self.wait_here(first, Face::Http, Path::Batch, missing) else {
                 return shed_waiting();
             };
             let lookup = self.members.get_many_after(&ids, l1);
             match tokio::time::timeout(self.limits.request_timeout, lookup).await {
                 Ok(Ok(found)) => found,
                 Ok(Err(e)) => {
-                    if !matches!(e, LookupError::Overloaded(_)) {
+                    if matches!(e, LookupError::Overloaded(_)) {
+                        self.admission.count(Face::Http, Path::Batch, Reason::Store);
+                    } else {
                         tracing::warn!(members = ids.len(), error = %e, "batch lookup failed");
                     }
                     return lookup_failed(e);

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{App, Listener};
+use crate::admission::{Face, Path};
 
 /// Accepts connections until `stop` is cancelled, then lets every open connection
 /// finish its in-flight request under `tracker`.
@@ -142,8 +143,8 @@ pub async fn serve(
                         // waiting limit, or shed at once (authorize is admitted once its
                         // body names a member not in L1).
                         let admitted = match later {
-                            crate::http::Later::Entitlement(_) if kind == Listener::Public => {
-                                match app.admit_waiting(started) {
+                            crate::http::Later::Entitlement(id) if kind == Listener::Public => {
+                                match app.admit_waiting(id, Face::Http, Path::Entitlement) {
                                     Some(w) => Some(w),
                                     None => {
                                         let resp = app.finish(
@@ -467,6 +468,9 @@ pub fn serve_per_core(
             .name(format!("readtier-http-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    if let Err(e) = app.admission.attach() {
+                        tracing::error!(error = %e, "cannot measure this core's queue");
+                    }
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
                             serve(listener, app, Listener::Public, stop, tracker, cut).await

@@ -24,6 +24,7 @@ use super::render::{
     X_CATALOG_VERSION, X_SERVED_FROM,
 };
 use super::{App, Body, Later};
+use crate::admission::{Face, Path, Reason as ShedReason};
 use crate::catalog::{clock_ms, PlansError, Snapshot};
 use crate::logging::trace::{miss_span, TRACEPARENT, TRACERESPONSE};
 use crate::lookup::{Entry, LookupError, ServedFrom};
@@ -111,7 +112,9 @@ impl App {
         req: &Request<Incoming>,
     ) -> Response<Body> {
         let traceparent = req.headers().get(TRACEPARENT).map(|v| v.as_bytes());
-        let (found, trace) = self.lookup(id, admitted, "entitlement", traceparent).await;
+        let (found, trace) = self
+            .lookup(id, admitted, Path::Entitlement, traceparent)
+            .await;
         let resp = match found {
             Ok((entry, from)) => self.entitlement_answer(id, &entry, from),
             Err(resp) => resp,
@@ -181,7 +184,7 @@ impl App {
             .lookup(
                 ask.member_id,
                 false,
-                "authorize",
+                Path::Authorize,
                 traceparent.as_ref().map(|v| v.as_bytes()),
             )
             .await;
@@ -221,22 +224,28 @@ impl App {
     }
 
     /// A member lookup bounded by the request timeout; failures become 503 problems.
-    /// A miss not `admitted` under the waiting limit yet (authorize) is admitted here,
-    /// or shed. A miss runs under a span continuing the caller's `traceparent` (raw
+    /// A miss not `admitted` yet (authorize) is admitted here, or shed. A miss runs under a span continuing the caller's `traceparent` (raw
     /// header, parsed only here), and returns the `traceresponse` to answer with.
     async fn lookup(
         &self,
         id: u64,
         admitted: bool,
-        route: &'static str,
+        path: Path,
         traceparent: Option<&[u8]>,
     ) -> (Result<(Entry, ServedFrom), Response<Body>>, Option<String>) {
         // The hit path needs no timer and no span: only a miss can wait.
         if let Some(entry) = self.members.get_l1(id) {
             return (Ok((entry, ServedFrom::L1)), None);
         }
+        let route = match path {
+            Path::Authorize => "authorize",
+            _ => "entitlement",
+        };
         let trace = miss_span(route, traceparent);
-        let found = self.lookup_miss(id, admitted).instrument(trace.span).await;
+        let found = self
+            .lookup_miss(id, admitted, path)
+            .instrument(trace.span)
+            .await;
         (found, trace.response)
     }
 
@@ -245,18 +254,24 @@ impl App {
         &self,
         id: u64,
         admitted: bool,
+        path: Path,
     ) -> Result<(Entry, ServedFrom), Response<Body>> {
         let _waiting = if admitted {
             None
         } else {
-            Some(self.wait_here().ok_or_else(shed_waiting)?)
+            Some(
+                self.wait_here(id, Face::Http, path, 1)
+                    .ok_or_else(shed_waiting)?,
+            )
         };
         match tokio::time::timeout(self.limits.request_timeout, self.members.get(id)).await {
             Ok(Ok(found)) => Ok(found),
             Ok(Err(e)) => {
                 // No member id: the log never names a member (the trace id, when the
                 // request carries one, leads to the request).
-                if !matches!(e, LookupError::Overloaded(_)) {
+                if matches!(e, LookupError::Overloaded(_)) {
+                    self.admission.count(Face::Http, path, ShedReason::Store);
+                } else {
                     tracing::warn!(error = %e, "member lookup failed");
                 }
                 Err(lookup_failed(e))
@@ -287,9 +302,8 @@ impl App {
 
     pub(super) async fn metrics_text(&self) -> Response<Body> {
         crate::telemetry::set_l1_sizes(self.members.len(), self.members.negative_len());
-        let (limit, rate, waiting) = self.waiting_now();
-        crate::telemetry::set_waiting(limit, rate, waiting);
         let mut text = self.prometheus.render();
+        self.admission.render(&mut text);
         self.metrics.render_latency(&mut text);
         crate::telemetry::render_process(&mut text);
         let mut resp = Response::new(Full::new(Bytes::from(text)));

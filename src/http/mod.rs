@@ -25,7 +25,6 @@ mod batch;
 mod conn;
 mod handlers;
 mod history;
-mod limit;
 pub mod openapi;
 mod operate;
 pub mod params;
@@ -49,6 +48,7 @@ pub use openapi::{RouteSpec, ROUTES};
 pub use params::{country_param, AuthorizeRequest};
 pub use render::render_entitlement;
 
+use crate::admission::{Admission, AdmissionConfig, Face, Path};
 use crate::catalog::CatalogHandle;
 use crate::config::{Config, HttpConfig};
 use crate::lookup::inspector::Inspector;
@@ -105,28 +105,24 @@ pub struct App {
     metrics: HttpMetrics,
     /// Open connections on the public listener (`http.max_connections`).
     pub(crate) connections: AtomicUsize,
-    /// Requests waiting on Redis or the store, under a limit that follows their
-    /// latency (`http.max_waiting`, `http.adaptive_waiting`; see `limit`).
-    waiting: limit::WaitLimit,
+    /// Admission of lookups that wait on Redis or the store, shared with gRPC
+    /// (`http.max_waiting`, `http.adaptive_waiting`; see `admission`).
+    pub admission: Arc<Admission>,
     /// The sampled access log (`log.access_sample`); off unless configured.
     access: access::AccessLog,
     /// `GET /admin/config`'s answer, rendered once (secrets redacted).
     config_json: Bytes,
 }
 
-/// A request admitted to wait on Redis or the store; counts until dropped, and its
-/// time in the node is a sample for the adaptive limit.
+/// A lookup admitted to wait on Redis or the store; holds its place until dropped.
 /// Held by the request's future (`Arc`) or within a handler (`&App`).
 pub(crate) struct Waiting<A: std::ops::Deref<Target = App> = Arc<App>> {
     app: A,
-    started: Instant,
 }
 
 impl<A: std::ops::Deref<Target = App>> Drop for Waiting<A> {
     fn drop(&mut self) {
-        self.app
-            .waiting
-            .release(self.started.elapsed(), self.app.members.fills_queued());
+        self.app.admission.release();
     }
 }
 
@@ -138,18 +134,22 @@ impl App {
         limits: HttpConfig,
         prometheus: PrometheusHandle,
     ) -> App {
+        let fills = members.clone();
+        let admission = Arc::new(Admission::new(
+            AdmissionConfig {
+                adaptive: limits.adaptive_waiting,
+                max_waiting: limits.max_waiting,
+                queue_target: limits.queue_target,
+                saturation: limits.waiting_saturation,
+            },
+            move || fills.take_fill_wait(),
+        ));
         App {
             catalog,
             members,
             inspector,
             draining: AtomicBool::new(false),
-            waiting: limit::WaitLimit::new(limit::LimitConfig {
-                adaptive: limits.adaptive_waiting,
-                min: limits.min_waiting,
-                max: limits.max_waiting,
-                tolerance: limits.waiting_tolerance,
-                saturation: limits.waiting_saturation,
-            }),
+            admission,
             limits,
             prometheus,
             metrics: HttpMetrics::register(),
@@ -167,38 +167,46 @@ impl App {
         self
     }
 
-    /// Admits a request, which arrived at `started`, to wait on Redis or the store, or
-    /// `None` when the waiting limit is reached (the caller sheds it).
-    pub(crate) fn admit_waiting(self: &Arc<Self>, started: Instant) -> Option<Waiting> {
-        self.admit(self.clone(), started)
+    /// Admits a lookup of `member` (not in L1) to wait on Redis or the store, or `None`
+    /// when it is shed (the caller answers 503).
+    pub(crate) fn admit_waiting(
+        self: &Arc<Self>,
+        member: u64,
+        face: Face,
+        path: Path,
+    ) -> Option<Waiting> {
+        self.admit(self.clone(), member, face, path, 1)
     }
 
-    /// [`App::admit_waiting`] from within a handler, timed from now.
-    pub(crate) fn wait_here(&self) -> Option<Waiting<&App>> {
-        self.admit(self, Instant::now())
+    /// [`App::admit_waiting`] from within a handler, for `misses` members not in L1 of
+    /// which `member` is one.
+    pub(crate) fn wait_here(
+        &self,
+        member: u64,
+        face: Face,
+        path: Path,
+        misses: usize,
+    ) -> Option<Waiting<&App>> {
+        self.admit(self, member, face, path, misses)
     }
 
-    /// The one admission both take: a slot under the limit, or a counted shed.
+    /// The one admission both take: a place, or a shed counted by reason, and among
+    /// the lookups L1 did not answer (so the hit ratio is the share L1 answered).
     fn admit<A: std::ops::Deref<Target = App>>(
         &self,
         app: A,
-        started: Instant,
+        member: u64,
+        face: Face,
+        path: Path,
+        misses: usize,
     ) -> Option<Waiting<A>> {
-        if !self.waiting.try_acquire() {
-            self.metrics.shed_waiting.increment(1);
-            return None;
+        match self.admission.admit(member, face, path) {
+            Ok(()) => Some(Waiting { app }),
+            Err(_) => {
+                self.members.count_shed_misses(misses as u64);
+                None
+            }
         }
-        Some(Waiting { app, started })
-    }
-
-    /// The waiting limit now, its rate cap if any, and the requests under it, for
-    /// `/metrics`.
-    pub(crate) fn waiting_now(&self) -> (usize, Option<f64>, usize) {
-        (
-            self.waiting.limit(),
-            self.waiting.rate(),
-            self.waiting.in_flight(),
-        )
     }
 
     /// Counts a connection refused over `http.max_connections`.

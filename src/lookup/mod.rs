@@ -119,9 +119,10 @@ pub struct Members {
     tier: Option<Arc<Tier>>,
     /// Bounds concurrent store reads, so an outage of the tier cannot flatten the store.
     fills: Arc<Semaphore>,
-    /// Fills that found every permit taken and had to queue (all time): the sign that
-    /// the store, not the node's core, is what requests wait on (`http::limit`).
-    fills_queued: AtomicU64,
+    /// The least time a store read waited for its permit since last taken, in
+    /// nanoseconds (`u64::MAX`: no read): a store saturated by this node's own reads
+    /// is a queue in the node (`admission`).
+    fill_wait: AtomicU64,
     limits: FillLimits,
     /// Loads in flight, by member, striped; holding a stripe also serializes the
     /// read-modify-write of that member's slot.
@@ -148,7 +149,7 @@ impl Members {
             store,
             tier,
             fills: Arc::new(Semaphore::new(limits.max_in_flight)),
-            fills_queued: AtomicU64::new(0),
+            fill_wait: AtomicU64::new(u64::MAX),
             limits,
             loading: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             generation: AtomicU32::new(0),
@@ -158,24 +159,32 @@ impl Members {
     }
 
     /// A permit for one store read, or `None` when none came free within
-    /// [`FILL_QUEUE`]: shed rather than queue. A fill that had to wait is counted in
-    /// [`Members::fills_queued`].
+    /// [`FILL_QUEUE`]: shed rather than queue. How long it waited is kept for
+    /// [`Members::take_fill_wait`].
     async fn fill_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         if let Ok(p) = self.fills.clone().try_acquire_owned() {
+            self.fill_wait.fetch_min(0, Ordering::Relaxed);
             return Some(p);
         }
-        self.fills_queued.fetch_add(1, Ordering::Relaxed);
+        let queued = Instant::now();
         let queue = self.limits.wait.min(FILL_QUEUE);
-        match tokio::time::timeout(queue, self.fills.clone().acquire_owned()).await {
+        let permit = tokio::time::timeout(queue, self.fills.clone().acquire_owned()).await;
+        let waited = u64::try_from(queued.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.fill_wait.fetch_min(waited, Ordering::Relaxed);
+        match permit {
             Ok(Ok(p)) => Some(p),
             _ => None,
         }
     }
 
-    /// Store reads that found every `l2.max_store_fills` permit taken and queued, since
-    /// start: the store is saturated by this node's own reads.
-    pub fn fills_queued(&self) -> u64 {
-        self.fills_queued.load(Ordering::Relaxed)
+    /// The least time a store read waited for one of the `l2.max_store_fills` permits
+    /// since the last call (`None`: no store read since): above zero only when every
+    /// read queued, the store saturated by this node's own reads.
+    pub fn take_fill_wait(&self) -> Option<Duration> {
+        match self.fill_wait.swap(u64::MAX, Ordering::Relaxed) {
+            u64::MAX => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
     }
 
     fn stripe(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Load>>> {
@@ -194,6 +203,12 @@ impl Members {
             self.metrics.l1_hits.increment(1);
         }
         hit
+    }
+
+    /// Counts `n` lookups shed before they reached [`Members::get`] (they missed L1,
+    /// and L1 did not answer them: the hit ratio stays the share L1 answered).
+    pub fn count_shed_misses(&self, n: u64) {
+        self.metrics.l1_misses.increment(n);
     }
 
     /// An L1 hit as of `now` and `generation`, not counted.

@@ -385,6 +385,8 @@ pub struct NodeProcess {
     pub child: Child,
     pub addr: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
+    /// The gRPC listener's address, when it has one.
+    pub grpc: Option<std::net::SocketAddr>,
     /// Everything it printed on stderr so far is appended here by a reader thread.
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -393,8 +395,13 @@ impl NodeProcess {
     /// Starts `readtier serve` with exactly these settings (the test's own
     /// `READTIER_*` variables are not passed on) and waits until it listens.
     pub fn start(env: &[(&str, String)]) -> NodeProcess {
+        NodeProcess::start_command(Command::new(env!("CARGO_BIN_EXE_readtier")), env)
+    }
+
+    /// [`NodeProcess::start`] with the command that runs the binary given (another
+    /// build of it, or it under `taskset`).
+    pub fn start_command(mut c: Command, env: &[(&str, String)]) -> NodeProcess {
         use std::io::{BufRead, BufReader, Read};
-        let mut c = Command::new(env!("CARGO_BIN_EXE_readtier"));
         for (k, _) in std::env::vars() {
             if k.starts_with("READTIER_") {
                 c.env_remove(k);
@@ -448,10 +455,17 @@ impl NodeProcess {
             "serve printed {line:?}; stderr: {}",
             stderr.lock().unwrap()
         );
+        // "… (grpc 127.0.0.1:50051)" when the gRPC listener is on.
+        let grpc = line
+            .split("(grpc ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|a| a.parse().ok());
         NodeProcess {
             child,
             addr: addrs[0],
             admin: addrs[1],
+            grpc,
             stderr,
         }
     }
