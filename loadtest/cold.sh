@@ -9,9 +9,11 @@
 #      on the same mix and connections, 10 s (the generator's ceiling on this machine);
 #   2. closed loop, 64 connections, SECONDS from a cold start (the issue's measurement);
 #   3. warm capacity W: the same node, closed loop 10 s after 2;
-#   4. open loop at 0.8 W, 10 s, on the warm node: its hit ratio;
-#   5. open loop at 0.8 W, SECONDS, from a fresh start (cold L1).
-# For 2 and 5 it prints each second: answers served and shed (loadtest), and the L1 hit
+#   4. open loop at 0.8 W, 10 s, on the warm node: its hit ratio; the node is then
+#      stopped (SIGTERM: it writes the ids its L1 holds, l1.warm_start);
+#   5. open loop at 0.8 W, SECONDS, from a restart (L1 loaded back from that file);
+#   6. open loop at 0.8 W, SECONDS, from a start with no such file (cold L1).
+# For 2, 5 and 6 it prints each second: answers served and shed (loadtest), and the L1 hit
 # ratio over that second from /metrics (hits ÷ hits + misses; sheds count as misses).
 # Reports go to $OUT (default docs/figures/cold/). BIN=dir runs prebuilt binaries.
 set -euo pipefail
@@ -20,11 +22,11 @@ SECS=${1:-40}
 OUT=${OUT:-docs/figures/cold}
 . loadtest/lib.sh
 mkdir -p "$OUT"
-RT=$(port); ADMIN=$(port); BP=$(port)
+RT=$(port); ADMIN=$(port); BP=$(port); GRPC=$(port)
 data=$tmp/data
 mkdir -p "$data"
 start_node() {
-  READTIER_DATA_DIR=$data READTIER_LISTEN=127.0.0.1:$RT READTIER_ADMIN_LISTEN=127.0.0.1:$ADMIN RUST_LOG=warn \
+  READTIER_DATA_DIR=$data READTIER_LISTEN=127.0.0.1:$RT READTIER_ADMIN_LISTEN=127.0.0.1:$ADMIN READTIER_GRPC_LISTEN=127.0.0.1:$GRPC RUST_LOG=warn \
     taskset -c 0 "$BIN/readtier" >"$tmp/readtier.out" 2>&1 &
   NODE=$!
   pids+=($NODE)
@@ -50,6 +52,7 @@ pids+=($!)
 sleep 1
 lt --target "http://127.0.0.1:$BP" --connections 64 --duration 10s --json "$OUT/bare.json" >/dev/null
 stop_node
+rm -f "$data/l1-members.bin"
 
 start_node
 sample "$tmp/closed.l1"
@@ -62,6 +65,11 @@ lt --target "http://127.0.0.1:$RT" --connections 256 --rate "$R" --duration 10s 
 kill "$SAMPLER" 2>/dev/null || true
 stop_node
 
+start_node
+sample "$tmp/restart.l1"
+lt --target "http://127.0.0.1:$RT" --connections 256 --rate "$R" --duration "${SECS}s" --json "$OUT/open-restart.json" >/dev/null
+stop_node
+rm -f "$data/l1-members.bin"
 start_node
 sample "$tmp/open.l1"
 lt --target "http://127.0.0.1:$RT" --connections 256 --rate "$R" --duration "${SECS}s" --json "$OUT/open-cold.json" >/dev/null
@@ -78,7 +86,7 @@ def ratios(path):
     return res
 bare = json.load(open(f"{out}/bare.json"))
 summary = {"bare_closed_loop_rps": round(bare["achieved_rps"]), "warm_capacity_rps": w, "open_loop_rps": r}
-for name, l1 in (("closed-cold", "closed.l1"), ("open-cold", "open.l1"), ("open-warm", "warm.l1")):
+for name, l1 in (("closed-cold", "closed.l1"), ("open-warm", "warm.l1"), ("open-restart", "restart.l1"), ("open-cold", "open.l1")):
     rep = json.load(open(f"{out}/{name}.json"))
     hr = ratios(f"{tmp}/{l1}")
     summary[name] = {
@@ -89,7 +97,7 @@ for name, l1 in (("closed-cold", "closed.l1"), ("open-cold", "open.l1"), ("open-
     }
 json.dump(summary, open(f"{out}/cold-summary.json", "w"), indent=1)
 print(f"bare server, closed loop 64: {summary['bare_closed_loop_rps']}/s; warm capacity W {w}/s; open loop at 0.8 W = {r}/s")
-for name in ("closed-cold", "open-warm", "open-cold"):
+for name in ("closed-cold", "open-warm", "open-restart", "open-cold"):
     s = summary[name]
     print(f"{name}: served {s['served_rps']}/s, shed {s['shed']}, p99 {s['p99_ms']} ms")
     print("  t    ok   shed  hit")

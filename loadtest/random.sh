@@ -17,12 +17,12 @@ SECS=${2:-10}
 CONNS=${3:-64}
 command -v wrk >/dev/null || { echo "random.sh needs wrk (apt-get install -y wrk)" >&2; exit 1; }
 . loadtest/lib.sh
-RT=$(port); ADMIN=$(port); BE=$(port)
+RT=$(port); ADMIN=$(port); BE=$(port); GRPC=$(port)
 data=$tmp/data
 mkdir -p "$data"
 
 start_readtier() {
-  READTIER_DATA_DIR=$data READTIER_LISTEN=127.0.0.1:$RT READTIER_ADMIN_LISTEN=127.0.0.1:$ADMIN RUST_LOG=warn \
+  READTIER_DATA_DIR=$data READTIER_LISTEN=127.0.0.1:$RT READTIER_ADMIN_LISTEN=127.0.0.1:$ADMIN READTIER_GRPC_LISTEN=127.0.0.1:$GRPC RUST_LOG=warn \
     taskset -c 0 "$BIN/readtier" >"$tmp/readtier.out" 2>&1 &
   RTPID=$!
   pids+=($RTPID)
@@ -35,8 +35,8 @@ stop_readtier() { kill "$RTPID"; wait "$RTPID" 2>/dev/null || true; }
 start_readtier
 taskset -c 0 "$BIN/baseline" --listen 127.0.0.1:$BE --copy "http://127.0.0.1:$RT/v1/members/42/entitlement" >/dev/null &
 pids+=($!)
+wait_port "$BE"
 stop_readtier
-sleep 1
 
 wrk_run() { # url -> "rps non2xx p50 p99"
   local out
@@ -60,7 +60,8 @@ for r in $(seq 1 "$ROUNDS"); do
   printf "bare     %8s %9s %7s %7s\n" "$rps" "$bad" "$p50" "$p99"
   start_readtier
   read -r rps bad p50 p99 <<<"$(wrk_run "http://127.0.0.1:$RT")"
-  shed=$(metric readtier_shed_total); hits=$(metric readtier_l1_hits_total); misses=$(metric readtier_l1_misses_total)
+  # (readtier_http_shed_total: builds before the admission module counted sheds there.)
+  shed=$(( $(metric readtier_shed_total) + $(metric readtier_http_shed_total) )); hits=$(metric readtier_l1_hits_total); misses=$(metric readtier_l1_misses_total)
   ratio=$(python3 -c "print(round($hits / max($hits + $misses, 1), 4))")
   printf "readtier %8s %9s %7s %7s %5s  %s\n" "$rps" "$bad" "$p50" "$p99" "$shed" "$ratio"
   stop_readtier

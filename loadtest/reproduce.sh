@@ -4,7 +4,7 @@
 # and writes the raw outputs to docs/figures/:
 #
 #   loadtest/reproduce.sh            # everything (about 15 minutes)
-#   loadtest/reproduce.sh callgrind  # one part: callgrind compare freshness seeding memory idle shed grpc
+#   loadtest/reproduce.sh callgrind  # one part: callgrind compare freshness seeding memory idle shed random cold grpc
 #
 # Needs wrk, valgrind, redis-server and a PostgreSQL at $PG (default
 # postgres://postgres@127.0.0.1:5432, trust auth). Timing figures want a quiet machine;
@@ -17,7 +17,7 @@ mkdir -p "$OUTDIR"
 cargo build --release -q -p readtier -p loadtest --examples
 export BIN=${BIN:-target/release}
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(callgrind compare freshness seeding memory idle shed grpc)
+[ ${#parts[@]} -eq 0 ] && parts=(callgrind compare freshness seeding memory idle shed random cold grpc)
 stamp() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
 for part in "${parts[@]}"; do
@@ -30,6 +30,8 @@ for part in "${parts[@]}"; do
       ADAPTIVE=false OUT=$OUTDIR/shed-static loadtest/shed.sh 20
       python3 loadtest/draw_shed.py "$OUTDIR/shed/shed-summary.json" \
         "$OUTDIR/shed-static/shed-summary.json" "$OUTDIR/shed.svg" ;;
+    random) loadtest/random.sh 3 10 64 | tee "$OUTDIR/random.txt" ;;
+    cold) OUT=$OUTDIR/cold loadtest/cold.sh 40 | tee "$OUTDIR/cold.txt" ;;
     grpc) loadtest/grpc.sh 3 8 64 4 | tee "$OUTDIR/grpc.txt" ;;
     freshness) OUT=$OUTDIR/freshness-pg.json PG=$PG loadtest/freshness.sh 20 8000 20 ;;
     seeding)

@@ -10,9 +10,9 @@
 # 1,000,000 members beforehand: `readtier migrate; readtier seed --members 1000000`),
 # so its fills are bound by the store rather than by its own core.
 
-P=$(port); A=$(port)
+P=$(port); A=$(port); G=$(port)
 start_node() {
-  READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$P READTIER_ADMIN_LISTEN=127.0.0.1:$A \
+  READTIER_DATA_DIR=$tmp READTIER_LISTEN=127.0.0.1:$P READTIER_ADMIN_LISTEN=127.0.0.1:$A READTIER_GRPC_LISTEN=127.0.0.1:$G \
     READTIER_STORE_URL=${STORE_URL:-} READTIER_L1_CAPACITY=20000 READTIER_HTTP_ADAPTIVE_WAITING=${1:-true} RUST_LOG=warn \
     taskset -c 0 "$BIN/readtier" >>"$tmp/node.log" 2>&1 &
   NODE=$!

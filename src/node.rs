@@ -256,6 +256,17 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         app.admission.attach().map_err(probe)?;
     }
     tokio::spawn(inspector.run(samples, store.clone(), background.clone()));
+    // Warm restarts: the last run's L1 members loaded back, and this run's kept.
+    let warm = cfg.l1.warm_start.then(|| {
+        let admission = app.admission.clone();
+        tokio::spawn(crate::lookup::warm::run(
+            members.clone(),
+            crate::lookup::warm::path(&cfg.data_dir),
+            cfg.l1.ttl,
+            move || admission.shedding(),
+            background.clone(),
+        ))
+    });
     let mut follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
     if from_disk {
         follower = follower.reload_catalog_soon();
@@ -341,6 +352,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         }
         background.cancel();
         let _ = follower.await;
+        if let Some(warm) = warm {
+            let _ = warm.await;
+        }
         finished.cancel();
         tracing::info!("stopped");
     });

@@ -339,16 +339,29 @@ fn an_open_loop_at_three_times_capacity_is_shed_and_the_hit_ratio_stays_true() {
 /// A node started cold under a steady open loop at 80% of what it serves warm (the
 /// default mix of plans, entitlements and authorizations, members by Zipf's law):
 /// within 30 s it sheds nothing and its L1 hit ratio is within 5 points of a warm
-/// node's under the same load.
+/// node's under the same load. With `l1.ttl` at 20 s, so that "warm" (a cache holding
+/// a whole TTL of traffic) is reached in the test's time: what is tested is that
+/// nothing, shedding above all, keeps a cold node from getting there. (With the default
+/// 60 s a cold node is 4-6 points short at 30 s for want of history, whatever it does:
+/// docs/PERFORMANCE.md; a restart loads its members back, tests/warm_start.rs.)
 #[test]
 fn a_cold_node_under_80_percent_of_its_warm_capacity_warms_and_stops_shedding() {
     let _one = serial();
-    let warm = node(&[]);
-    let closed = ["--connections", "64", "--duration", "10s", "--warmup", "0s"];
-    loadtest(&warm, &closed);
-    let capacity = num(&loadtest(&warm, &closed), "/served_rps");
+    let settings = [
+        ("READTIER_L1_TTL", "20s"),
+        ("READTIER_L1_WARM_START", "false"),
+    ];
+    let warm = node(&settings);
+    let closed = ["--connections", "64", "--warmup", "0s"];
+    loadtest(&warm, &[&closed[..], &["--duration", "10s"]].concat());
+    let capacity = num(
+        &loadtest(&warm, &[&closed[..], &["--duration", "5s"]].concat()),
+        "/served_rps",
+    );
     let rate = format!("{:.0}", 0.8 * capacity);
     let open = ["--connections", "256", "--rate", &rate, "--warmup", "0s"];
+    // A whole TTL at the load, then its hit ratio over 10 s more.
+    loadtest(&warm, &[&open[..], &["--duration", "20s"]].concat());
     let (h0, m0) = l1(warm.admin);
     let r = loadtest(&warm, &[&open[..], &["--duration", "10s"]].concat());
     let (h1, m1) = l1(warm.admin);
@@ -360,7 +373,7 @@ fn a_cold_node_under_80_percent_of_its_warm_capacity_warms_and_stops_shedding() 
     );
     drop(warm);
 
-    let cold = node(&[]);
+    let cold = node(&settings);
     let samples = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -375,22 +388,13 @@ fn a_cold_node_under_80_percent_of_its_warm_capacity_warms_and_stops_shedding() 
     let r = loadtest(&cold, &[&open[..], &["--duration", "40s"]].concat());
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    // From second 30 of the load on (the sampler's first sample came at its start).
     let shed: Vec<u64> = r["timeline"]
         .as_array()
         .expect("a timeline")
         .iter()
         .map(|t| t["shed"].as_u64().unwrap_or(0))
         .collect();
-    assert!(shed.len() >= 40, "{shed:?}");
-    assert!(
-        shed[30..].iter().all(|&s| s == 0),
-        "no sheds from second 30 on: {shed:?}"
-    );
     let s = samples.lock().unwrap();
-    assert!(s.len() >= 36, "{} samples", s.len());
-    let ((h0, m0), (h1, m1)) = (s[30], s[35]);
-    let cold_ratio = (h1 - h0) / ((h1 - h0) + (m1 - m0));
     let ratios: Vec<String> = s
         .windows(2)
         .map(|w| {
@@ -401,6 +405,15 @@ fn a_cold_node_under_80_percent_of_its_warm_capacity_warms_and_stops_shedding() 
     eprintln!(
         "warm capacity {capacity:.0}/s, load {rate}/s, warm hit ratio {warm_ratio:.3}; cold, per second: shed {shed:?}, hit ratio {ratios:?}"
     );
+    assert!(shed.len() >= 40, "{shed:?}");
+    // From second 30 of the load on (the sampler's first sample came at its start).
+    assert!(
+        shed[30..].iter().all(|&s| s == 0),
+        "no sheds from second 30 on: {shed:?}"
+    );
+    assert!(s.len() >= 36, "{} samples", s.len());
+    let ((h0, m0), (h1, m1)) = (s[30], s[35]);
+    let cold_ratio = (h1 - h0) / ((h1 - h0) + (m1 - m0));
     assert!(
         cold_ratio >= warm_ratio - 0.05,
         "by second 30 the hit ratio {cold_ratio:.3} is within 5 points of a warm node's {warm_ratio:.3}"

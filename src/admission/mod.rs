@@ -235,6 +235,11 @@ impl Admission {
         }
     }
 
+    /// Whether misses are being shed now (the level is above 0).
+    pub fn shedding(&self) -> bool {
+        self.shed_first.load(Ordering::Relaxed) != 0
+    }
+
     /// Lookups admitted and not yet released.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -262,30 +267,46 @@ impl Admission {
         self.probe.attach()
     }
 
-    /// The probe thread: a probe every 5 ms, an interval closed every 100 ms.
+    /// The probe thread: a probe every 5 ms while the process is busy enough for its
+    /// runtime queue to count, an interval closed every 100 ms. An idle node sends
+    /// none and wakes once an interval: 200 wake-ups a second cost an idle node 6-17
+    /// ms of CPU a second (docs/PERFORMANCE.md), for a reading it would not count.
     fn run(&self, stop: CancellationToken) {
         let mut control = Control::new(self.cfg.queue_target, self.cfg.saturation);
         let mut cpu_at = cpu::process_cpu().map(|(t, _)| (Instant::now(), t));
         let mut rotated = Instant::now();
-        let mut sent = 0u32;
-        // The first interval starts with the first probe read.
+        let mut ticks = 0u32;
+        // Probing from the first interval: a node may start into a load.
+        let mut probing = true;
         self.probe.take();
         (self.store_wait)();
         while !stop.is_cancelled() {
-            std::thread::sleep(PROBE_EVERY);
-            self.probe.send();
-            sent += 1;
-            if sent < PROBES {
-                continue;
+            if probing {
+                std::thread::sleep(PROBE_EVERY);
+                self.probe.send();
+                ticks += 1;
+                if ticks < PROBES {
+                    continue;
+                }
+            } else {
+                // One wake-up an interval, for the CPU share and the store's queue.
+                std::thread::sleep(INTERVAL);
             }
-            sent = 0;
+            ticks = 0;
             let now = Instant::now();
             let cpu = cpu::process_cpu().and_then(|(total, cores)| {
                 let (at, before) = cpu_at.replace((now, total))?;
                 let wall = now.duration_since(at).as_secs_f64() * cores;
                 (wall > 0.0).then(|| total.saturating_sub(before).as_secs_f64() / wall)
             });
-            let runtime = self.probe.take();
+            // Not probed: no queue of the runtime's counts (the process was not busy).
+            let runtime = if probing {
+                self.probe.take()
+            } else {
+                Some(Duration::ZERO)
+            };
+            // Probe in the next interval if this one came anywhere near busy.
+            probing = cpu.is_none_or(|c| c >= self.cfg.saturation * 0.5);
             if !self.probe.attached() {
                 continue;
             }

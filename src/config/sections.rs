@@ -56,6 +56,8 @@ pub struct L1Config {
     /// Most "no such member" answers held, apart from the records: a flood of
     /// unknown ids evicts only other unknown ids.
     pub negative_capacity: u64,
+    /// Keep the ids L1 holds in the data directory and load them back at start.
+    pub warm_start: bool,
 }
 
 /// `[l2]`: the Redis hash tier.

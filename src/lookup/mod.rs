@@ -46,6 +46,7 @@ use crate::store::{Store, StoreError};
 
 mod entry;
 pub mod inspector;
+pub mod warm;
 use crate::telemetry::MemberMetrics;
 use crate::tier::{Tier, TierEntry};
 pub use entry::{Cached, Encoded, Entry, FillLimits, LookupError, ServedFrom};
@@ -447,6 +448,46 @@ impl Members {
             .collect()
     }
 
+    /// The members L1 serves now (records, not floors alone; current generation, not
+    /// expired): what a restart loads back ([`warm`], [`Members::load_back`]).
+    pub fn held_ids(&self) -> Vec<u64> {
+        let (now, generation) = (Instant::now(), self.generation.load(Ordering::Relaxed));
+        self.l1
+            .iter()
+            .filter(|(_, s)| s.entry.is_some() && s.expires > now && s.generation == generation)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Loads `ids` into L1 as one batch of misses would (L2, then one store query;
+    /// the same floor and generation rules), but counted as no lookup: nobody asked.
+    /// Members in L1 or being loaded already are skipped. Returns how many it loaded.
+    pub async fn load_back(self: &Arc<Self>, ids: &[u64]) -> usize {
+        let (now, generation) = (Instant::now(), self.generation.load(Ordering::Relaxed));
+        let mut led: Vec<(u64, Arc<Load>)> = Vec::new();
+        for &id in ids {
+            if self.probe_l1(id, now, generation).is_some() {
+                continue;
+            }
+            let mut loading = self.stripe(id);
+            if loading.contains_key(&id) {
+                continue;
+            }
+            let load = Arc::new(Load {
+                result: watch::channel(None).0,
+            });
+            loading.insert(id, load.clone());
+            led.push((id, load));
+        }
+        let n = led.len();
+        if n > 0 {
+            // A task of its own, as any load: requests that meet these loads wait for
+            // them, and must not be stranded if the caller stops waiting.
+            let _ = tokio::spawn(self.clone().run_batch_load(led)).await;
+        }
+        n
+    }
+
     /// The loads a batch leads, run together; each result kept (if still current) and
     /// sent to every request waiting for that member.
     async fn run_batch_load(self: Arc<Self>, led: Vec<(u64, Arc<Load>)>) {
@@ -640,8 +681,8 @@ impl Members {
         Ok(Arc::new(Cached::new(member, version, ServedFrom::Store)))
     }
 
-    /// Puts a record into L1 as if it had just been read from the store (warm starts,
-    /// benchmarks). Nothing checks it against the store.
+    /// Puts a record into L1 as if it had just been read from the store (benchmarks).
+    /// Nothing checks it against the store.
     pub fn preload(&self, member: Member) {
         let (id, version) = (member.id, member.version);
         self.l1.insert(
