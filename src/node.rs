@@ -262,7 +262,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         tokio::spawn(crate::lookup::warm::run(
             members.clone(),
             crate::lookup::warm::path(&cfg.data_dir),
-            cfg.l1.ttl,
+            // Every TTL (what L1 can hold turns over in one), at most every 10 s.
+            cfg.l1.ttl.max(Duration::from_secs(10)),
             move || admission.shedding(),
             background.clone(),
         ))
