@@ -241,8 +241,11 @@ pub fn main() -> ExitCode {
 
 async fn migrate(cfg: &Config) -> anyhow::Result<()> {
     let store = Store::open(&cfg.store)?;
-    store.migrate().await?;
+    let report = store.migrate().await?;
     println!("migrated {}", store.describe());
+    for v in &report {
+        println!("rule not yet kept by every row: {v}");
+    }
     Ok(())
 }
 

@@ -306,6 +306,29 @@ pub fn parse_instant_ms(text: &str) -> Result<i64, String> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
+/// Which end of a span an instant is: its meaning at ±infinity differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// A rule's start or a price's effective time: `-infinity` is since always
+    /// (`i64::MIN`), `infinity` never (`i64::MAX`: the rule never applies).
+    Start,
+    /// A rule's or a lock's end: `infinity` is no end (`None`), `-infinity` ended
+    /// always (`i64::MIN`).
+    End,
+}
+
+/// An instant as the stores hold it: RFC 3339, or `infinity` / `-infinity` (as
+/// PostgreSQL writes them; the embedded store takes the same words), in milliseconds
+/// since the epoch by [`Bound`]'s meaning.
+pub fn parse_bound(text: &str, bound: Bound) -> Result<Option<i64>, String> {
+    match (text.trim(), bound) {
+        ("infinity" | "+infinity", Bound::Start) => Ok(Some(i64::MAX)),
+        ("infinity" | "+infinity", Bound::End) => Ok(None),
+        ("-infinity", _) => Ok(Some(i64::MIN)),
+        (t, _) => parse_instant_ms(t).map(Some),
+    }
+}
+
 /// An instant as RFC 3339 in UTC: `2027-01-15T00:00:00Z`, with milliseconds only when
 /// it has some (`…00.250Z`). Written by hand (days to civil date, Howard Hinnant's
 /// algorithm) so the snapshot build needs no formatting feature of `time`.

@@ -166,8 +166,8 @@ const HELP: &[(&str, &str)] = &[
         "Zone writes the relay still has to repair",
     ),
     (
-        "readtier_store_bad_rows_total",
-        "Store rows that could not be read",
+        "readtier_store_rows_rejected_total",
+        "Store rows quarantined because this build cannot read them or no answer could show them (counted once a row), by table",
     ),
     ("readtier_store_errors_total", "Failed store operations"),
     ("readtier_store_reads_total", "Member reads from the store"),
@@ -448,11 +448,6 @@ pub fn set_catalog_version(version: u64) {
 pub fn set_l1_sizes(entries: u64, negative: u64) {
     metrics::gauge!("readtier_l1_entries").set(entries as f64);
     metrics::gauge!("readtier_l1_negative_entries").set(negative as f64);
-}
-
-/// A store row that could not be read (`readtier_store_bad_rows_total`).
-pub fn count_store_bad_row() {
-    metrics::counter!("readtier_store_bad_rows_total").increment(1);
 }
 
 /// Tier reads that skipped a zone holding a version below the member's floor.

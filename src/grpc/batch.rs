@@ -69,11 +69,16 @@ impl BatchAnswer {
         let mut results = Vec::with_capacity(ids.len() * 128);
         for (id, (entry, from)) in ids.iter().zip(found.iter()) {
             let Some(m) = entry.member.as_ref() else {
-                let len = varint_len(1, *id) + str_len(3, UNKNOWN) + str_len(4, from.as_str());
+                let error = if entry.is_unreadable() {
+                    UNREADABLE
+                } else {
+                    UNKNOWN
+                };
+                let len = varint_len(1, *id) + str_len(3, error) + str_len(4, from.as_str());
                 key(1, WireType::LengthDelimited, &mut results);
                 varint(len as u64, &mut results);
                 put_varint(1, *id, &mut results);
-                put_str(3, UNKNOWN, &mut results);
+                put_str(3, error, &mut results);
                 put_str(4, from.as_str(), &mut results);
                 continue;
             };
@@ -296,6 +301,8 @@ fn plan_fragment(p: &Plan) -> Vec<u8> {
 }
 
 const UNKNOWN: &str = "unknown-member";
+/// The error of a member whose store row cannot be read (issue 27).
+const UNREADABLE: &str = "unreadable-member";
 
 impl prost::Message for BatchAnswer {
     fn encode_raw(&self, buf: &mut impl BufMut) {
@@ -403,7 +410,14 @@ mod tests {
                         .member
                         .as_ref()
                         .map(|m| convert::entitlement(m, s, *from, now)),
-                    error: if e.member.is_some() { "" } else { UNKNOWN }.into(),
+                    error: if e.member.is_some() {
+                        ""
+                    } else if e.is_unreadable() {
+                        UNREADABLE
+                    } else {
+                        UNKNOWN
+                    }
+                    .into(),
                     served_from: from.as_str().into(),
                 })
                 .collect(),

@@ -22,6 +22,10 @@ pub enum GrpcError {
     /// The lookup outlived `http.request_timeout`.
     #[error("the member could not be read in time; retry shortly")]
     TooSlow,
+    /// The member's store row cannot be read (issue 27): not a failure a retry could
+    /// cure.
+    #[error("the store's row for member {0} holds a value this node cannot read; it is quarantined until it is fixed")]
+    Unreadable(u64),
     /// The caller's `grpc-timeout` passed first.
     #[error("the deadline passed before the member could be read")]
     DeadlineExceeded,
@@ -38,6 +42,7 @@ impl GrpcError {
         match self {
             GrpcError::InvalidArgument(_) => Code::InvalidArgument,
             GrpcError::NotFound(_) => Code::NotFound,
+            GrpcError::Unreadable(_) => Code::FailedPrecondition,
             GrpcError::Shed | GrpcError::Lookup(_) | GrpcError::TooSlow | GrpcError::Draining => {
                 Code::Unavailable
             }

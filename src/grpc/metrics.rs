@@ -22,10 +22,11 @@ const METHODS: [(Method, &str); 5] = [
 ];
 
 /// The codes this service answers; anything else would count as `other`.
-const CODES: [(Code, &str); 5] = [
+const CODES: [(Code, &str); 6] = [
     (Code::Ok, "OK"),
     (Code::InvalidArgument, "INVALID_ARGUMENT"),
     (Code::NotFound, "NOT_FOUND"),
+    (Code::FailedPrecondition, "FAILED_PRECONDITION"),
     (Code::Unavailable, "UNAVAILABLE"),
     (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
 ];

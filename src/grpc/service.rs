@@ -147,6 +147,7 @@ impl ReadTierService {
         let snapshot = self.app.catalog.load();
         match entry.member.as_ref() {
             Some(m) => Ok(entitlement(m, &snapshot, from, clock_ms())),
+            None if entry.is_unreadable() => Err(GrpcError::Unreadable(id)),
             None => Err(GrpcError::NotFound(format!("there is no member {id}"))),
         }
     }
@@ -167,6 +168,9 @@ impl ReadTierService {
         let (entry, from) = self.lookup(id, Path::Authorize, req.metadata()).await?;
         self.app.inspector.sample(id, entry.version);
         let snapshot = self.app.catalog.load();
+        if entry.is_unreadable() {
+            return Err(GrpcError::Unreadable(id));
+        }
         let m = entry.member.as_ref();
         let plan = m.and_then(|m| snapshot.plan(&m.plan_id)).map(|e| &e.plan);
         let reason = member::authorize(m, plan, &ask.device_class, ask.active_streams);

@@ -191,7 +191,11 @@ impl App {
                 None => {
                     out.extend_from_slice(b"{\"member_id\":");
                     out.extend_from_slice(itoa::Buffer::new().format(*id).as_bytes());
-                    out.extend_from_slice(b",\"error\":\"unknown-member\"");
+                    out.extend_from_slice(if entry.is_unreadable() {
+                        b",\"error\":\"unreadable-member\""
+                    } else {
+                        b",\"error\":\"unknown-member\""
+                    });
                 }
             }
             out.extend_from_slice(b",\"served_from\":\"");

@@ -128,12 +128,16 @@ impl App {
         self.inspector.sample(id, entry.version);
         let snapshot = self.catalog.load();
         let Some(member) = entry.member.as_ref() else {
-            let mut resp = problem(
-                StatusCode::NOT_FOUND,
-                "unknown-member",
-                "Unknown member",
-                &format!("there is no member {id}"),
-            );
+            let mut resp = if entry.is_unreadable() {
+                unreadable_member(id)
+            } else {
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "unknown-member",
+                    "Unknown member",
+                    &format!("there is no member {id}"),
+                )
+            };
             with_member_headers(&mut resp, &snapshot, from);
             return resp;
         };
@@ -194,6 +198,11 @@ impl App {
         };
         self.inspector.sample(ask.member_id, entry.version);
         let snapshot = self.catalog.load();
+        if entry.is_unreadable() {
+            let mut resp = unreadable_member(ask.member_id);
+            with_member_headers(&mut resp, &snapshot, from);
+            return with_traceresponse(resp, trace);
+        }
         let member = entry.member.as_ref();
         let plan = member
             .and_then(|m| snapshot.plan(&m.plan_id))
@@ -437,6 +446,19 @@ pub(super) fn lookup_failed(e: LookupError) -> Response<Body> {
             "the member could not be read; retry shortly",
         ),
     }
+}
+
+/// The answer for a member whose store row cannot be read (issue 27): a 422 naming the
+/// problem, not a 503 a retry could cure, and never another member's answer.
+pub(super) fn unreadable_member(id: u64) -> Response<Body> {
+    problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unreadable-member",
+        "Member record unreadable",
+        &format!(
+            "the store's row for member {id} holds a value this node cannot read; it is quarantined (listed on the admin listener) until it is fixed"
+        ),
+    )
 }
 
 /// The 503 answer to a lookup that outlived `http.request_timeout`.

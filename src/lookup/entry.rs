@@ -73,7 +73,22 @@ pub struct Encoded {
     pub(crate) bytes: Box<[u8]>,
 }
 
+/// [`Cached::version`] of a member whose row the store holds but cannot be read (a
+/// value this build does not know, issue 27): an answer of its own, neither the record
+/// nor "no such member", never kept in L1 or written to L2.
+pub const UNREADABLE: i64 = -1;
+
 impl Cached {
+    /// The answer for a member whose row cannot be read (see [`UNREADABLE`]).
+    pub fn unreadable(origin: ServedFrom) -> Cached {
+        Cached::new(None, UNREADABLE, origin)
+    }
+
+    /// Whether this is the answer for a row that cannot be read.
+    pub fn is_unreadable(&self) -> bool {
+        self.member.is_none() && self.version == UNREADABLE
+    }
+
     pub fn new(member: Option<Member>, version: i64, origin: ServedFrom) -> Cached {
         Cached {
             member,

@@ -297,6 +297,10 @@ impl Members {
         let mut loading = self.stripe(id);
         loading.remove(&id);
         let Ok(entry) = result else { return };
+        if entry.is_unreadable() {
+            // Read again each time (bounded by the fill permits): a fix shows at once.
+            return;
+        }
         let current = self.l1.peek(&id);
         let floor_now = current.as_ref().map(|s| s.floor).unwrap_or(0);
         let kept =
@@ -572,12 +576,10 @@ impl Members {
                 Ok(m) => {
                     found.insert(m.id, m);
                 }
-                // An unreadable row is an error for that member, never "no such member".
+                // An unreadable row is an answer of its own for that member, never "no
+                // such member", and never the batch's failure.
                 Err(bad) => {
-                    out.insert(
-                        bad.id,
-                        Err(LookupError::Store(Arc::new(StoreError::BadRow(bad)))),
-                    );
+                    out.insert(bad.id, Ok(Arc::new(Cached::unreadable(ServedFrom::Store))));
                 }
             }
         }
@@ -655,6 +657,11 @@ impl Members {
         };
         let member = match read {
             Ok(m) => m,
+            // The row is there and cannot be read: an answer of its own (quarantined
+            // by the store), not a failure a retry could cure.
+            Err(StoreError::BadRow(_)) => {
+                return Ok(Arc::new(Cached::unreadable(ServedFrom::Store)))
+            }
             Err(e) => {
                 self.metrics.store_errors.increment(1);
                 return Err(LookupError::Store(Arc::new(e)));

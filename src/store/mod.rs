@@ -16,6 +16,7 @@
 pub mod changes;
 pub mod history;
 mod postgres;
+pub mod quarantine;
 pub mod seed;
 mod sqlite;
 
@@ -55,12 +56,13 @@ pub enum StoreError {
     },
     #[error("store task failed: {0}")]
     Task(String),
-    #[error("postgres store {url}: {op}: {source}")]
+    /// The server's own words are in the message ([`pg_words`]), so the driver's
+    /// error is not also given as a source (a chain would repeat them).
+    #[error("postgres store {url}: {op}: {}", pg_words(error))]
     Postgres {
         url: String,
         op: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     #[error("postgres store {url}: no connection: {reason}")]
     Pool { url: String, reason: String },
@@ -74,6 +76,36 @@ pub enum StoreError {
     Config(String),
     #[error("{0} is not supported by the {1} store")]
     Unsupported(&'static str, &'static str),
+}
+
+/// A PostgreSQL error in the server's own words: its message, detail, hint and where
+/// (tokio-postgres's `Display` says only "db error"), else the driver's account with
+/// its causes.
+fn pg_words(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        return text;
+    };
+    let mut text = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+    for (what, part) in [
+        ("detail", db.detail()),
+        ("hint", db.hint()),
+        ("where", db.where_()),
+        ("table", db.table()),
+        ("column", db.column()),
+        ("constraint", db.constraint()),
+    ] {
+        if let Some(p) = part {
+            text.push_str(&format!("; {what}: {p}"));
+        }
+    }
+    text
 }
 
 /// A `memberships` row that cannot be read as a [`Member`] (written in raw SQL with a
@@ -115,27 +147,182 @@ impl VersionCheck {
     }
 }
 
-/// Counts and logs unreadable rows among `rows`, returning them unchanged.
-fn noted(rows: Vec<MemberRow>) -> Vec<MemberRow> {
-    for r in &rows {
-        if let Err(bad) = r {
-            note_bad_row(bad);
-        }
-    }
-    rows
+/// Rows that break a rule of the schema added after they were written (the rule is
+/// kept for new writes; these rows are quarantined when read): what `migrate` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub table: &'static str,
+    /// The rule: a constraint (PostgreSQL) or trigger (the embedded store) name.
+    pub constraint: &'static str,
+    /// The first rows' keys (never more than 20).
+    pub keys: Vec<String>,
+    /// Whether more rows than `keys` break it.
+    pub more: bool,
 }
 
-fn note_bad_row(bad: &BadRow) {
-    crate::telemetry::count_store_bad_row();
-    // No member id: the log never names a member (`readtier_store_bad_rows_total`
-    // counts them; `SELECT … WHERE status NOT IN (…)` finds them).
-    tracing::warn!(reason = %bad.reason, "unreadable member row");
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Member ids are personal data: counted, not listed.
+        let rows = if self.table == "memberships" {
+            format!(
+                "{}{} rows",
+                self.keys.len(),
+                if self.more { "+" } else { "" }
+            )
+        } else {
+            format!(
+                "{}{}",
+                self.keys.join(", "),
+                if self.more { ", …" } else { "" }
+            )
+        };
+        write!(
+            f,
+            "{}: rows written before {} break it ({rows}); they are quarantined when read until fixed",
+            self.table, self.constraint
+        )
+    }
+}
+
+/// A catalog row a load left out: its table, its key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub table: &'static str,
+    pub key: String,
+    pub reason: String,
+}
+
+impl Skipped {
+    pub fn new(table: &'static str, key: impl ToString, reason: impl ToString) -> Skipped {
+        Skipped {
+            table,
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The catalog tables, whose rejects a load names anew each time.
+const CATALOG_TABLES: &[&str] = &[
+    "plans",
+    "plan_prices",
+    "scheduled_prices",
+    "experiments",
+    "experiment_cells",
+    "experiment_prices",
+    "partner_offers",
+];
+
+/// What no row of a catalog can mean, whichever store it came from: rules that would
+/// make the pre-rendered answers wrong rather than merely odd are left out and named.
+/// - an experiment whose cells' weights sum over 10,000 basis points (a visitor would
+///   fall in two cells): the experiment, its cells and prices;
+/// - a cell, an experiment price or a partner offer naming a plan, an experiment or a
+///   cell the catalog does not have (it could never be shown: named, not silently
+///   dropped);
+/// - a price, scheduled price or offer for a plan the catalog does not have.
+///
+/// An experiment or offer that ends before it starts never runs, and ±infinity
+/// instants have their meaning (README, "Schema"): those are no errors.
+pub fn vet_catalog(data: &mut CatalogData, skipped: &mut Vec<Skipped>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let plans: BTreeSet<&str> = data.plans.iter().map(|p| p.id.as_str()).collect();
+    let mut weights: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in &data.cells {
+        *weights.entry(c.experiment_id.as_str()).or_default() += u64::from(c.weight_bp);
+    }
+    let over: BTreeSet<String> = weights
+        .iter()
+        .filter(|(_, w)| **w > 10_000)
+        .map(|(e, w)| {
+            skipped.push(Skipped::new(
+                "experiments",
+                e,
+                format!("its cells' weights sum to {w} basis points, over 10000"),
+            ));
+            e.to_string()
+        })
+        .collect();
+    let known: BTreeSet<String> = data
+        .experiments
+        .iter()
+        .map(|e| e.id.clone())
+        .filter(|e| !over.contains(e))
+        .collect();
+    data.experiments.retain(|e| known.contains(&e.id));
+    let plans_owned: BTreeSet<String> = plans.iter().map(|p| p.to_string()).collect();
+    data.cells.retain(|c| {
+        let keep = known.contains(&c.experiment_id);
+        if !keep && !over.contains(&c.experiment_id) {
+            skipped.push(Skipped::new(
+                "experiment_cells",
+                format!("{}/{}", c.experiment_id, c.cell),
+                "no such experiment",
+            ));
+        }
+        keep
+    });
+    let cells: BTreeSet<(String, String)> = data
+        .cells
+        .iter()
+        .map(|c| (c.experiment_id.clone(), c.cell.clone()))
+        .collect();
+    data.experiment_prices.retain(|p| {
+        let key = || format!("{}/{}/{}", p.experiment_id, p.cell, p.plan_id);
+        if over.contains(&p.experiment_id) {
+            return false;
+        }
+        let why = if !cells.contains(&(p.experiment_id.clone(), p.cell.clone())) {
+            "no such experiment cell"
+        } else if !plans_owned.contains(&p.plan_id) {
+            "no such plan"
+        } else {
+            return true;
+        };
+        skipped.push(Skipped::new("experiment_prices", key(), why));
+        false
+    });
+    data.prices.retain(|p| {
+        let ok = plans_owned.contains(&p.plan_id);
+        if !ok {
+            skipped.push(Skipped::new(
+                "plan_prices",
+                format!("{}/{}", p.country, p.plan_id),
+                "no such plan",
+            ));
+        }
+        ok
+    });
+    data.scheduled.retain(|p| {
+        let ok = plans_owned.contains(&p.plan_id);
+        if !ok {
+            skipped.push(Skipped::new(
+                "scheduled_prices",
+                format!("{}/{}/{}", p.country, p.plan_id, p.effective_at_ms),
+                "no such plan",
+            ));
+        }
+        ok
+    });
+    data.partner_offers.retain(|o| {
+        let ok = plans_owned.contains(&o.plan_id);
+        if !ok {
+            skipped.push(Skipped::new(
+                "partner_offers",
+                format!("{}/{}/{}", o.partner, o.country, o.plan_id),
+                "no such plan",
+            ));
+        }
+        ok
+    });
 }
 
 /// The store a node reads from.
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// The rows it could not read ([`quarantine`]).
+    quarantine: Arc<quarantine::Quarantine>,
 }
 
 #[derive(Clone)]
@@ -152,7 +339,27 @@ impl Store {
             StoreUrl::Sqlite(path) => Backend::Sqlite(Arc::new(SqliteStore::open(path)?)),
             StoreUrl::Postgres(target) => Backend::Postgres(Arc::new(PgStore::open(target)?)),
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            quarantine: Arc::default(),
+        })
+    }
+
+    /// The rows this store could not read, kept aside ([`quarantine`]).
+    pub fn quarantine(&self) -> &quarantine::Quarantine {
+        &self.quarantine
+    }
+
+    /// Quarantines unreadable member rows among `rows` (and releases readable ones that
+    /// were), returning them unchanged.
+    fn noted(&self, rows: Vec<MemberRow>) -> Vec<MemberRow> {
+        for r in &rows {
+            match r {
+                Ok(m) => self.quarantine.readable("memberships", m.id),
+                Err(bad) => self.quarantine.reject("memberships", bad.id, &bad.reason),
+            }
+        }
+        rows
     }
 
     /// The embedded store: a local file, so failing to prepare it is fatal at start.
@@ -175,8 +382,12 @@ impl Store {
             Backend::Sqlite(s) => blocking(s, move |s| s.get_member(id)).await,
             Backend::Postgres(p) => p.get_member(id).await,
         };
-        if let Err(StoreError::BadRow(bad)) = &got {
-            note_bad_row(bad);
+        match &got {
+            Err(StoreError::BadRow(bad)) => {
+                self.quarantine.reject("memberships", bad.id, &bad.reason)
+            }
+            Ok(Some(m)) => self.quarantine.readable("memberships", m.id),
+            _ => {}
         }
         got
     }
@@ -197,7 +408,7 @@ impl Store {
             Backend::Sqlite(s) => blocking(s, move |s| s.members_by_ids(&ids)).await?,
             Backend::Postgres(p) => p.members_by_ids(&ids).await?,
         };
-        Ok(noted(rows))
+        Ok(self.noted(rows))
     }
 
     /// Up to `limit` members with ids at or above `from`, in id order.
@@ -206,22 +417,35 @@ impl Store {
             Backend::Sqlite(s) => blocking(s, move |s| s.members_range(from, limit)).await?,
             Backend::Postgres(p) => p.members_range(from, limit).await?,
         };
-        Ok(noted(rows))
+        Ok(self.noted(rows))
     }
 
+    /// The catalog and its version. A row that cannot be read, or that no answer could
+    /// show ([`vet_catalog`]), is left out and quarantined; the rest loads.
     pub async fn load_catalog(&self) -> Result<CatalogData, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => blocking(s, |s| s.load_catalog()).await,
-            Backend::Postgres(p) => p.load_catalog().await,
+        let (mut data, mut skipped) = match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.load_catalog()).await?,
+            Backend::Postgres(p) => p.load_catalog().await?,
+        };
+        vet_catalog(&mut data, &mut skipped);
+        self.quarantine.forget(CATALOG_TABLES);
+        for s in skipped {
+            self.quarantine.reject(s.table, s.key, s.reason);
         }
+        Ok(data)
     }
 
-    /// Creates the schema (idempotent).
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => blocking(s, |s| s.migrate()).await,
-            Backend::Postgres(p) => p.migrate().await,
+    /// Creates the schema or brings it up to date (idempotent); reports the rows
+    /// already there that break a rule added since (each logged here too).
+    pub async fn migrate(&self) -> Result<Vec<Violation>, StoreError> {
+        let report = match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.migrate()).await?,
+            Backend::Postgres(p) => p.migrate().await?,
+        };
+        for v in &report {
+            tracing::warn!("{v}");
         }
+        Ok(report)
     }
 
     pub async fn catalog_is_empty(&self) -> Result<bool, StoreError> {

@@ -25,7 +25,7 @@ pub use relay::{ChangeListener, Progress, RelayState, RelayStore, Repair};
 use schema::SCHEMA;
 pub use tls::TlsSetupError;
 
-use super::{BadRow, MemberRow, StoreError};
+use super::{BadRow, MemberRow, Skipped, StoreError, Violation};
 use crate::member::{Member, PriceLock, Status};
 use crate::plan::{
     CatalogData, Experiment, ExperimentCell, ExperimentPrice, PartnerOffer, Plan, PlanPrice, Price,
@@ -146,10 +146,10 @@ impl PgStore {
         &self,
         op: &'static str,
     ) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
-        move |source| StoreError::Postgres {
+        move |error| StoreError::Postgres {
             url: self.shown.clone(),
             op,
-            source,
+            error,
         }
     }
 
@@ -168,7 +168,9 @@ impl PgStore {
         })
     }
 
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    /// Creates or brings the schema up to date (idempotent, under an advisory lock), and
+    /// reports the rows already there that break a rule added since they were written.
+    pub async fn migrate(&self) -> Result<Vec<Violation>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(self.err("migrate"))?;
         // Bulk work, run by an operator: not bounded by `store_statement_timeout`.
@@ -181,7 +183,57 @@ impl PgStore {
         tx.batch_execute(SCHEMA)
             .await
             .map_err(self.err("migrate schema"))?;
-        tx.commit().await.map_err(self.err("migrate commit"))
+        tx.batch_execute(schema::CELL_WEIGHTS)
+            .await
+            .map_err(self.err("migrate cell weights"))?;
+        let mut report = Vec::new();
+        for (table, name, check, key) in schema::checks() {
+            // Added NOT VALID: rows already there are not checked, new writes are.
+            tx.batch_execute(&format!(
+                "DO $$ BEGIN
+                    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = '{name}'
+                                    AND conrelid = '{table}'::regclass) THEN
+                        ALTER TABLE {table} ADD CONSTRAINT {name} CHECK ({check}) NOT VALID;
+                    END IF;
+                 END $$"
+            ))
+            .await
+            .map_err(self.err("migrate constraint"))?;
+            // Then validated, where every row keeps it; else the rows are reported.
+            let valid: bool = tx
+                .query_one(
+                    "SELECT convalidated FROM pg_constraint WHERE conname = $1 AND conrelid = $2::text::regclass",
+                    &[&name, &table],
+                )
+                .await
+                .map_err(self.err("migrate constraint"))?
+                .get(0);
+            if valid {
+                continue;
+            }
+            let breaking = tx
+                .query(
+                    &format!("SELECT {key} FROM {table} WHERE NOT ({check}) ORDER BY 1 LIMIT 21"),
+                    &[],
+                )
+                .await
+                .map_err(self.err("migrate constraint check"))?;
+            if breaking.is_empty() {
+                tx.batch_execute(&format!("ALTER TABLE {table} VALIDATE CONSTRAINT {name}"))
+                    .await
+                    .map_err(self.err("migrate constraint validate"))?;
+                continue;
+            }
+            let keys: Vec<String> = breaking.iter().take(20).map(|r| r.get(0)).collect();
+            report.push(Violation {
+                table,
+                constraint: name,
+                keys,
+                more: breaking.len() > 20,
+            });
+        }
+        tx.commit().await.map_err(self.err("migrate commit"))?;
+        Ok(report)
     }
 
     pub async fn catalog_is_empty(&self) -> Result<bool, StoreError> {
@@ -354,8 +406,10 @@ impl PgStore {
         Ok(n)
     }
 
-    /// The catalog and its version, read in one repeatable-read transaction.
-    pub async fn load_catalog(&self) -> Result<CatalogData, StoreError> {
+    /// The catalog and its version, read in one repeatable-read transaction, and the
+    /// rows left out (an amount no `Price` can hold).
+    pub async fn load_catalog(&self) -> Result<(CatalogData, Vec<Skipped>), StoreError> {
+        let mut skipped = Vec::new();
         let mut c = self.client().await?;
         let tx = c
             .build_transaction()
@@ -410,7 +464,11 @@ impl PgStore {
                     currency: r.get(2),
                     amount,
                 }),
-                Err(e) => tracing::warn!(%country, %plan_id, error = %e, "skipping price row"),
+                Err(e) => skipped.push(Skipped::new(
+                    "plan_prices",
+                    format!("{country}/{plan_id}"),
+                    e,
+                )),
             }
         }
         let mut data = CatalogData {
@@ -423,45 +481,57 @@ impl PgStore {
             experiment_prices: Vec::new(),
             partner_offers: Vec::new(),
         };
-        self.read_rules(&tx, &mut data).await?;
+        self.read_rules(&tx, &mut data, &mut skipped).await?;
         tx.commit().await.map_err(self.err("load catalog commit"))?;
-        Ok(data)
+        Ok((data, skipped))
     }
 
-    /// Reads the pricing rules into `data` (instants as ms since the epoch; an amount
-    /// NUMERIC can hold that `Price` refuses is skipped with a warning).
+    /// Reads the pricing rules into `data`: instants as ms since the epoch, ±infinity
+    /// by their meaning ([`start_ms`], [`end_ms`]); a row whose amount no `Price` can
+    /// hold (`NaN`, 1e300) is left out, in `skipped`.
     async fn read_rules(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         data: &mut CatalogData,
+        skipped: &mut Vec<Skipped>,
     ) -> Result<(), StoreError> {
-        const MS: &str = "* 1000)::bigint";
-        let amount = |table: &str, a: Option<String>| -> Result<Option<Price>, ()> {
+        let amount = |a: Option<String>| -> Result<Option<Price>, String> {
             a.map(|a| Price::parse(&a))
                 .transpose()
-                .map_err(|e| tracing::warn!(table, error = %e, "skipping a pricing row"))
+                .map_err(|e| e.to_string())
         };
+        let (effective, starts, ends) = (
+            start_ms("effective_at"),
+            start_ms("starts_at"),
+            end_ms("ends_at"),
+        );
         for r in tx
             .query(
-                &format!("SELECT country, plan_id, currency, amount::text, (extract(epoch FROM effective_at) {MS} FROM scheduled_prices"),
+                &format!("SELECT country, plan_id, currency, amount::text, {effective} FROM scheduled_prices"),
                 &[],
             )
             .await
             .map_err(self.err("read scheduled prices"))?
         {
-            if let Ok(a) = amount("scheduled_prices", r.get(3)) {
-                data.scheduled.push(ScheduledPrice {
+            let at: i64 = r.get(4);
+            match amount(r.get(3)) {
+                Ok(a) => data.scheduled.push(ScheduledPrice {
                     country: r.get(0),
                     plan_id: r.get(1),
                     currency: r.get(2),
                     amount: a,
-                    effective_at_ms: r.get(4),
-                });
+                    effective_at_ms: at,
+                }),
+                Err(e) => skipped.push(Skipped::new(
+                    "scheduled_prices",
+                    format!("{}/{}/{at}", r.get::<_, String>(0), r.get::<_, String>(1)),
+                    e,
+                )),
             }
         }
         for r in tx
             .query(
-                &format!("SELECT experiment_id, country, (extract(epoch FROM starts_at) {MS}, (extract(epoch FROM ends_at) {MS} FROM experiments"),
+                &format!("SELECT experiment_id, country, {starts}, {ends} FROM experiments"),
                 &[],
             )
             .await
@@ -496,26 +566,40 @@ impl PgStore {
             .await
             .map_err(self.err("read experiment prices"))?
         {
-            if let Ok(a) = amount("experiment_prices", r.get(4)) {
-                data.experiment_prices.push(ExperimentPrice {
-                    experiment_id: r.get(0),
-                    cell: r.get(1),
-                    plan_id: r.get(2),
+            let (e, cell, plan): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            match amount(r.get(4)) {
+                Ok(a) => data.experiment_prices.push(ExperimentPrice {
+                    experiment_id: e,
+                    cell,
+                    plan_id: plan,
                     currency: r.get::<_, Option<String>>(3).unwrap_or_default(),
                     amount: a,
-                });
+                }),
+                Err(why) => skipped.push(Skipped::new(
+                    "experiment_prices",
+                    format!("{e}/{cell}/{plan}"),
+                    why,
+                )),
             }
         }
         for r in tx
             .query(
-                &format!("SELECT partner, country, plan_id, name, currency, amount::text, (extract(epoch FROM starts_at) {MS}, (extract(epoch FROM ends_at) {MS} FROM partner_offers"),
+                &format!("SELECT partner, country, plan_id, name, currency, amount::text, {starts}, {ends} FROM partner_offers"),
                 &[],
             )
             .await
             .map_err(self.err("read partner offers"))?
         {
-            if let Ok(Some(a)) = amount("partner_offers", r.get(5)) {
-                data.partner_offers.push(PartnerOffer {
+            let key = || {
+                format!(
+                    "{}/{}/{}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2)
+                )
+            };
+            match amount(r.get(5)) {
+                Ok(Some(a)) => data.partner_offers.push(PartnerOffer {
                     partner: r.get(0),
                     country: r.get(1),
                     plan_id: r.get(2),
@@ -524,7 +608,9 @@ impl PgStore {
                     amount: a,
                     starts_at_ms: r.get(6),
                     ends_at_ms: r.get(7),
-                });
+                }),
+                Ok(None) => skipped.push(Skipped::new("partner_offers", key(), "no amount")),
+                Err(why) => skipped.push(Skipped::new("partner_offers", key(), why)),
             }
         }
         Ok(())
@@ -668,10 +754,11 @@ impl PgStore {
         let c = self.client().await?;
         let st = c
             .prepare_cached(
-                "SELECT m.version, (extract(epoch FROM m.updated_at) * 1000)::bigint,
+                "SELECT m.version,
+                    CASE WHEN isfinite(m.updated_at) THEN (extract(epoch FROM m.updated_at) * 1000)::bigint END,
                     (SELECT max(version) FROM change_log
                       WHERE member_id = $1 AND table_name = 'memberships'),
-                    (SELECT (extract(epoch FROM min(changed_at)) * 1000)::bigint FROM change_log
+                    (SELECT CASE WHEN isfinite(min(changed_at)) THEN (extract(epoch FROM min(changed_at)) * 1000)::bigint END FROM change_log
                       WHERE member_id = $1 AND table_name = 'memberships' AND version > $2)
                  FROM (SELECT 1) one LEFT JOIN memberships m ON m.member_id = $1",
             )
@@ -735,10 +822,34 @@ impl PgStore {
     }
 }
 
-/// The columns [`member_of_row`] reads, in order.
+/// The columns [`member_of_row`] reads, in order (`price_locked_until` as [`end_ms`]).
 const MEMBER_COLUMNS: &str = "member_id, status, plan_id, country, version, \
      price_locked_amount::text, price_locked_currency, \
-     (extract(epoch FROM price_locked_until) * 1000)::bigint";
+     CASE WHEN price_locked_until = 'infinity' THEN NULL \
+          WHEN price_locked_until = '-infinity' THEN (-9223372036854775807 - 1) \
+          ELSE (extract(epoch FROM price_locked_until) * 1000)::bigint END";
+
+/// `col`, an instant a rule starts at, as milliseconds since the epoch: `-infinity`
+/// (since always) is `i64::MIN`, `infinity` (never) `i64::MAX`. No value fails the
+/// query: `(extract(epoch FROM 'infinity') * 1000)::bigint` is an error, and one such
+/// row once stopped every catalog load and every relay page (issue 27).
+pub(super) fn start_ms(col: &str) -> String {
+    format!(
+        "CASE WHEN {col} = 'infinity' THEN 9223372036854775807 \
+              WHEN {col} = '-infinity' THEN (-9223372036854775807 - 1) \
+              ELSE (extract(epoch FROM {col}) * 1000)::bigint END"
+    )
+}
+
+/// `col`, an instant a rule or lock ends at, as milliseconds since the epoch: NULL and
+/// `infinity` (no end) are NULL, `-infinity` (ended always) `i64::MIN`.
+pub(super) fn end_ms(col: &str) -> String {
+    format!(
+        "CASE WHEN {col} = 'infinity' THEN NULL \
+              WHEN {col} = '-infinity' THEN (-9223372036854775807 - 1) \
+              ELSE (extract(epoch FROM {col}) * 1000)::bigint END"
+    )
+}
 
 /// The one way a `memberships` row becomes a [`Member`]: a status this build does not
 /// know makes the row unreadable, named by its id.
@@ -755,7 +866,10 @@ fn member_of_row(r: &tokio_postgres::Row) -> MemberRow {
         Some(a) => Some(Box::new(PriceLock {
             amount: Price::parse(&a).map_err(|_| BadRow {
                 id,
-                reason: "price_locked_amount is not a decimal".into(),
+                reason: format!(
+                    "price_locked_amount {:?} is not an amount (a decimal of at most 40 characters)",
+                    a.chars().take(24).collect::<String>()
+                ),
             })?,
             currency: r.get::<_, Option<String>>(6).unwrap_or_default(),
             until_ms: r.get(7),

@@ -295,3 +295,188 @@ CREATE OR REPLACE TRIGGER experiment_prices_log AFTER INSERT OR UPDATE OR DELETE
 CREATE OR REPLACE TRIGGER partner_offers_log AFTER INSERT OR UPDATE OR DELETE ON partner_offers
     FOR EACH ROW EXECUTE FUNCTION readtier_catalog_log();
 "#;
+
+/// An amount any currency uses: a number (not `NaN`), from 0 to under 10^12, with at
+/// most four decimals (what `Price` holds; `1e300` and `NaN` passed `CHECK (>= 0)`).
+fn amount(col: &str, nullable: bool) -> String {
+    let sane =
+        format!("{col} <> 'NaN' AND {col} >= 0 AND {col} < 1000000000000 AND scale({col}) <= 4");
+    if nullable {
+        format!("{col} IS NULL OR ({sane})")
+    } else {
+        sane
+    }
+}
+
+/// A name or identifier shown in answers: 1 to `max` characters, no control character.
+fn label(col: &str, max: usize) -> String {
+    format!("length({col}) BETWEEN 1 AND {max} AND {col} !~ '[[:cntrl:]]'")
+}
+
+/// The rules every value of the public tables must keep, added to an existing install
+/// `NOT VALID` (rows already there are not checked, so `migrate` never fails on them)
+/// and then validated: rows that break one are reported by `migrate` and quarantined
+/// when read. Each: table, constraint name, condition, the row key for the report.
+pub(super) fn checks() -> Vec<(&'static str, &'static str, String, &'static str)> {
+    const CURRENCY: &str = "~ '^[A-Z]{3}$'";
+    let member = "member_id::text";
+    let price = "country || '/' || plan_id";
+    vec![
+        (
+            "memberships",
+            "memberships_lock_amount",
+            amount("price_locked_amount", true),
+            member,
+        ),
+        (
+            "memberships",
+            "memberships_lock_currency",
+            format!("price_locked_amount IS NULL OR price_locked_currency {CURRENCY}"),
+            member,
+        ),
+        (
+            "memberships",
+            "memberships_country",
+            "country ~ '^[A-Z]{2}$'".into(),
+            member,
+        ),
+        (
+            "memberships",
+            "memberships_plan_id",
+            label("plan_id", 64),
+            member,
+        ),
+        ("plans", "plans_plan_id", label("plan_id", 64), "plan_id"),
+        ("plans", "plans_name", label("name", 200), "plan_id"),
+        (
+            "plans",
+            "plans_max_resolution",
+            label("max_resolution", 32),
+            "plan_id",
+        ),
+        (
+            "plans",
+            "plans_limits",
+            "max_streams <= 1000 AND download_devices <= 1000".into(),
+            "plan_id",
+        ),
+        (
+            "plans",
+            "plans_device_classes",
+            "device_classes ~ '^[a-z0-9_|-]*$' AND length(device_classes) <= 1000".into(),
+            "plan_id",
+        ),
+        (
+            "plan_prices",
+            "plan_prices_amount",
+            amount("amount", false),
+            price,
+        ),
+        (
+            "plan_prices",
+            "plan_prices_currency",
+            format!("currency {CURRENCY}"),
+            price,
+        ),
+        (
+            "scheduled_prices",
+            "scheduled_prices_amount",
+            amount("amount", true),
+            price,
+        ),
+        (
+            "scheduled_prices",
+            "scheduled_prices_currency",
+            format!("currency {CURRENCY}"),
+            price,
+        ),
+        (
+            "experiments",
+            "experiments_id",
+            label("experiment_id", 64),
+            "experiment_id",
+        ),
+        (
+            "experiments",
+            "experiments_span",
+            "ends_at IS NULL OR ends_at > starts_at".into(),
+            "experiment_id",
+        ),
+        (
+            "experiment_cells",
+            "experiment_cells_cell",
+            label("cell", 64),
+            "experiment_id || '/' || cell",
+        ),
+        (
+            "experiment_prices",
+            "experiment_prices_amount",
+            amount("amount", true),
+            "experiment_id || '/' || cell || '/' || plan_id",
+        ),
+        (
+            "experiment_prices",
+            "experiment_prices_currency",
+            format!("currency IS NULL OR currency {CURRENCY}"),
+            "experiment_id || '/' || cell || '/' || plan_id",
+        ),
+        (
+            "partner_offers",
+            "partner_offers_partner",
+            label("partner", 64),
+            "partner || '/' || country || '/' || plan_id",
+        ),
+        (
+            "partner_offers",
+            "partner_offers_name",
+            label("name", 200),
+            "partner || '/' || country || '/' || plan_id",
+        ),
+        (
+            "partner_offers",
+            "partner_offers_amount",
+            amount("amount", false),
+            "partner || '/' || country || '/' || plan_id",
+        ),
+        (
+            "partner_offers",
+            "partner_offers_currency",
+            format!("currency {CURRENCY}"),
+            "partner || '/' || country || '/' || plan_id",
+        ),
+        (
+            "partner_offers",
+            "partner_offers_span",
+            "ends_at IS NULL OR ends_at > starts_at".into(),
+            "partner || '/' || country || '/' || plan_id",
+        ),
+    ]
+}
+
+/// A rule across rows: an experiment's cells may give at most 10,000 basis points in
+/// all (a visitor falls in one cell at most). Checked at commit (deferred), so a writer
+/// may move weight between cells in one transaction.
+pub(super) const CELL_WEIGHTS: &str = r#"
+CREATE OR REPLACE FUNCTION readtier_cell_weights() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+DECLARE total BIGINT;
+BEGIN
+    SELECT coalesce(sum(weight_bp), 0) INTO total FROM experiment_cells
+     WHERE experiment_id = NEW.experiment_id;
+    IF total > 10000 THEN
+        RAISE EXCEPTION 'the cells of experiment % give % basis points in all, over 10000',
+            NEW.experiment_id, total
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'experiment_cells_weights',
+                  HINT = 'lower the other cells'' weight_bp in the same transaction';
+    END IF;
+    RETURN NULL;
+END $$;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'experiment_cells_weights'
+                    AND tgrelid = 'experiment_cells'::regclass) THEN
+        CREATE CONSTRAINT TRIGGER experiment_cells_weights
+            AFTER INSERT OR UPDATE ON experiment_cells DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION readtier_cell_weights();
+    END IF;
+END $$;
+"#;

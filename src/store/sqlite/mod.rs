@@ -15,15 +15,16 @@ mod changes;
 mod history;
 mod schema;
 use schema::{
-    catalog_triggers_sql, member_triggers_sql, schema_sql, CATALOG_TRIGGERS, HISTORY_AT,
-    MEMBER_ADDED_COLUMNS, MEMBER_TRIGGERS, NOW_ISO, NOW_MS,
+    catalog_triggers_sql, member_triggers_sql, rule_trigger_names, rule_triggers_sql, rules,
+    schema_sql, CATALOG_TRIGGERS, HISTORY_AT, MEMBER_ADDED_COLUMNS, MEMBER_TRIGGERS, NOW_ISO,
+    NOW_MS, RULE_TABLES,
 };
 
-use super::{BadRow, MemberRow, StoreError};
+use super::{BadRow, MemberRow, Skipped, StoreError, Violation};
 use crate::member::{Member, PriceLock, Status};
 use crate::plan::{
-    format_instant_ms, parse_instant_ms, CatalogData, Experiment, ExperimentCell, ExperimentPrice,
-    PartnerOffer, Plan, PlanPrice, Price, ScheduledPrice,
+    format_instant_ms, parse_bound, Bound, CatalogData, Experiment, ExperimentCell,
+    ExperimentPrice, PartnerOffer, Plan, PlanPrice, Price, ScheduledPrice,
 };
 
 /// Most idle connections kept for reuse.
@@ -103,7 +104,9 @@ impl SqliteStore {
     }
 
     /// Creates the tables, indexes and triggers (idempotent).
-    pub fn migrate(&self) -> Result<(), StoreError> {
+    /// Creates the schema or brings it up to date; reports the rows already there that
+    /// break a rule added since.
+    pub fn migrate(&self) -> Result<Vec<Violation>, StoreError> {
         self.with_conn(|c| {
             let tx = c.transaction().map_err(self.err("migrate"))?;
             tx.execute_batch(&schema_sql())
@@ -141,7 +144,40 @@ impl SqliteStore {
             }
             tx.execute_batch(&catalog_triggers_sql())
                 .map_err(self.err("migrate catalog triggers"))?;
-            tx.commit().map_err(self.err("migrate commit"))
+            // The rules: replaced (a newer build may have newer ones), then checked
+            // against the rows already there, which are reported, not refused.
+            let mut report = Vec::new();
+            for table in RULE_TABLES {
+                for t in rule_trigger_names(table) {
+                    tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {t}"))
+                        .map_err(self.err("drop rule trigger"))?;
+                }
+                tx.execute_batch(&rule_triggers_sql(table))
+                    .map_err(self.err("migrate rule triggers"))?;
+            }
+            for (table, name, cond, key) in rules() {
+                let mut st = tx
+                    .prepare(&format!(
+                        "SELECT CAST({key} AS TEXT) FROM {table} WHERE NOT coalesce({}, 0) ORDER BY 1 LIMIT 21",
+                        cond.replace("$.", "")
+                    ))
+                    .map_err(self.err("check rule"))?;
+                let keys: Vec<String> = st
+                    .query_map([], |r| r.get::<_, Option<String>>(0))
+                    .map_err(self.err("check rule"))?
+                    .filter_map(|k| k.ok().flatten())
+                    .collect();
+                if !keys.is_empty() {
+                    report.push(Violation {
+                        table,
+                        constraint: name,
+                        more: keys.len() > 20,
+                        keys: keys.into_iter().take(20).collect(),
+                    });
+                }
+            }
+            tx.commit().map_err(self.err("migrate commit"))?;
+            Ok(report)
         })
     }
 
@@ -219,7 +255,13 @@ impl SqliteStore {
     {
         self.with_conn(|c| {
             let tx = c.transaction().map_err(self.err("seed members"))?;
-            for t in MEMBER_TRIGGERS {
+            // The rule triggers too: the seed's rows keep the rules, and a check per row
+            // would cost a 10-million-member seed its time.
+            for t in MEMBER_TRIGGERS
+                .iter()
+                .map(|t| t.to_string())
+                .chain(rule_trigger_names("memberships"))
+            {
                 tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {t}"))
                     .map_err(self.err("drop member trigger"))?;
             }
@@ -258,6 +300,8 @@ impl SqliteStore {
             }
             tx.execute_batch(&member_triggers_sql())
                 .map_err(self.err("recreate member triggers"))?;
+            tx.execute_batch(&rule_triggers_sql("memberships"))
+                .map_err(self.err("recreate member rules"))?;
             tx.execute(
                 &format!("INSERT INTO change_log (table_name, op, changed_at_ms) VALUES ('memberships', 'reseed', {NOW_MS})"),
                 [],
@@ -284,12 +328,16 @@ impl SqliteStore {
     }
 
     /// Reads the whole catalog and its version in one transaction.
-    pub fn load_catalog(&self) -> Result<CatalogData, StoreError> {
+    /// The catalog and its version in one read transaction, and the rows left out:
+    /// SQLite enforces no column types, so a raw writer can put text where a number
+    /// belongs; such a row is skipped and named, never the whole catalog.
+    pub fn load_catalog(&self) -> Result<(CatalogData, Vec<Skipped>), StoreError> {
         self.with_conn(|c| {
             let tx = c.transaction().map_err(self.err("load catalog"))?;
             let version: i64 = tx
                 .query_row("SELECT version FROM catalog_meta WHERE id = 1", [], |r| r.get(0))
                 .map_err(self.err("read catalog version"))?;
+            let mut skipped = Vec::new();
             let mut plans = Vec::new();
             {
                 let mut st = tx
@@ -297,24 +345,11 @@ impl SqliteStore {
                     .map_err(self.err("prepare plans"))?;
                 let mut rows = st.query([]).map_err(self.err("read plans"))?;
                 while let Some(r) = rows.next().map_err(self.err("read plans"))? {
-                    let get = |i| text_of(r.get_ref(i).map_err(self.err("read plan column"))?);
-                    let num = |i| -> Result<u32, StoreError> {
-                        let v: i64 = r.get(i).map_err(self.err("read plan column"))?;
-                        u32::try_from(v).map_err(|_| StoreError::BadCatalogRow {
-                            what: "plans".into(),
-                            reason: format!("column {i} out of range: {v}"),
-                        })
-                    };
-                    let ads: i64 = r.get(5).map_err(self.err("read plan ads"))?;
-                    plans.push(Plan {
-                        id: get(0)?,
-                        name: get(1)?,
-                        max_streams: num(2)?,
-                        max_resolution: get(3)?,
-                        download_devices: num(4)?,
-                        ads: ads != 0,
-                        device_classes: get(6)?.split('|').filter(|s| !s.is_empty()).map(str::to_string).collect(),
-                    });
+                    let id = opt_text(r, 0).map_err(self.err("read plan id"))?.unwrap_or_default();
+                    match plan_of_row(r) {
+                        Ok(plan) => plans.push(plan),
+                        Err(why) => skipped.push(Skipped::new("plans", id, why)),
+                    }
                 }
             }
             let mut prices = Vec::new();
@@ -324,16 +359,21 @@ impl SqliteStore {
                     .map_err(self.err("prepare prices"))?;
                 let mut rows = st.query([]).map_err(self.err("read prices"))?;
                 while let Some(r) = rows.next().map_err(self.err("read prices"))? {
-                    let get = |i| text_of(r.get_ref(i).map_err(self.err("read price column"))?);
-                    let (country, plan_id, amount) = (get(0)?, get(1)?, get(3)?);
+                    let t = |i| opt_text(r, i).map(Option::unwrap_or_default);
+                    let (country, plan_id, currency, amount) = (
+                        t(0).map_err(self.err("read price"))?,
+                        t(1).map_err(self.err("read price"))?,
+                        t(2).map_err(self.err("read price"))?,
+                        t(3).map_err(self.err("read price"))?,
+                    );
                     match Price::parse(&amount) {
                         Ok(amount) => prices.push(PlanPrice {
                             country,
                             plan_id,
-                            currency: get(2)?,
+                            currency,
                             amount,
                         }),
-                        Err(e) => tracing::warn!(%country, %plan_id, error = %e, "skipping price row"),
+                        Err(e) => skipped.push(Skipped::new("plan_prices", format!("{country}/{plan_id}"), e)),
                     }
                 }
             }
@@ -347,8 +387,8 @@ impl SqliteStore {
                 experiment_prices: Vec::new(),
                 partner_offers: Vec::new(),
             };
-            read_rules(&tx, &mut data).map_err(self.err("read pricing rules"))?;
-            Ok(data)
+            read_rules(&tx, &mut data, &mut skipped).map_err(self.err("read pricing rules"))?;
+            Ok((data, skipped))
         })
     }
 
@@ -531,16 +571,56 @@ fn opt_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<String>>
     })
 }
 
-/// Reads the pricing rules into `data`. A row that cannot be served (an unparseable
-/// instant or amount: SQLite enforces no types) is skipped with a warning, like a bad
-/// price row.
-fn read_rules(tx: &rusqlite::Transaction<'_>, data: &mut CatalogData) -> rusqlite::Result<()> {
-    let warn = |table: &str, reason: String| {
-        tracing::warn!(table, %reason, "skipping a pricing row");
+/// A `plans` row, or why it cannot be read.
+fn plan_of_row(r: &rusqlite::Row<'_>) -> Result<Plan, String> {
+    let text = |i: usize, what: &str| -> Result<String, String> {
+        match opt_text(r, i) {
+            Ok(Some(t)) => Ok(t),
+            _ => Err(format!("{what} is not text")),
+        }
     };
+    let count = |i: usize, what: &str| -> Result<u32, String> {
+        match r.get_ref(i) {
+            Ok(rusqlite::types::ValueRef::Integer(v)) => {
+                u32::try_from(v).map_err(|_| format!("{what} {v} is out of range"))
+            }
+            _ => Err(format!("{what} is not a whole number")),
+        }
+    };
+    let ads = match r.get_ref(5) {
+        Ok(rusqlite::types::ValueRef::Integer(v)) => v != 0,
+        _ => return Err("ads is not 0 or 1".into()),
+    };
+    Ok(Plan {
+        id: text(0, "plan_id")?,
+        name: text(1, "name")?,
+        max_streams: count(2, "max_streams")?,
+        max_resolution: text(3, "max_resolution")?,
+        download_devices: count(4, "download_devices")?,
+        ads,
+        device_classes: text(6, "device_classes")?
+            .split('|')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+/// Reads the pricing rules into `data`. A row that cannot be served (an unparseable
+/// instant or amount: SQLite enforces no types) is left out, in `skipped`. Instants are
+/// RFC 3339 text or `infinity` / `-infinity`, as in PostgreSQL ([`parse_bound`]).
+fn read_rules(
+    tx: &rusqlite::Transaction<'_>,
+    data: &mut CatalogData,
+    skipped: &mut Vec<Skipped>,
+) -> rusqlite::Result<()> {
     let t = |r: &rusqlite::Row<'_>, i| opt_text(r, i).map(Option::unwrap_or_default);
-    let instant = |text: Option<String>| -> Result<Option<i64>, String> {
-        text.map(|x| parse_instant_ms(&x)).transpose()
+    let start = |text: Option<String>| -> Result<i64, String> {
+        parse_bound(text.as_deref().unwrap_or(""), Bound::Start)?
+            .ok_or_else(|| "no instant".to_string())
+    };
+    let end = |text: Option<String>| -> Result<Option<i64>, String> {
+        text.map_or(Ok(None), |x| parse_bound(&x, Bound::End))
     };
     let amount = |text: Option<String>| -> Result<Option<Price>, String> {
         text.map(|x| Price::parse(&x).map_err(|e| e.to_string()))
@@ -550,42 +630,54 @@ fn read_rules(tx: &rusqlite::Transaction<'_>, data: &mut CatalogData) -> rusqlit
         .prepare("SELECT country, plan_id, currency, amount, effective_at FROM scheduled_prices")?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        match (amount(opt_text(r, 3)?), instant(opt_text(r, 4)?)) {
-            (Ok(a), Ok(Some(at))) => data.scheduled.push(ScheduledPrice {
+        let key = format!("{}/{}/{}", t(r, 0)?, t(r, 1)?, t(r, 4)?);
+        match (amount(opt_text(r, 3)?), start(opt_text(r, 4)?)) {
+            (Ok(a), Ok(at)) => data.scheduled.push(ScheduledPrice {
                 country: t(r, 0)?,
                 plan_id: t(r, 1)?,
                 currency: t(r, 2)?,
                 amount: a,
                 effective_at_ms: at,
             }),
-            (a, at) => warn("scheduled_prices", format!("{a:?} {at:?}")),
+            (Err(why), _) | (_, Err(why)) => {
+                skipped.push(Skipped::new("scheduled_prices", key, why))
+            }
         }
     }
     let mut st =
         tx.prepare("SELECT experiment_id, country, starts_at, ends_at FROM experiments")?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        match (instant(opt_text(r, 2)?), instant(opt_text(r, 3)?)) {
-            (Ok(Some(starts)), Ok(ends)) => data.experiments.push(Experiment {
+        match (start(opt_text(r, 2)?), end(opt_text(r, 3)?)) {
+            (Ok(starts), Ok(ends)) => data.experiments.push(Experiment {
                 id: t(r, 0)?,
                 country: t(r, 1)?,
                 starts_at_ms: starts,
                 ends_at_ms: ends,
             }),
-            (a, b) => warn("experiments", format!("{a:?} {b:?}")),
+            (Err(why), _) | (_, Err(why)) => {
+                skipped.push(Skipped::new("experiments", t(r, 0)?, why))
+            }
         }
     }
     let mut st = tx.prepare("SELECT experiment_id, cell, weight_bp FROM experiment_cells")?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        let w: i64 = r.get(2).unwrap_or(-1);
-        match u32::try_from(w) {
-            Ok(weight_bp) => data.cells.push(ExperimentCell {
+        let weight = match r.get_ref(2)? {
+            rusqlite::types::ValueRef::Integer(w) => u32::try_from(w).ok().filter(|w| *w <= 10_000),
+            _ => None,
+        };
+        match weight {
+            Some(weight_bp) => data.cells.push(ExperimentCell {
                 experiment_id: t(r, 0)?,
                 cell: t(r, 1)?,
                 weight_bp,
             }),
-            Err(_) => warn("experiment_cells", format!("weight_bp {w}")),
+            None => skipped.push(Skipped::new(
+                "experiment_cells",
+                format!("{}/{}", t(r, 0)?, t(r, 1)?),
+                "weight_bp is not a whole number from 0 to 10000",
+            )),
         }
     }
     let mut st =
@@ -600,7 +692,11 @@ fn read_rules(tx: &rusqlite::Transaction<'_>, data: &mut CatalogData) -> rusqlit
                 currency: t(r, 3)?,
                 amount: a,
             }),
-            Err(e) => warn("experiment_prices", e),
+            Err(why) => skipped.push(Skipped::new(
+                "experiment_prices",
+                format!("{}/{}/{}", t(r, 0)?, t(r, 1)?, t(r, 2)?),
+                why,
+            )),
         }
     }
     let mut st = tx.prepare(
@@ -608,12 +704,13 @@ fn read_rules(tx: &rusqlite::Transaction<'_>, data: &mut CatalogData) -> rusqlit
     )?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
+        let key = format!("{}/{}/{}", t(r, 0)?, t(r, 1)?, t(r, 2)?);
         match (
             amount(opt_text(r, 5)?),
-            instant(opt_text(r, 6)?),
-            instant(opt_text(r, 7)?),
+            start(opt_text(r, 6)?),
+            end(opt_text(r, 7)?),
         ) {
-            (Ok(Some(a)), Ok(Some(starts)), Ok(ends)) => data.partner_offers.push(PartnerOffer {
+            (Ok(Some(a)), Ok(starts), Ok(ends)) => data.partner_offers.push(PartnerOffer {
                 partner: t(r, 0)?,
                 country: t(r, 1)?,
                 plan_id: t(r, 2)?,
@@ -623,7 +720,10 @@ fn read_rules(tx: &rusqlite::Transaction<'_>, data: &mut CatalogData) -> rusqlit
                 starts_at_ms: starts,
                 ends_at_ms: ends,
             }),
-            (a, b, c) => warn("partner_offers", format!("{a:?} {b:?} {c:?}")),
+            (Ok(None), _, _) => skipped.push(Skipped::new("partner_offers", key, "no amount")),
+            (Err(why), _, _) | (_, Err(why), _) | (_, _, Err(why)) => {
+                skipped.push(Skipped::new("partner_offers", key, why))
+            }
         }
     }
     Ok(())
@@ -653,11 +753,19 @@ fn member_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MemberRow> {
         (None, _, _) => None,
         (Some(amount), currency, until) => {
             let Ok(amount) = Price::parse(&amount) else {
-                return bad("price_locked_amount is not a decimal".into());
+                return bad(format!(
+                    "price_locked_amount {:?} is not an amount (a decimal of at most 40 characters)",
+                    amount.chars().take(24).collect::<String>()
+                ));
             };
-            let until_ms = match until.map(|u| parse_instant_ms(&u)).transpose() {
+            let until_ms = match until.map_or(Ok(None), |u| parse_bound(&u, Bound::End)) {
                 Ok(u) => u,
-                Err(_) => return bad("price_locked_until is not an RFC 3339 instant".into()),
+                Err(_) => {
+                    return bad(
+                        "price_locked_until is not an RFC 3339 instant, infinity or -infinity"
+                            .into(),
+                    )
+                }
             };
             Some(Box::new(PriceLock {
                 amount,

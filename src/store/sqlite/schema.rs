@@ -391,3 +391,161 @@ END;
     }
     sql
 }
+
+/// The rules of the embedded store's public tables (the PostgreSQL store's
+/// `checks()`, in SQLite's terms): enforced on every write by `BEFORE` triggers (SQLite
+/// cannot add a constraint to an existing table, nor type its columns), and checked
+/// against the rows already there by `migrate`, which reports those that break one.
+/// Each: table, rule name, condition over `$.column` (`NEW.` in a trigger), row key.
+pub(super) fn rules() -> Vec<(&'static str, &'static str, String, &'static str)> {
+    fn amount(col: &str, nullable: bool) -> String {
+        let c = format!("$.{col}");
+        let sane = format!(
+            "(typeof({c}) = 'text' AND {c} GLOB '[0-9]*' AND {c} NOT GLOB '*[^0-9.]*' \
+             AND {c} NOT GLOB '*.*.*' AND {c} NOT GLOB '*.' AND {c} NOT GLOB '*.?????*' \
+             AND instr({c} || '.', '.') <= 13)"
+        );
+        if nullable {
+            format!("({c} IS NULL OR {sane})")
+        } else {
+            sane
+        }
+    }
+    fn label(col: &str, max: usize) -> String {
+        let c = format!("$.{col}");
+        format!(
+            "(typeof({c}) = 'text' AND length({c}) BETWEEN 1 AND {max} \
+             AND {c} NOT GLOB '*[' || char(1) || '-' || char(31) || char(127) || ']*')"
+        )
+    }
+    fn instant(col: &str, nullable: bool) -> String {
+        let c = format!("$.{col}");
+        let ok = format!(
+            "({c} IN ('infinity', '-infinity') OR (typeof({c}) = 'text' \
+             AND {c} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]*' \
+             AND julianday({c}) IS NOT NULL))"
+        );
+        if nullable {
+            format!("({c} IS NULL OR {ok})")
+        } else {
+            ok
+        }
+    }
+    fn span(starts: &str, ends: &str) -> String {
+        let (s, e) = (format!("$.{starts}"), format!("$.{ends}"));
+        format!(
+            "({e} IS NULL OR {e} = 'infinity' OR {s} = '-infinity' \
+             OR ({e} <> '-infinity' AND {s} <> 'infinity' AND julianday({e}) > julianday({s})))"
+        )
+    }
+    fn count(col: &str) -> String {
+        format!("(typeof($.{col}) = 'integer' AND $.{col} BETWEEN 0 AND 1000)")
+    }
+    let currency = |col: &str, nullable: bool| {
+        let ok = format!("$.{col} GLOB '[A-Z][A-Z][A-Z]'");
+        if nullable {
+            format!("($.{col} IS NULL OR {ok})")
+        } else {
+            ok
+        }
+    };
+    let member = "member_id";
+    let price = "country || '/' || plan_id";
+    let offer = "partner || '/' || country || '/' || plan_id";
+    let eprice = "experiment_id || '/' || cell || '/' || plan_id";
+    vec![
+        ("memberships", "memberships_lock_amount", amount("price_locked_amount", true), member),
+        ("memberships", "memberships_lock_currency",
+            format!("($.price_locked_amount IS NULL OR {})", currency("price_locked_currency", false)), member),
+        ("memberships", "memberships_lock_until", instant("price_locked_until", true), member),
+        ("memberships", "memberships_country", "$.country GLOB '[A-Z][A-Z]'".into(), member),
+        ("memberships", "memberships_plan_id", label("plan_id", 64), member),
+        ("plans", "plans_plan_id", label("plan_id", 64), "plan_id"),
+        ("plans", "plans_name", label("name", 200), "plan_id"),
+        ("plans", "plans_max_resolution", label("max_resolution", 32), "plan_id"),
+        ("plans", "plans_limits", format!("({} AND {})", count("max_streams"), count("download_devices")), "plan_id"),
+        ("plans", "plans_ads", "($.ads IN (0, 1) AND typeof($.ads) = 'integer')".into(), "plan_id"),
+        ("plans", "plans_device_classes",
+            "(typeof($.device_classes) = 'text' AND length($.device_classes) <= 1000 AND $.device_classes NOT GLOB '*[^a-z0-9_|-]*')".into(),
+            "plan_id"),
+        ("plan_prices", "plan_prices_amount", amount("amount", false), price),
+        ("plan_prices", "plan_prices_currency", currency("currency", false), price),
+        ("scheduled_prices", "scheduled_prices_amount", amount("amount", true), price),
+        ("scheduled_prices", "scheduled_prices_currency", currency("currency", false), price),
+        ("scheduled_prices", "scheduled_prices_effective_at", instant("effective_at", false), price),
+        ("experiments", "experiments_id", label("experiment_id", 64), "experiment_id"),
+        ("experiments", "experiments_starts_at", instant("starts_at", false), "experiment_id"),
+        ("experiments", "experiments_ends_at", instant("ends_at", true), "experiment_id"),
+        ("experiments", "experiments_span", span("starts_at", "ends_at"), "experiment_id"),
+        ("experiment_cells", "experiment_cells_cell", label("cell", 64), "experiment_id || '/' || cell"),
+        ("experiment_cells", "experiment_cells_weight",
+            "(typeof($.weight_bp) = 'integer' AND $.weight_bp BETWEEN 0 AND 10000)".into(),
+            "experiment_id || '/' || cell"),
+        ("experiment_prices", "experiment_prices_amount", amount("amount", true), eprice),
+        ("experiment_prices", "experiment_prices_currency", currency("currency", true), eprice),
+        ("partner_offers", "partner_offers_partner", label("partner", 64), offer),
+        ("partner_offers", "partner_offers_name", label("name", 200), offer),
+        ("partner_offers", "partner_offers_amount", amount("amount", false), offer),
+        ("partner_offers", "partner_offers_currency", currency("currency", false), offer),
+        ("partner_offers", "partner_offers_starts_at", instant("starts_at", false), offer),
+        ("partner_offers", "partner_offers_ends_at", instant("ends_at", true), offer),
+        ("partner_offers", "partner_offers_span", span("starts_at", "ends_at"), offer),
+    ]
+}
+
+/// The tables [`rules`] covers, each with its two rule triggers (`{table}_rules_bi`,
+/// `{table}_rules_bu`).
+pub(super) const RULE_TABLES: [&str; 8] = [
+    "memberships",
+    "plans",
+    "plan_prices",
+    "scheduled_prices",
+    "experiments",
+    "experiment_cells",
+    "experiment_prices",
+    "partner_offers",
+];
+
+/// The `BEFORE INSERT` and `BEFORE UPDATE` triggers of `table` that refuse a row
+/// breaking one of [`rules`] (naming it), and for `experiment_cells` the rule across
+/// rows: an experiment's cells give at most 10,000 basis points in all.
+pub(super) fn rule_triggers_sql(table: &str) -> String {
+    let checks: Vec<String> = rules()
+        .into_iter()
+        .filter(|(t, ..)| *t == table)
+        .map(|(t, name, cond, _)| {
+            format!(
+                "    SELECT RAISE(ABORT, '{t}: the row breaks {name}') WHERE NOT coalesce({}, 0);",
+                cond.replace("$.", "NEW.")
+            )
+        })
+        .collect();
+    let body = checks.join("\n");
+    let mut sql = String::new();
+    for (suffix, op) in [("bi", "INSERT"), ("bu", "UPDATE")] {
+        sql.push_str(&format!(
+            "CREATE TRIGGER IF NOT EXISTS {table}_rules_{suffix} BEFORE {op} ON {table} BEGIN\n{body}\nEND;\n"
+        ));
+    }
+    if table == "experiment_cells" {
+        for (suffix, op) in [("ai", "INSERT"), ("au", "UPDATE")] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER IF NOT EXISTS experiment_cells_weights_{suffix} AFTER {op} ON experiment_cells BEGIN
+    SELECT RAISE(ABORT, 'experiment_cells: the cells of an experiment give over 10000 basis points in all (experiment_cells_weights)')
+     WHERE (SELECT sum(weight_bp) FROM experiment_cells WHERE experiment_id = NEW.experiment_id) > 10000;
+END;\n"
+            ));
+        }
+    }
+    sql
+}
+
+/// Every rule trigger's name (so `migrate` can replace them).
+pub(super) fn rule_trigger_names(table: &str) -> Vec<String> {
+    let mut names = vec![format!("{table}_rules_bi"), format!("{table}_rules_bu")];
+    if table == "experiment_cells" {
+        names.push("experiment_cells_weights_ai".into());
+        names.push("experiment_cells_weights_au".into());
+    }
+    names
+}
