@@ -247,6 +247,16 @@ def _policy_errors(docs):
         if args[:1] != ["relay"] or field != "metadata.name":
             errs.append(f"relay: args {args}: the lease holder must be the pod's name (--id $(POD_NAME), "
                         "POD_NAME from the downward API metadata.name)")
+        # Its admin listener reachable (not loopback) on the port named admin, and a
+        # liveness probe on its /healthz (which fails while it stalls).
+        listen = env.get("READTIER_RELAY_ADMIN_LISTEN", {}).get("value", "127.0.0.1:9091")
+        rports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+        if listen.startswith("127.") or listen.startswith("[::1]") or str(rports.get("admin")) != listen.rpartition(":")[2]:
+            errs.append(f"relay: the admin listener {listen} is not on the containerPort named admin "
+                        f"({rports.get('admin')}) on all interfaces")
+        live = c.get("livenessProbe", {}).get("httpGet", {})
+        if live.get("path") != "/healthz" or live.get("port") != "admin":
+            errs.append(f"relay: no liveness probe on /healthz at the admin port ({live})")
 
     if migrate and pod_of(migrate)["containers"][0].get("args") != ["migrate"]:
         errs.append("migrate: the Job does not run `readtier migrate`")
@@ -264,18 +274,33 @@ def _policy_errors(docs):
             errs.append("no Service routes the serving pods' grpc port")
         if not any(selects(p["spec"].get("selector", {}).get("matchLabels")) for p in by_kind.get("PodDisruptionBudget", [])):
             errs.append("no PodDisruptionBudget covers the serving pods")
+        # One ServiceMonitor for the serving pods and one for the relays, each
+        # reaching /metrics on the admin port of a Service of its pods.
         monitors = by_kind.get("ServiceMonitor", [])
-        if len(monitors) != 1:
-            errs.append(f"{len(monitors)} ServiceMonitors, not 1")
-        for sm in monitors:
-            want = sm["spec"]["selector"].get("matchLabels", {})
-            targets = [s for s in services
-                       if all(s["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
-            names = {p.get("name"): p for s in targets for p in s["spec"]["ports"]}
-            for ep in sm["spec"]["endpoints"]:
-                p = names.get(ep.get("port"))
-                if p is None or p.get("targetPort") != "admin" or ep.get("path") != "/metrics":
-                    errs.append(f"ServiceMonitor endpoint {ep} does not reach /metrics on the admin port of a Service of the serving pods")
+        for component, deployment in (("serve", serve), ("relay", relay)):
+            if not deployment:
+                continue
+            pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+            mine = [s for s in by_kind.get("Service", [])
+                    if s["spec"].get("selector")
+                    and all(pod_labels.get(k) == v for k, v in s["spec"]["selector"].items())]
+            reaching = []
+            for sm in monitors:
+                want = sm["spec"]["selector"].get("matchLabels", {})
+                targets = [s for s in mine
+                           if all(s["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
+                names = {p.get("name"): p for s in targets for p in s["spec"]["ports"]}
+                if targets and all(
+                    (p := names.get(ep.get("port"))) is not None and p.get("targetPort") == "admin"
+                    and ep.get("path") == "/metrics"
+                    for ep in sm["spec"]["endpoints"]
+                ):
+                    reaching.append(sm)
+            if len(reaching) != 1:
+                errs.append(f"{len(reaching)} ServiceMonitors reach /metrics on the admin port of a Service "
+                            f"of the {component} pods, not 1")
+        if len(monitors) != 2:
+            errs.append(f"{len(monitors)} ServiceMonitors, not 2 (the serving pods, the relays)")
     return errs
 
 
@@ -318,6 +343,10 @@ def self_test(path):
         "grpc containerPort not the listener's": lambda ds: next(
             p for p in serve_container(find("Deployment", "serve"))["ports"] if p["name"] == "grpc").update(containerPort=50052),
         "service links on": lambda ds: find("Deployment", "serve")["spec"]["template"]["spec"].update(enableServiceLinks=True),
+        "relay without its liveness probe": lambda ds: serve_container(find("Deployment", "relay")).pop("livenessProbe"),
+        "relay admin listener on loopback": lambda ds: serve_container(find("Deployment", "relay")).update(
+            env=[e for e in serve_container(find("Deployment", "relay"))["env"] if e["name"] != "READTIER_RELAY_ADMIN_LISTEN"]),
+        "relay ServiceMonitor on the wrong port": lambda ds: find("ServiceMonitor", "relay")["spec"]["endpoints"][0].update(port="http"),
     }
     missed = []
     original = docs

@@ -364,6 +364,30 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
     let relay = Relay::from_config(cfg, holder.clone())?;
     relay.store().migrate().await?;
     let signals = Signals::install();
+    let admin_stop = CancellationToken::new();
+    if !cfg.relay.admin_listen.trim().is_empty() {
+        let addr: std::net::SocketAddr =
+            cfg.relay.admin_listen.trim().parse().map_err(|e| {
+                anyhow::anyhow!("relay.admin_listen {:?}: {e}", cfg.relay.admin_listen)
+            })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("relay.admin_listen {addr}: {e}"))?;
+        let bound = listener.local_addr()?;
+        let prometheus = crate::telemetry::install();
+        tokio::spawn(crate::relay::admin::serve(
+            listener,
+            relay.health(),
+            prometheus,
+            admin_stop.clone(),
+        ));
+        tokio::spawn(crate::relay::admin::watch_lag(
+            relay.health(),
+            relay.store().clone(),
+            admin_stop.clone(),
+        ));
+        println!("readtier relay admin on http://{bound}");
+    }
     println!("readtier relay {holder} started (standby until it holds the lease)");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -372,6 +396,7 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
         stop.cancel();
     });
     relay.run(shutdown).await;
+    admin_stop.cancel();
     Ok(())
 }
 

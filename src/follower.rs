@@ -24,7 +24,7 @@
 //! out-of-order delivery are harmless.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +108,63 @@ pub struct Follower {
     /// `changes.retention` old); they are not late deliveries to this node, and
     /// counting them would page after a restart.
     started_ms: i64,
+    /// What this node has applied, for [`watch_lag`].
+    applied: Arc<Applied>,
     metrics: ChangeMetrics,
+}
+
+/// How far a node has applied the store's changes, shared with [`watch_lag`]: the
+/// newest commit time (ms, store clock) among the changes applied (from the node's
+/// start: earlier ones are none of its lag), and the oldest commit time of a catalog
+/// change waiting on a reload (`i64::MAX`: none).
+#[derive(Debug)]
+pub struct Applied {
+    through_ms: AtomicI64,
+    waiting_since_ms: AtomicI64,
+}
+
+impl Applied {
+    fn new(started_ms: i64) -> Applied {
+        Applied {
+            through_ms: AtomicI64::new(started_ms),
+            waiting_since_ms: AtomicI64::new(i64::MAX),
+        }
+    }
+}
+
+/// Sets `readtier_change_log_lag_seconds` every second, until `stop`, to what is
+/// committed and not yet applied: the age of the store's oldest change committed after
+/// the newest this node applied (one indexed read of the change log), or of a catalog
+/// change waiting on a reload that keeps failing, whichever is older. Asked of the
+/// store, not of the last batch received: a relay that stopped publishing, or a reader
+/// stuck on one page, delivers no batch at all, and the old gauge (the age of the last
+/// batch's newest change when it came) stayed at 0.015 s while nothing moved (issue 27).
+pub async fn watch_lag(applied: Arc<Applied>, store: Store, stop: CancellationToken) {
+    let gauge = metrics::gauge!("readtier_change_log_lag_seconds");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let through = applied.through_ms.load(Ordering::Acquire);
+        let now = now_ms();
+        let mut oldest = applied.waiting_since_ms.load(Ordering::Acquire);
+        match store.first_change_after(through).await {
+            Ok(Some(at)) => oldest = oldest.min(at),
+            Ok(None) => {}
+            // The store cannot say: keep the last value (reading changes fails too,
+            // and counts in readtier_change_log_poll_errors_total).
+            Err(_) => continue,
+        }
+        let lag = if oldest == i64::MAX {
+            0.0
+        } else {
+            (now - oldest).max(0) as f64 / 1000.0
+        };
+        gauge.set(lag);
+    }
 }
 
 /// Most catalog changes whose lag waits on a reload (catalog writes are rare; past
@@ -136,6 +192,7 @@ impl Follower {
             reload_tried: None,
             lag_pending: Vec::new(),
             started_ms: now_ms(),
+            applied: Arc::new(Applied::new(now_ms())),
             metrics: ChangeMetrics::register(),
             source,
         }
@@ -146,6 +203,11 @@ impl Follower {
     pub fn reload_catalog_soon(mut self) -> Follower {
         self.reload_pending = true;
         self
+    }
+
+    /// What this follower has applied, for [`watch_lag`].
+    pub fn applied(&self) -> Arc<Applied> {
+        self.applied.clone()
     }
 
     /// A shared view of the position applied so far (see [`Source::progress`]).
@@ -226,7 +288,6 @@ impl Follower {
             self.members.invalidate_all();
             reload = true;
         }
-        let mut last_at = None;
         // Commit times of the changes applied by now (a catalog change newer than the
         // snapshot is applied by the reload below, and recorded there).
         let mut applied_at = Vec::with_capacity(batch.events.len());
@@ -242,6 +303,9 @@ impl Follower {
                         if self.lag_pending.len() < LAG_PENDING_MAX {
                             self.lag_pending.push(ev.changed_at_ms);
                         }
+                        self.applied
+                            .waiting_since_ms
+                            .fetch_min(ev.changed_at_ms, Ordering::AcqRel);
                     } else {
                         applied_at.push(ev.changed_at_ms);
                     }
@@ -251,7 +315,6 @@ impl Follower {
                     applied_at.push(ev.changed_at_ms);
                 }
             }
-            last_at = Some(ev.changed_at_ms);
             self.metrics.applied.increment(1);
         }
         self.record_lag(&applied_at);
@@ -264,10 +327,8 @@ impl Follower {
             self.position.store(p, Ordering::Release);
             self.metrics.position.set(p as f64);
         }
-        if let Some(at) = last_at {
-            self.metrics
-                .lag_seconds
-                .set((now_ms() - at).max(0) as f64 / 1000.0);
+        if let Some(newest) = applied_at.iter().max() {
+            self.applied.through_ms.fetch_max(*newest, Ordering::AcqRel);
         }
         if let Some(behind) = batch.behind {
             self.metrics.lag_events.set(behind as f64);
@@ -300,6 +361,12 @@ impl Follower {
         let installed = self.catalog.install(Snapshot::build(&data));
         let waited = std::mem::take(&mut self.lag_pending);
         self.record_lag(&waited);
+        if let Some(newest) = waited.iter().max() {
+            self.applied.through_ms.fetch_max(*newest, Ordering::AcqRel);
+        }
+        self.applied
+            .waiting_since_ms
+            .store(i64::MAX, Ordering::Release);
         if installed {
             tracing::info!(version, "catalog snapshot swapped");
             disk::save_in_background(data, self.snapshot_path.clone()).await;

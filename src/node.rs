@@ -268,11 +268,17 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             background.clone(),
         ))
     });
+    let lag_store = store.clone();
     let mut follower = Follower::new(source, store, members, catalog, snapshot_path, &cfg.changes);
     if from_disk {
         follower = follower.reload_catalog_soon();
     }
     let change_position = follower.position();
+    tokio::spawn(crate::follower::watch_lag(
+        follower.applied(),
+        lag_store,
+        background.clone(),
+    ));
     let follower = tokio::spawn(follower.run(background.clone()));
     // Cancelled last: the per-core runtimes stay until the node has stopped.
     let finished = CancellationToken::new();

@@ -71,7 +71,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "readtier_change_log_lag_seconds",
-        "Age of the oldest committed change not yet applied",
+        "Age of the oldest change committed in the store and not yet applied by this node (asked of the store every second)",
     ),
     (
         "readtier_change_log_poll_errors_total",
@@ -377,7 +377,6 @@ pub struct ChangeMetrics {
     /// Commit-to-applied time of each change ([`APPLIED_LAG`]).
     pub applied_lag: metrics::Histogram,
     pub lag_events: Gauge,
-    pub lag_seconds: Gauge,
     pub position: Gauge,
     pub poll_errors: Counter,
     pub gaps: Counter,
@@ -390,7 +389,6 @@ impl ChangeMetrics {
             applied: metrics::counter!("readtier_changes_applied_total"),
             applied_lag: metrics::histogram!(APPLIED_LAG),
             lag_events: metrics::gauge!("readtier_change_log_lag_events"),
-            lag_seconds: metrics::gauge!("readtier_change_log_lag_seconds"),
             position: metrics::gauge!("readtier_change_log_position"),
             poll_errors: metrics::counter!("readtier_change_log_poll_errors_total"),
             gaps: metrics::counter!("readtier_change_log_gaps_total"),

@@ -278,6 +278,7 @@ fn problems_in_code() -> BTreeSet<(String, u16)> {
                 "REQUEST_TIMEOUT" => 408,
                 "PAYLOAD_TOO_LARGE" => 413,
                 "UNSUPPORTED_MEDIA_TYPE" => 415,
+                "UNPROCESSABLE_ENTITY" => 422,
                 "REQUEST_HEADER_FIELDS_TOO_LARGE" => 431,
                 "INTERNAL_SERVER_ERROR" => 500,
                 "SERVICE_UNAVAILABLE" => 503,

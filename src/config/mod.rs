@@ -470,6 +470,16 @@ impl Config {
             })?),
         };
 
+        let relay_admin = raw.relay.admin_listen.trim();
+        if !relay_admin.is_empty() {
+            relay_admin.parse::<SocketAddr>().map_err(|e| {
+                layers.invalid(
+                    "relay.admin_listen",
+                    format!("{e}: expected an address such as 0.0.0.0:9091, or empty for none"),
+                )
+            })?;
+        }
+
         Ok(Config {
             listen: raw.listen,
             admin_listen: raw.admin_listen,

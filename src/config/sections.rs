@@ -159,6 +159,8 @@ pub struct ChangesConfig {
 pub struct RelayConfig {
     #[serde(deserialize_with = "duration")]
     pub lease_ttl: Duration,
+    /// The relay's admin listener (`/metrics`, `/healthz`); empty: none.
+    pub admin_listen: String,
 }
 
 /// `[inspector]`: the continuous consistency inspector (`lookup/inspector.rs`).

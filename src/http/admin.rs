@@ -58,6 +58,17 @@ pub(super) async fn route(app: &App, req: Request<Incoming>) -> http::Response<B
             None => preview_plans(app, query),
         };
     }
+    if path == "/admin/store/rejected" {
+        return match only_get(&req) {
+            Some(resp) => resp,
+            None => {
+                let rows = app.members.store().quarantine().list();
+                super::render::json_ok(bytes::Bytes::from(
+                    serde_json::to_vec(&serde_json::json!({ "rows": rows })).unwrap_or_default(),
+                ))
+            }
+        };
+    }
     if path == "/admin/catalog/history" {
         return match only_get(&req) {
             Some(resp) => resp,

@@ -85,4 +85,6 @@ pub const ROUTES: &[RouteSpec] = &[
     route("HEAD", "/admin/plans", ADMIN),
     route("GET", "/admin/catalog/history", ADMIN),
     route("HEAD", "/admin/catalog/history", ADMIN),
+    route("GET", "/admin/store/rejected", ADMIN),
+    route("HEAD", "/admin/store/rejected", ADMIN),
 ];

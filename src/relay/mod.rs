@@ -24,6 +24,7 @@
 //! reserved id no copy holds with a filler (see [`crate::stream`]): a reader sees no
 //! gap for the ids a relay reserved and never used.
 
+pub mod admin;
 mod apply;
 mod lease;
 
@@ -86,6 +87,8 @@ pub struct Relay {
     poll_interval: Duration,
     retention: Duration,
     metrics: RelayMetrics,
+    /// What the admin listener reports ([`admin`]).
+    health: Arc<admin::Health>,
 }
 
 /// What an active relay carries from step to step.
@@ -128,7 +131,13 @@ impl Relay {
             poll_interval: cfg.changes.poll_interval,
             retention: cfg.changes.retention,
             metrics: RelayMetrics::register(),
+            health: Arc::default(),
         })
+    }
+
+    /// What the admin listener reports of this relay.
+    pub fn health(&self) -> Arc<admin::Health> {
+        self.health.clone()
     }
 
     /// The store the relay reads (so its caller can migrate it first).
@@ -156,6 +165,7 @@ impl Relay {
                 if active.take().is_some() {
                     tracing::warn!(holder = %self.holder, "relay lost its lease; standing by");
                     self.metrics.active.set(0.0);
+                    self.health.set_active(false);
                 }
                 tokio::select! {
                     _ = lease.changed.notified() => {}
@@ -176,12 +186,17 @@ impl Relay {
                     }
                 },
             };
+            let started = crate::store::now_ms();
             let more = match self.step(state).await {
-                Ok(more) => more,
+                Ok((more, newest)) => {
+                    self.health.stepped(started, newest, !more);
+                    more
+                }
                 Err(RelayError::LostLease) => {
                     tracing::warn!(holder = %self.holder, "relay lease lapsed before its state was saved; standing by");
                     active = None;
                     self.metrics.active.set(0.0);
+                    self.health.set_active(false);
                     continue;
                 }
                 Err(e) => {
@@ -204,6 +219,7 @@ impl Relay {
         }
         let _ = keeper.await;
         self.metrics.active.set(0.0);
+        self.health.set_active(false);
         tracing::info!(holder = %self.holder, "relay stopped");
     }
 
@@ -224,6 +240,7 @@ impl Relay {
             "relay is active"
         );
         self.metrics.active.set(1.0);
+        self.health.set_active(true);
         self.metrics.repairs_pending.set(repairs_pending as f64);
         Ok(Active {
             reader: self
@@ -243,8 +260,9 @@ impl Relay {
         })
     }
 
-    /// One step (see the module comment); returns whether more is waiting.
-    async fn step(&mut self, state: &mut Active) -> Result<bool, RelayError> {
+    /// One step (see the module comment); returns whether more is waiting, and the
+    /// newest commit time among the changes it published.
+    async fn step(&mut self, state: &mut Active) -> Result<(bool, Option<i64>), RelayError> {
         let mut announce: Vec<ChangeEvent> = Vec::new();
         let mut repaired_now = Vec::new();
         if let Some(tier) = self.tier.clone() {
@@ -267,6 +285,7 @@ impl Relay {
         }
         let batch = state.reader.next_batch().await?;
         let mut events = batch.events;
+        let newest = events.iter().map(|e| e.changed_at_ms).max();
         if batch.gap {
             tracing::error!("the change log was trimmed past the relay's position: flushing the tier, every node drops L1");
             events.push(ChangeEvent {
@@ -298,7 +317,7 @@ impl Relay {
                 state.published = after;
             }
             state.repaired.extend(repaired_now);
-            return Ok(batch.more);
+            return Ok((batch.more, newest));
         }
         let k = state.next_id;
         let before = state.published.clone();
@@ -314,7 +333,7 @@ impl Relay {
         state.published = after;
         state.dirty = true;
         state.repaired.extend(repaired_now);
-        Ok(batch.more)
+        Ok((batch.more, newest))
     }
 
     /// Saves `position` with the stream counters and repairs (fenced by the lease).

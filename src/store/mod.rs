@@ -402,6 +402,16 @@ impl Store {
         }
     }
 
+    /// The commit time (ms since the epoch, the store's clock) of the oldest change
+    /// logged after `after_ms`, if any: what a node that applied everything up to
+    /// `after_ms` has not applied yet (one indexed read; [`crate::follower::watch_lag`]).
+    pub async fn first_change_after(&self, after_ms: i64) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.first_change_after(after_ms)).await,
+            Backend::Postgres(p) => p.first_change_after(after_ms).await,
+        }
+    }
+
     /// The current rows of these members (ids the store lacks are absent).
     pub async fn members_by_ids(&self, ids: Vec<u64>) -> Result<Vec<MemberRow>, StoreError> {
         let rows = match &self.backend {

@@ -776,6 +776,25 @@ impl PgStore {
         })
     }
 
+    /// See [`crate::store::Store::first_change_after`] (`change_log_changed_at`). A
+    /// node's commit times are rounded to the millisecond, so the change it applied
+    /// last may lie up to half a millisecond past it: the millisecond after is asked.
+    pub async fn first_change_after(&self, after_ms: i64) -> Result<Option<i64>, StoreError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT (extract(epoch FROM min(changed_at)) * 1000)::bigint FROM change_log
+                  WHERE changed_at > to_timestamp(($1::bigint + 1) / 1000.0) AND isfinite(changed_at)",
+            )
+            .await
+            .map_err(self.err("prepare change log head"))?;
+        let r = c
+            .query_one(&st, &[&after_ms])
+            .await
+            .map_err(self.err("read change log head"))?;
+        Ok(r.get(0))
+    }
+
     /// The current rows of these members (missing ids are absent from the answer).
     pub async fn members_by_ids(&self, ids: &[u64]) -> Result<Vec<MemberRow>, StoreError> {
         let ids: Vec<i64> = ids

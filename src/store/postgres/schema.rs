@@ -87,6 +87,8 @@ CREATE TABLE IF NOT EXISTS change_log (
     changed_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS change_log_txid ON change_log (txid, seq);
+-- What a node has not applied yet, asked every second (follower::watch_lag).
+CREATE INDEX IF NOT EXISTS change_log_changed_at ON change_log (changed_at);
 -- The consistency inspector's question, "when was the first version above v written?",
 -- read per sampled answer (inspector.samples_per_second a node).
 CREATE INDEX IF NOT EXISTS change_log_member ON change_log (member_id, version) WHERE member_id IS NOT NULL;

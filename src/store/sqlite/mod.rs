@@ -439,6 +439,15 @@ impl SqliteStore {
         })
     }
 
+    /// See [`crate::store::Store::first_change_after`] (`change_log_changed_at`).
+    pub fn first_change_after(&self, after_ms: i64) -> Result<Option<i64>, StoreError> {
+        self.with_conn(|c| {
+            c.prepare_cached("SELECT min(changed_at_ms) FROM change_log WHERE changed_at_ms > ?1")
+                .and_then(|mut st| st.query_row([after_ms], |r| r.get(0)))
+                .map_err(self.err("read change log head"))
+        })
+    }
+
     /// The current rows of these members (ids the store lacks are absent).
     pub fn members_by_ids(&self, ids: &[u64]) -> Result<Vec<MemberRow>, StoreError> {
         self.with_conn(|c| {
