@@ -249,7 +249,7 @@ def _policy_errors(docs):
                         "POD_NAME from the downward API metadata.name)")
         # Its admin listener reachable (not loopback) on the port named admin, and a
         # liveness probe on its /healthz (which fails while it stalls).
-        listen = env.get("READTIER_RELAY_ADMIN_LISTEN", {}).get("value", "127.0.0.1:9091")
+        listen = env.get("READTIER_RELAY_ADMIN_LISTEN", {}).get("value", "127.0.0.1:0")
         rports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
         if listen.startswith("127.") or listen.startswith("[::1]") or str(rports.get("admin")) != listen.rpartition(":")[2]:
             errs.append(f"relay: the admin listener {listen} is not on the containerPort named admin "

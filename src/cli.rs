@@ -361,6 +361,8 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
         };
         format!("{host}-{}-{nonce:08x}", std::process::id())
     });
+    // The recorder first: the relay's metric handles are made when it is built.
+    let prometheus = crate::telemetry::install();
     let relay = Relay::from_config(cfg, holder.clone())?;
     relay.store().migrate().await?;
     let signals = Signals::install();
@@ -374,7 +376,6 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("relay.admin_listen {addr}: {e}"))?;
         let bound = listener.local_addr()?;
-        let prometheus = crate::telemetry::install();
         tokio::spawn(crate::relay::admin::serve(
             listener,
             relay.health(),
