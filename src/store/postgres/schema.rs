@@ -336,18 +336,9 @@ pub(super) fn checks() -> Vec<(&'static str, &'static str, String, &'static str)
             format!("price_locked_amount IS NULL OR price_locked_currency {CURRENCY}"),
             member,
         ),
-        (
-            "memberships",
-            "memberships_country",
-            "country ~ '^[A-Z]{2}$'".into(),
-            member,
-        ),
-        (
-            "memberships",
-            "memberships_plan_id",
-            label("plan_id", 64),
-            member,
-        ),
+        // Not the member's plan or country: any text has a meaning there (a plan or
+        // country the catalog lacks is answered as such), and a check per row cost the
+        // 10-million-member seed a third more time (2 M: 2.35 s → 3.3 s).
         ("plans", "plans_plan_id", label("plan_id", 64), "plan_id"),
         ("plans", "plans_name", label("name", 200), "plan_id"),
         (

@@ -458,8 +458,9 @@ pub(super) fn rules() -> Vec<(&'static str, &'static str, String, &'static str)>
         ("memberships", "memberships_lock_currency",
             format!("($.price_locked_amount IS NULL OR {})", currency("price_locked_currency", false)), member),
         ("memberships", "memberships_lock_until", instant("price_locked_until", true), member),
-        ("memberships", "memberships_country", "$.country GLOB '[A-Z][A-Z]'".into(), member),
-        ("memberships", "memberships_plan_id", label("plan_id", 64), member),
+        // Not the member's plan or country: any text has a meaning there (see the
+        // PostgreSQL store's checks).
+        ("memberships", "memberships_plan_id", "typeof($.plan_id) = 'text'".into(), member),
         ("plans", "plans_plan_id", label("plan_id", 64), "plan_id"),
         ("plans", "plans_name", label("name", 200), "plan_id"),
         ("plans", "plans_max_resolution", label("max_resolution", 32), "plan_id"),
