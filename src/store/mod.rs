@@ -404,7 +404,7 @@ impl Store {
 
     /// The commit time (ms since the epoch, the store's clock) of the oldest change
     /// logged after `after_ms`, if any: what a node that applied everything up to
-    /// `after_ms` has not applied yet (one indexed read; [`crate::follower::watch_lag`]).
+    /// `after_ms` has not applied yet (one indexed read; the follower asks it every second).
     pub async fn first_change_after(&self, after_ms: i64) -> Result<Option<i64>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => blocking(s, move |s| s.first_change_after(after_ms)).await,
