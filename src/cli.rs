@@ -367,6 +367,7 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
     relay.store().migrate().await?;
     let signals = Signals::install();
     let admin_stop = CancellationToken::new();
+    let mut admin_at = None;
     if !cfg.relay.admin_listen.trim().is_empty() {
         let addr: std::net::SocketAddr =
             cfg.relay.admin_listen.trim().parse().map_err(|e| {
@@ -387,9 +388,12 @@ async fn relay(cfg: &Config, id: Option<String>) -> anyhow::Result<()> {
             relay.store().clone(),
             admin_stop.clone(),
         ));
-        println!("readtier relay admin on http://{bound}");
+        admin_at = Some(bound);
     }
     println!("readtier relay {holder} started (standby until it holds the lease)");
+    if let Some(at) = admin_at {
+        println!("readtier relay admin on http://{at}");
+    }
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
