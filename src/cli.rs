@@ -20,6 +20,9 @@ use crate::tier::Tier;
 
 /// Exit status for invalid configuration or usage (sysexits EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
+/// A restore that left members in conflict (someone else changed them after the
+/// changes it reverts): the run did its work, and scripts must notice what it did not.
+pub const EXIT_CONFLICTS: u8 = 3;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,6 +96,19 @@ enum Command {
         /// Print what would change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Revert even members someone else changed afterwards (the fields the
+        /// reverted changes touched; the others keep their later values).
+        #[arg(long)]
+        overwrite_later: bool,
+        /// Delete members the reverted changes created.
+        #[arg(long)]
+        undo_inserts: bool,
+        /// Re-insert members the reverted changes deleted.
+        #[arg(long)]
+        undo_deletes: bool,
+        /// Also write each member's outcome here, as JSON lines.
+        #[arg(long, value_name = "FILE")]
+        report: Option<std::path::PathBuf>,
     },
     /// Copy every member a live zone holds into another zone (a new zone, written
     /// only while it warms: see l2.write_only_zones).
@@ -224,14 +240,29 @@ pub fn main() -> ExitCode {
                 actor,
                 reason,
                 dry_run,
+                overwrite_later,
+                undo_inserts,
+                undo_deletes,
+                report,
             } => {
-                history::restore(&cfg, &as_of, members, changed_after, actor, reason, dry_run).await
+                let flags = history::RestoreFlags {
+                    dry_run,
+                    overwrite_later,
+                    undo_inserts,
+                    undo_deletes,
+                    report,
+                };
+                history::restore(&cfg, &as_of, members, changed_after, actor, reason, flags).await
             }
             Command::Warm { from, to } => warm(&cfg, &from, &to).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<history::Conflicts>().is_some() => {
+            eprintln!("readtier: {e:#}");
+            ExitCode::from(EXIT_CONFLICTS)
+        }
         Err(e) => {
             eprintln!("readtier: {e:#}");
             ExitCode::FAILURE

@@ -457,10 +457,38 @@ async fn a_bad_deploy_corrupting_10000_members_is_restored_on_the_store_every_zo
     // Members the bad UPDATE rewrote to what they already were need no repair.
     let changed = good.iter().filter(|(id, r)| bad[*id] != **r).count();
     assert!(changed > N as usize * 9 / 10);
-    node_answers(&a, &bad, "node a serves the corruption").await;
-    node_answers(&b, &bad, "node b serves the corruption").await;
+    for id in [101, 102, 105] {
+        assert_ne!(good[&id], bad[&id], "member {id} was corrupted");
+    }
+    // Then, legitimately: billing moves member 101 to another plan (on its corrupted
+    // row), a signup, and an erasure of member 105.
+    c.batch_execute(
+        "BEGIN; SET LOCAL readtier.actor = 'billing'; SET LOCAL readtier.reason = 'plan change';
+         UPDATE memberships SET plan_id = 'basic' WHERE member_id = 101;
+         UPDATE memberships SET price_locked_amount = 5.99, price_locked_currency = 'USD'
+          WHERE member_id = 102; COMMIT;
+         BEGIN; SET LOCAL readtier.actor = 'signup';
+         INSERT INTO memberships (member_id, status, plan_id, country) VALUES (30001, 'active', 'standard', 'US'); COMMIT;
+         BEGIN; SET LOCAL readtier.actor = 'gdpr'; SET LOCAL readtier.reason = 'erasure request';
+         DELETE FROM memberships WHERE member_id = 105; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let mut later = rows(&c).await;
+    node_answers(
+        &a,
+        &later,
+        "node a serves the corruption and the later changes",
+    )
+    .await;
+    node_answers(
+        &b,
+        &later,
+        "node b serves the corruption and the later changes",
+    )
+    .await;
 
-    // A dry run changes nothing.
+    // A dry run changes nothing, and says what a run would do.
     let (code, out, err) = run(readtier(&schema.url()).args([
         "restore",
         "--as-of",
@@ -469,40 +497,94 @@ async fn a_bad_deploy_corrupting_10000_members_is_restored_on_the_store_every_zo
         "bad-deploy",
         "--dry-run",
     ]));
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 3, "conflicts: exit status 3; {err}");
+    let restorable = changed - 3;
     assert!(
-        out.contains(&format!("would restore {changed} of {N}")),
+        out.contains(&format!("would restore {restorable} of {N} members")),
         "{out}"
     );
-    assert_eq!(rows(&c).await, bad);
+    assert!(out.contains("3 conflicts"), "{out}");
+    assert_eq!(rows(&c).await, later);
 
+    let report = tempfile::NamedTempFile::new().unwrap();
     let started = Instant::now();
-    let (code, out, err) =
-        run(readtier(&schema.url()).args(["restore", "--as-of", &before, "--actor", "bad-deploy"]));
+    let (code, out, err) = run(readtier(&schema.url()).args([
+        "restore",
+        "--as-of",
+        &before,
+        "--actor",
+        "bad-deploy",
+        "--report",
+        report.path().to_str().unwrap(),
+    ]));
     let took = started.elapsed();
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("restored {changed} of {N}")), "{out}");
+    assert_eq!(code, 3, "conflicts: exit status 3; {err}");
+    assert!(
+        out.contains(&format!("restored {restorable} of {N} members")),
+        "{out}"
+    );
+    assert!(out.contains("3 conflicts"), "{out}");
+    // Each conflict names the later change, and what the restore would have written.
+    let conflict_101 = out
+        .lines()
+        .find(|l| l.starts_with("member 101: conflict"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        conflict_101.contains("by billing (plan change)"),
+        "{conflict_101}"
+    );
+    assert!(
+        conflict_101.contains(&format!("would have written {}", good[&101].0)),
+        "{conflict_101}"
+    );
+    let conflict_105 = out
+        .lines()
+        .find(|l| l.starts_with("member 105: conflict"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(conflict_105.contains("delete by gdpr"), "{conflict_105}");
+    assert!(
+        out.lines().filter(|l| l.contains(": restored: ")).count() == restorable,
+        "each restored member is listed"
+    );
     println!(
         "restore of {N} members took {:.2}s: {}",
         took.as_secs_f64(),
-        out.trim()
+        out.lines().last().unwrap_or("")
     );
+    // The report file: one JSON line a member not unchanged.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(report.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), restorable + 3);
+    let c101 = lines.iter().find(|l| l["member_id"] == 101).unwrap();
+    assert_eq!(c101["outcome"], "conflict");
+    assert_eq!(c101["later"]["actor"], "billing");
 
-    // The store.
-    assert_eq!(
-        rows(&c).await,
-        good,
-        "the store holds the pre-corruption rows"
-    );
+    // The store: every other corrupted member back; 101 keeps billing's change; the
+    // signup stays; the erased member stays erased.
+    let now = rows(&c).await;
+    for (id, row) in &good {
+        match *id {
+            101 | 102 => assert_eq!(now[id], later[id], "billing's change kept"),
+            105 => assert!(!now.contains_key(id), "the erasure is not undone"),
+            _ => assert_eq!(&now[id], row, "member {id} restored"),
+        }
+    }
+    assert!(now.contains_key(&30001), "the signup is not undone");
+    later = now;
     // Both nodes (through change capture, the relay and the stream: no restart).
-    node_answers(&a, &good, "node a answers the pre-corruption state").await;
-    node_answers(&b, &good, "node b answers the pre-corruption state").await;
+    let mut want = later.clone();
+    want.remove(&30001);
+    node_answers(&a, &want, "node a answers the restored state").await;
+    node_answers(&b, &want, "node b answers the restored state").await;
     // Every zone holds the restored row (or nothing, so a read goes to the store).
     let tier = Tier::from_config(&config_of(&env("a"))).unwrap().unwrap();
     for zone in 0..2 {
         for id in (1..=N).step_by(97) {
             if let Some(TierEntry::Member(m)) = tier.get_from(zone, id as u64).await.unwrap() {
-                let w = &good[&id];
+                let w = &later[&id];
                 assert_eq!(
                     (m.status.as_str(), m.plan_id.as_str()),
                     (w.0.as_str(), w.1.as_str()),
@@ -525,11 +607,52 @@ async fn a_bad_deploy_corrupting_10000_members_is_restored_on_the_store_every_zo
     assert_eq!(e[1]["actor"], "bad-deploy");
     assert_eq!(e[1]["reason"], "migration 0042 ran against production");
     assert_eq!(e[1]["after"]["status"], "cancelled");
-    // A second restore finds nothing left to do.
+    // A second restore writes nothing (the conflicts are still reported).
+    let writes_before: i64 = c
+        .query_one("SELECT count(*) FROM member_history", &[])
+        .await
+        .unwrap()
+        .get(0);
     let (code, out, _) =
         run(readtier(&schema.url()).args(["restore", "--as-of", &before, "--actor", "bad-deploy"]));
-    assert_eq!(code, 0);
-    assert!(out.contains(&format!("restored 0 of {N}")), "{out}");
+    assert_eq!(code, 3);
+    assert!(out.contains(&format!("restored 0 of {N} members")), "{out}");
+    assert!(out.contains("3 conflicts"), "{out}");
+    let writes_after: i64 = c
+        .query_one("SELECT count(*) FROM member_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(writes_after, writes_before, "a second run writes nothing");
+    // With --overwrite-later the fields the bad deploy touched are reverted (status and
+    // plan: billing's later plan for 101 is overwritten) and the others keep their later
+    // values (102's price lock, which the bad deploy did not touch); the erasure stays
+    // without --undo-deletes.
+    let (code, out, err) = run(readtier(&schema.url()).args([
+        "restore",
+        "--as-of",
+        &before,
+        "--actor",
+        "bad-deploy",
+        "--overwrite-later",
+    ]));
+    assert_eq!(code, 3, "105 is still a conflict: {out} {err}");
+    let now = rows(&c).await;
+    assert_eq!(
+        now[&101], good[&101],
+        "status and plan reverted over billing's"
+    );
+    assert_eq!(now[&102], good[&102], "status and plan reverted");
+    let lock: Option<String> = c
+        .query_one(
+            "SELECT price_locked_amount::text FROM memberships WHERE member_id = 102",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lock.as_deref(), Some("5.99"), "the later lock kept");
+    assert!(!now.contains_key(&105), "the erasure is not undone");
 
     stop_relay.cancel();
     relay.await.unwrap();
@@ -598,10 +721,18 @@ async fn sqlite_history_names_writers_through_history_context_follows_and_restor
     follower.kill().unwrap();
     let _ = follower.wait();
 
-    // Restore both to their state at `at`, through the triggers, and the node follows.
+    // Revert both changes since `at`: the deletion only with its own flag.
     let (code, out, err) = run(readtier(&url).args(["restore", "--as-of", &at]));
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("restored 2 of 2"), "{out}");
+    assert!(out.contains("restored 1 of 2 members"), "{out}");
+    assert!(
+        out.contains("member 4: left alone: the selected changes deleted it"),
+        "{out}"
+    );
+    let (code, out, err) = run(readtier(&url).args(["restore", "--as-of", &at, "--undo-deletes"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored 1 of 2 members"), "{out}");
+    assert!(out.contains("1 unchanged"), "{out}");
     eventually(LIMIT, "the node to answer the restored members", || async {
         let three = node.get("/v1/members/3/entitlement").await;
         let four = node.get("/v1/members/4/entitlement").await;
@@ -614,4 +745,144 @@ async fn sqlite_history_names_writers_through_history_context_follows_and_restor
     let (code, out, _) = run(readtier(&url).args(["reconcile", "--history"]));
     assert_eq!(code, 0, "{out}");
     node.stop().await;
+}
+
+/// Values compare as what they are: a price lock written from a session in another
+/// time zone (its history image holds the instant in that zone's offset) and an amount
+/// written as `19.990` are the same as the row restored; so a restore converges, and a
+/// second run writes nothing. A member the reverted changes created is deleted only
+/// with `--undo-inserts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_compares_typed_values_converges_and_undoes_creations_only_when_told() {
+    let (schema, _store) = seeded_pg(300).await;
+    let c = schema.client().await;
+    c.batch_execute(
+        "SET timezone = 'America/New_York';
+         UPDATE memberships SET price_locked_amount = 19.990, price_locked_currency = 'USD',
+                price_locked_until = '2027-06-01T00:00:00Z' WHERE member_id = 200;
+         RESET timezone;",
+    )
+    .await
+    .unwrap();
+    let t = db_now(&c).await;
+    c.batch_execute(
+        "BEGIN; SET LOCAL readtier.actor = 'bad';
+         UPDATE memberships SET status = 'cancelled', price_locked_amount = NULL WHERE member_id = 200;
+         INSERT INTO memberships (member_id, status, plan_id, country) VALUES (99999, 'active', 'premium', 'US');
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let count = || async {
+        c.query_one("SELECT count(*) FROM member_history", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let (code, out, err) =
+        run(readtier(&schema.url()).args(["restore", "--as-of", &t, "--actor", "bad"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored 1 of 2 members"), "{out}");
+    assert!(
+        out.contains("member 99999: left alone: the selected changes created it"),
+        "{out}"
+    );
+    let lock: (Option<String>, Option<String>) = {
+        let r = c
+            .query_one(
+                "SELECT price_locked_amount::text, to_char(price_locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') FROM memberships WHERE member_id = 200",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    // The amount as a decimal (its image holds a JSON number), the instant as itself.
+    assert_eq!(
+        lock,
+        (Some("19.99".into()), Some("2027-06-01 00:00".into())),
+        "the instant, not its text"
+    );
+    // Again, and again with no actor filter (its own writes among the changes): nothing
+    // to write.
+    let before = count().await;
+    for args in [
+        vec!["restore", "--as-of", &t, "--actor", "bad"],
+        vec!["restore", "--as-of", &t, "--member", "200"],
+    ] {
+        let (code, out, err) = run(readtier(&schema.url()).args(&args));
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("restored 0 of"), "{args:?}: {out}");
+    }
+    assert_eq!(count().await, before, "a second run writes nothing");
+    // The creation, only when told.
+    let (code, out, err) = run(readtier(&schema.url()).args([
+        "restore",
+        "--as-of",
+        &t,
+        "--actor",
+        "bad",
+        "--undo-inserts",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("member 99999: restored: active premium US -> (absent)"),
+        "{out}"
+    );
+    let gone = c
+        .query_opt("SELECT 1 FROM memberships WHERE member_id = 99999", &[])
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+}
+
+/// A member's state at an instant, a restore's selection and the seeds they read use
+/// the history's indexes: no sequential scan of `member_history`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lookups_use_indexes_not_a_scan_of_the_whole_history() {
+    let (schema, _store) = seeded_pg(10).await;
+    let c = schema.client().await;
+    c.batch_execute("SET enable_seqscan = off").await.unwrap();
+    for query in [
+        "SELECT seq FROM member_history WHERE op = 'seed' ORDER BY seq",
+        "SELECT DISTINCT member_id FROM member_history WHERE at > now() - interval '1 hour' AND actor = 'x'",
+        "SELECT seq FROM member_history WHERE member_id = ANY('{1,2}') AND at > now() ORDER BY member_id, seq",
+    ] {
+        let plan: Vec<String> = c
+            .query(&format!("EXPLAIN {query}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{query}:\n{plan}");
+    }
+}
+
+/// Catalog history by country covers every pricing table: an experiment's cells and
+/// prices are found by their experiment's country.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_history_by_country_includes_an_experiments_cells_and_prices() {
+    let (schema, _store) = seeded_pg(10).await;
+    schema
+        .exec(
+            "INSERT INTO experiments VALUES ('ca-test', 'CA', '2020-01-01T00:00:00Z', NULL);
+             INSERT INTO experiment_cells VALUES ('ca-test', 'low', 5000);
+             INSERT INTO experiment_prices VALUES ('ca-test', 'low', 'premium', 'CAD', '9.99');",
+        )
+        .await;
+    let (code, out, err) =
+        run(readtier(&schema.url()).args(["history", "catalog", "--country", "CA", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for table in ["experiments", "experiment_cells", "experiment_prices"] {
+        assert!(
+            entries.iter().any(|e| e["table"] == table),
+            "{table} in CA's history: {out}"
+        );
+    }
+    let (_, out, _) =
+        run(readtier(&schema.url()).args(["history", "catalog", "--country", "DE", "--json"]));
+    assert!(!out.contains("ca-test"), "not DE's: {out}");
 }

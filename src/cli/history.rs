@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::store::history::{Entry, Instant, RestoreSpec, Row, State};
+use crate::store::history::{Entry, Instant, MemberResult, Outcome, RestoreSpec, Row, State};
 use crate::store::Store;
 
 fn instant(flag: &str, text: &str) -> anyhow::Result<Instant> {
@@ -134,6 +134,72 @@ pub(super) async fn tail(cfg: &Config, from: Option<i64>, follow: bool) -> anyho
     }
 }
 
+/// `restore`'s switches.
+pub(super) struct RestoreFlags {
+    pub dry_run: bool,
+    pub overwrite_later: bool,
+    pub undo_inserts: bool,
+    pub undo_deletes: bool,
+    pub report: Option<std::path::PathBuf>,
+}
+
+/// A restore left members in conflict (exit status [`super::EXIT_CONFLICTS`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} members in conflict were left as they are (listed above; --overwrite-later reverts them)"
+)]
+pub(super) struct Conflicts(pub usize);
+
+/// One member's line, as the terminal shows it.
+fn line(r: &MemberResult, dry: bool) -> String {
+    let show = |r: &Option<Row>| match r {
+        Some(r) => {
+            let lock = match (&r.price_locked_amount, &r.price_locked_currency) {
+                (Some(a), c) => format!(
+                    " locked {a} {}{}",
+                    c.as_deref().unwrap_or(""),
+                    r.price_locked_until
+                        .as_ref()
+                        .map_or(String::new(), |u| format!(" until {u}"))
+                ),
+                _ => String::new(),
+            };
+            format!("{} {} {}{lock}", r.status, r.plan_id, r.country)
+        }
+        None => "(absent)".into(),
+    };
+    let id = r.member_id;
+    match r.outcome {
+        Outcome::Restored if dry => format!(
+            "member {id}: would restore: {} -> {}",
+            show(&r.now),
+            show(&r.then)
+        ),
+        Outcome::Restored => format!(
+            "member {id}: restored: {} -> {}",
+            show(&r.now),
+            show(&r.then)
+        ),
+        Outcome::Conflict => {
+            let l = r.later.as_ref();
+            format!(
+                "member {id}: conflict: {} by {}{} at {} came after; left as {} (would have written {})",
+                l.map_or("a change", |l| l.op.as_str()),
+                l.map_or("?", |l| l.actor.as_str()),
+                l.and_then(|l| l.reason.as_ref()).map_or(String::new(), |r| format!(" ({r})")),
+                l.map_or("?", |l| l.at.as_str()),
+                show(&r.now),
+                show(&r.then)
+            )
+        }
+        Outcome::Skipped | Outcome::Unknown => format!(
+            "member {id}: left alone: {}",
+            r.why.as_deref().unwrap_or("")
+        ),
+        Outcome::Unchanged => format!("member {id}: unchanged"),
+    }
+}
+
 pub(super) async fn restore(
     cfg: &Config,
     as_of: &str,
@@ -141,8 +207,9 @@ pub(super) async fn restore(
     changed_after: Option<String>,
     actor: Option<String>,
     reason: Option<String>,
-    dry_run: bool,
+    flags: RestoreFlags,
 ) -> anyhow::Result<()> {
+    use std::io::Write;
     let spec = RestoreSpec {
         as_of: instant("--as-of", as_of)?,
         members: members
@@ -154,41 +221,63 @@ pub(super) async fn restore(
             .transpose()?,
         actor,
         reason,
-        dry_run,
+        dry_run: flags.dry_run,
+        overwrite_later: flags.overwrite_later,
+        undo_inserts: flags.undo_inserts,
+        undo_deletes: flags.undo_deletes,
+    };
+    let mut file = match &flags.report {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("--report {}", p.display()))?,
+        )),
+        None => None,
     };
     let store = store(cfg)?;
     let started = std::time::Instant::now();
-    let report = store.restore(&spec).await?;
-    let show = |r: &Option<Row>| match r {
-        Some(r) => format!("{} {} {}", r.status, r.plan_id, r.country),
-        None => "(absent)".into(),
-    };
-    if dry_run {
-        for a in report.actions.iter().take(1000) {
-            println!(
-                "member {}: {} -> {}",
-                a.member_id,
-                show(&a.now),
-                show(&a.then)
-            );
-        }
-        if report.actions.len() > 1000 {
-            println!("… and {} more", report.actions.len() - 1000);
+    // Progress on stderr after each batch, at most twice a second.
+    let mut shown = std::time::Instant::now();
+    let report = store
+        .restore(&spec, |done, total, so_far| {
+            if done == total || shown.elapsed() >= Duration::from_millis(500) {
+                shown = std::time::Instant::now();
+                eprintln!(
+                    "restore: {done} of {total} members examined: {} restored, {} conflicts, {} skipped ({:.1}s)",
+                    so_far.count(Outcome::Restored),
+                    so_far.count(Outcome::Conflict),
+                    so_far.count(Outcome::Skipped) + so_far.count(Outcome::Unknown),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+        .await?;
+    let mut out = std::io::stdout().lock();
+    for r in &report.results {
+        writeln!(out, "{}", line(r, spec.dry_run))?;
+        if let Some(f) = file.as_mut() {
+            serde_json::to_writer(&mut *f, r)?;
+            f.write_all(b"\n")?;
         }
     }
-    for (id, why) in &report.unknown {
-        println!("member {id}: left alone: {why}");
+    if let Some(mut f) = file {
+        f.flush()?;
     }
-    println!(
-        "{} {} of {} selected members to their state at {} ({} already there, {} unknown) in {:.2}s",
-        if dry_run { "would restore" } else { "restored" },
-        report.actions.len(),
+    let conflicts = report.count(Outcome::Conflict);
+    writeln!(
+        out,
+        "{} {} of {} members with a selected change since {}: {} conflicts, {} unchanged, {} skipped, {} unknown ({:.2}s)",
+        if spec.dry_run { "would restore" } else { "restored" },
+        report.count(Outcome::Restored),
         report.selected,
         spec.as_of,
+        conflicts,
         report.unchanged,
-        report.unknown.len(),
+        report.count(Outcome::Skipped),
+        report.count(Outcome::Unknown),
         started.elapsed().as_secs_f64()
-    );
+    )?;
+    if conflicts > 0 {
+        return Err(Conflicts(conflicts).into());
+    }
     Ok(())
 }
 

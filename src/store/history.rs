@@ -17,8 +17,27 @@
 //!   between); else, with no entry after T, its current row. A bulk seed writes one
 //!   entry for the whole load, not one per member, so a seed between those entries
 //!   and T makes the state unknown, and restore leaves such a member alone.
-//! - **Restore** writes each selected member back to its state at T as an ordinary
-//!   change (actor `readtier-restore`), so it reaches every tier through change capture.
+//! - **Restore reverts changes, not members** ([`decide`]). The selected changes are a
+//!   member's history entries after T matching every filter (actor, reason, window,
+//!   members). The restore writes the member back to the state before the first of
+//!   them (the `before` of that entry), as an ordinary change (actor
+//!   `readtier-restore`), so it reaches every tier through change capture. It does not
+//!   when:
+//!   - the member is already so (nothing to write: a second run writes nothing);
+//!     values compare as typed values (amounts as decimals, instants as instants), not
+//!     as text: a lock written under another `TimeZone` is the same instant;
+//!   - anyone else changed the member after the first selected change: a **conflict**,
+//!     reported with that change's actor, reason and instant and what the restore
+//!     would have written, and left as it is. A later writer may have acted on the
+//!     corrupted state (billing moving a cancelled member's plan), so a change to any
+//!     field counts, not only to the fields the selected changes touched. With
+//!     `--overwrite-later` the fields the selected changes touched are reverted and the
+//!     other fields keep their later values;
+//!   - reverting would delete a member the selected changes created, or re-insert one
+//!     they deleted: **skipped** unless `--undo-inserts` / `--undo-deletes`; a member
+//!     someone else deleted afterwards is a conflict (an erasure is never undone
+//!     without both `--overwrite-later` and `--undo-deletes`);
+//!   - a bulk seed came after the first selected change: unknown, left alone.
 
 use std::collections::HashMap;
 
@@ -37,7 +56,7 @@ pub const MAX_PAGE: i64 = 1000;
 
 /// An instant, normalized to UTC with six fractional digits (`2026-11-30T08:00:00.000000Z`),
 /// the form history stores and compares (as text in SQLite).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Instant(String);
 
 impl Instant {
@@ -211,9 +230,9 @@ pub(crate) fn state_at(e: &Evidence, at: &Instant, seeds: &[Seed]) -> State {
     }
 }
 
-/// Which members a restore rewrites: those with a history entry after `as_of` that
-/// matches every given filter.
-#[derive(Debug, Clone)]
+/// Which changes a restore reverts: the history entries after `as_of` that match
+/// every given filter.
+#[derive(Debug, Clone, Default)]
 pub struct RestoreSpec {
     pub as_of: Instant,
     pub members: Vec<i64>,
@@ -221,30 +240,311 @@ pub struct RestoreSpec {
     pub actor: Option<String>,
     pub reason: Option<String>,
     pub dry_run: bool,
+    /// Revert even where someone else changed the member afterwards (the fields the
+    /// selected changes touched; the others keep their later values).
+    pub overwrite_later: bool,
+    /// Delete members the selected changes created.
+    pub undo_inserts: bool,
+    /// Re-insert members the selected changes deleted.
+    pub undo_deletes: bool,
 }
 
-/// One member's restore.
+impl RestoreSpec {
+    /// Whether `c` is one of the changes this restore reverts (it is after `as_of`).
+    fn selects(&self, c: &Change) -> bool {
+        self.actor.as_ref().is_none_or(|a| *a == c.actor)
+            && self
+                .reason
+                .as_ref()
+                .is_none_or(|r| Some(r) == c.reason.as_ref())
+            && self
+                .changed_after
+                .as_ref()
+                .is_none_or(|t| Instant::parse(&c.at).is_ok_and(|at| at > *t))
+    }
+}
+
+/// One member's history entry after T, as a restore weighs it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Change {
+    pub seq: i64,
+    pub at: String,
+    pub op: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// One member's history after T, oldest first, and its row now.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Changes {
+    pub after: Vec<Change>,
+    pub current: Option<Value>,
+}
+
+/// The change by someone else that makes a member a conflict.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Action {
+pub struct Later {
+    pub seq: i64,
+    pub at: String,
+    pub op: String,
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+/// What a restore did with one member (or, dry, would do).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Written back (or, dry, would be).
+    Restored,
+    /// Already as the restore would write it.
+    Unchanged,
+    /// Someone else changed it after the selected changes: left as it is.
+    Conflict,
+    /// A creation or deletion to undo without its flag: left as it is.
+    Skipped,
+    /// History cannot tell its state before the selected changes.
+    Unknown,
+}
+
+/// One member's line of a restore's report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberResult {
     pub member_id: i64,
+    pub outcome: Outcome,
     /// Its row now (`None`: absent).
     pub now: Option<Row>,
-    /// Its row at the instant (`None`: absent).
+    /// What the restore writes, or would have written (`None`: absent).
     pub then: Option<Row>,
+    /// For a conflict: the later change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub later: Option<Later>,
+    /// For a skip or an unknown: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// What a restore did (or, dry, would do).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreReport {
-    /// Members selected by the filters.
+    /// Members with a selected change.
     pub selected: usize,
-    /// Members to rewrite (updated, re-inserted or deleted).
-    pub actions: Vec<Action>,
-    /// Members already at their state then.
+    /// Every member that was not unchanged, in member order.
+    pub results: Vec<MemberResult>,
     pub unchanged: usize,
-    /// Members whose state then history cannot tell, with why.
-    pub unknown: Vec<(i64, String)>,
     pub dry_run: bool,
+}
+
+impl RestoreReport {
+    /// How many members ended so.
+    pub fn count(&self, outcome: Outcome) -> usize {
+        if outcome == Outcome::Unchanged {
+            return self.unchanged;
+        }
+        self.results.iter().filter(|r| r.outcome == outcome).count()
+    }
+}
+
+/// The business columns a history image holds (what a restore compares and writes).
+const FIELDS: [&str; 6] = [
+    "status",
+    "plan_id",
+    "country",
+    "price_locked_amount",
+    "price_locked_currency",
+    "price_locked_until",
+];
+
+impl Row {
+    /// A field's value as text.
+    fn field(&self, name: &str) -> Option<&str> {
+        match name {
+            "status" => Some(&self.status),
+            "plan_id" => Some(&self.plan_id),
+            "country" => Some(&self.country),
+            "price_locked_amount" => self.price_locked_amount.as_deref(),
+            "price_locked_currency" => self.price_locked_currency.as_deref(),
+            "price_locked_until" => self.price_locked_until.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, name: &str, value: Option<&str>) {
+        let v = value.map(str::to_string);
+        match name {
+            "status" => self.status = v.unwrap_or_default(),
+            "plan_id" => self.plan_id = v.unwrap_or_default(),
+            "country" => self.country = v.unwrap_or_default(),
+            "price_locked_amount" => self.price_locked_amount = v,
+            "price_locked_currency" => self.price_locked_currency = v,
+            "price_locked_until" => self.price_locked_until = v,
+            _ => {}
+        }
+    }
+
+    /// Whether two rows hold the same values, each compared as what it is: an amount
+    /// as a decimal (`19.990` is `19.99`), an instant as an instant (PostgreSQL writes
+    /// a row image's `timestamptz` in the writing session's `TimeZone`, so one instant
+    /// has many texts), the rest as text.
+    pub fn same_as(&self, other: &Row) -> bool {
+        FIELDS
+            .iter()
+            .all(|f| same_value(f, self.field(f), other.field(f)))
+    }
+}
+
+fn same_value(field: &str, a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) if a == b => true,
+        (Some(a), Some(b)) => match field {
+            "price_locked_amount" => {
+                match (crate::plan::Price::parse(a), crate::plan::Price::parse(b)) {
+                    (Ok(x), Ok(y)) => x == y,
+                    _ => false,
+                }
+            }
+            "price_locked_until" => {
+                let at = |t: &str| crate::plan::parse_bound(t, crate::plan::Bound::End);
+                matches!((at(a), at(b)), (Ok(x), Ok(y)) if x == y)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn same(a: &Option<Row>, b: &Option<Row>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.same_as(b),
+        _ => false,
+    }
+}
+
+/// What a restore does with one member (the rules in the module doc): the outcome, and
+/// what it writes (or would have).
+pub(crate) fn decide(changes: &Changes, spec: &RestoreSpec, seeds: &[Seed]) -> MemberResult {
+    let now = changes.current.as_ref().and_then(Row::of_image);
+    let result = |outcome, then, later, why: Option<&str>| MemberResult {
+        member_id: 0,
+        outcome,
+        now: now.clone(),
+        then,
+        later,
+        why: why.map(str::to_string),
+    };
+    let selected: Vec<&Change> = changes.after.iter().filter(|c| spec.selects(c)).collect();
+    let Some(first) = selected.first() else {
+        return result(Outcome::Unchanged, now.clone(), None, None);
+    };
+    if seeds.iter().any(|s| s.seq > first.seq) {
+        return result(
+            Outcome::Unknown,
+            None,
+            None,
+            Some(
+                "a bulk seed after the selected changes rewrote members without per-member history",
+            ),
+        );
+    }
+    let target = if first.op == "insert" {
+        None
+    } else {
+        match first.before.as_ref().map(Row::of_image) {
+            Some(Some(row)) => Some(row),
+            _ => {
+                return result(
+                    Outcome::Unknown,
+                    None,
+                    None,
+                    Some("its row image before the selected changes lacks business columns"),
+                )
+            }
+        }
+    };
+    if same(&now, &target) {
+        return result(Outcome::Unchanged, target, None, None);
+    }
+    // The newest change after the first selected one that the restore does not revert.
+    let later = changes
+        .after
+        .iter()
+        .rfind(|c| c.seq > first.seq && !spec.selects(c))
+        .map(|c| Later {
+            seq: c.seq,
+            at: c.at.clone(),
+            op: c.op.clone(),
+            actor: c.actor.clone(),
+            reason: c.reason.clone(),
+        });
+    let deleted_by_later = now.is_none()
+        && changes
+            .after
+            .last()
+            .is_some_and(|c| c.op == "delete" && !spec.selects(c));
+    match (&now, &target) {
+        (Some(_), None) if !spec.undo_inserts => {
+            return result(
+                Outcome::Skipped,
+                None,
+                None,
+                Some("the selected changes created it: --undo-inserts deletes it"),
+            )
+        }
+        (None, Some(_)) if !deleted_by_later && !spec.undo_deletes => {
+            return result(
+                Outcome::Skipped,
+                target,
+                None,
+                Some("the selected changes deleted it: --undo-deletes re-inserts it"),
+            )
+        }
+        (None, Some(_)) if deleted_by_later && !(spec.overwrite_later && spec.undo_deletes) => {
+            return result(Outcome::Conflict, target, later, None)
+        }
+        _ => {}
+    }
+    let Some(later) = later else {
+        return result(Outcome::Restored, target, None, None);
+    };
+    if !spec.overwrite_later {
+        return result(Outcome::Conflict, target, Some(later), None);
+    }
+    // Overwriting later changes: revert the fields the selected changes touched, keep
+    // the rest as they are now.
+    let write = match (&now, &target) {
+        (Some(now), Some(target)) => {
+            let mut row = now.clone();
+            for f in FIELDS {
+                let touched = selected.iter().any(|c| {
+                    let v = |img: &Option<Value>| img.as_ref().and_then(Row::of_image);
+                    match (v(&c.before), v(&c.after)) {
+                        (Some(b), Some(a)) => !same_value(f, b.field(f), a.field(f)),
+                        _ => true,
+                    }
+                });
+                if touched {
+                    row.set(f, target.field(f));
+                }
+            }
+            Some(row)
+        }
+        _ => target,
+    };
+    result(Outcome::Restored, write, Some(later), None)
+}
+
+/// One member's write by a restore.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Action {
+    pub member_id: i64,
+    /// Its row now (`None`: absent).
+    pub now: Option<Row>,
+    /// Its row to write (`None`: delete it).
+    pub then: Option<Row>,
 }
 
 /// A member whose newest history entry does not match its current row.
@@ -322,10 +622,15 @@ impl Store {
         }
     }
 
-    /// Writes the selected members back to their state at `spec.as_of` (see the module
-    /// doc), in batches, each an ordinary transaction recorded with actor
-    /// [`RESTORE_ACTOR`]; with `dry_run`, only reports.
-    pub async fn restore(&self, spec: &RestoreSpec) -> Result<RestoreReport, StoreError> {
+    /// Reverts the selected changes (see the module doc and [`decide`]), in batches,
+    /// each an ordinary transaction recorded with actor [`RESTORE_ACTOR`]; with
+    /// `dry_run`, only reports. `progress` is told, after each batch, how many members
+    /// were examined of how many.
+    pub async fn restore(
+        &self,
+        spec: &RestoreSpec,
+        mut progress: impl FnMut(usize, usize, &RestoreReport),
+    ) -> Result<RestoreReport, StoreError> {
         let targets = match &self.backend {
             Backend::Sqlite(s) => {
                 let spec = spec.clone();
@@ -338,49 +643,44 @@ impl Store {
             dry_run: spec.dry_run,
             ..RestoreReport::default()
         };
+        let mut examined = 0;
         for chunk in targets.chunks(RESTORE_BATCH) {
-            let (evidence, seeds) = self.evidence(chunk.to_vec(), spec.as_of.clone()).await?;
-            let mut actions = Vec::new();
+            let (changes, seeds) = match &self.backend {
+                Backend::Sqlite(s) => {
+                    let (ids, at) = (chunk.to_vec(), spec.as_of.clone());
+                    super::blocking(s, move |s| s.history_after_instant(&ids, &at)).await?
+                }
+                Backend::Postgres(p) => p.history_after_instant(chunk, &spec.as_of).await?,
+            };
+            let mut writes = Vec::new();
             for id in chunk {
-                let e = evidence.get(id).cloned().unwrap_or_default();
-                let now = e.current.as_ref().and_then(Row::of_image);
-                let then = match state_at(&e, &spec.as_of, &seeds) {
-                    State::Existed(image) => match Row::of_image(&image) {
-                        Some(row) => Some(row),
-                        None => {
-                            report
-                                .unknown
-                                .push((*id, "its row image lacks business columns".into()));
-                            continue;
-                        }
-                    },
-                    State::Absent => None,
-                    State::Unknown(why) => {
-                        report.unknown.push((*id, why));
-                        continue;
+                let mut r = decide(&changes.get(id).cloned().unwrap_or_default(), spec, &seeds);
+                r.member_id = *id;
+                match r.outcome {
+                    Outcome::Unchanged => report.unchanged += 1,
+                    Outcome::Restored => {
+                        writes.push(Action {
+                            member_id: *id,
+                            now: r.now.clone(),
+                            then: r.then.clone(),
+                        });
+                        report.results.push(r);
                     }
-                };
-                if now == then {
-                    report.unchanged += 1;
-                } else {
-                    actions.push(Action {
-                        member_id: *id,
-                        now,
-                        then,
-                    });
+                    _ => report.results.push(r),
                 }
             }
-            if !spec.dry_run && !actions.is_empty() {
+            if !spec.dry_run && !writes.is_empty() {
                 let reason = format!("restore as of {}", spec.as_of);
                 match &self.backend {
                     Backend::Sqlite(s) => {
-                        let batch = actions.clone();
+                        let batch = writes.clone();
                         super::blocking(s, move |s| s.apply_restore(&batch, &reason)).await?
                     }
-                    Backend::Postgres(p) => p.apply_restore(&actions, &reason).await?,
+                    Backend::Postgres(p) => p.apply_restore(&writes, &reason).await?,
                 }
             }
-            report.actions.extend(actions);
+            examined += chunk.len();
+            progress(examined, targets.len(), &report);
         }
         Ok(report)
     }
@@ -485,5 +785,173 @@ mod tests {
             current: None,
         };
         assert_eq!(state_at(&e, &t, &[early]), State::Existed(a));
+    }
+
+    fn change(
+        seq: i64,
+        op: &str,
+        actor: &str,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Change {
+        Change {
+            seq,
+            at: format!("2026-11-30T08:00:{seq:02}.000000Z"),
+            op: op.into(),
+            actor: actor.into(),
+            reason: None,
+            before,
+            after,
+        }
+    }
+
+    fn row(status: &str, plan: &str) -> Value {
+        json!({"status": status, "plan_id": plan, "country": "US"})
+    }
+
+    fn by(actor: &str) -> RestoreSpec {
+        RestoreSpec {
+            as_of: at("2026-11-30T08:00:00Z"),
+            actor: Some(actor.into()),
+            ..RestoreSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_restore_reverts_the_selected_changes_and_leaves_later_work_alone() {
+        let bad = change(
+            1,
+            "update",
+            "bad",
+            Some(row("active", "basic")),
+            Some(row("cancelled", "basic")),
+        );
+        // Nothing after: restored to the state before the bad change.
+        let alone = Changes {
+            after: vec![bad.clone()],
+            current: Some(row("cancelled", "basic")),
+        };
+        let r = decide(&alone, &by("bad"), &[]);
+        assert_eq!(r.outcome, Outcome::Restored);
+        assert_eq!(r.then.unwrap().status, "active");
+        // Another actor's later change to another field: a conflict, with that change.
+        let billing = change(
+            2,
+            "update",
+            "billing",
+            Some(row("cancelled", "basic")),
+            Some(row("cancelled", "premium")),
+        );
+        let later = Changes {
+            after: vec![bad.clone(), billing.clone()],
+            current: Some(row("cancelled", "premium")),
+        };
+        let r = decide(&later, &by("bad"), &[]);
+        assert_eq!(r.outcome, Outcome::Conflict);
+        assert_eq!(r.later.unwrap().actor, "billing");
+        // Overwriting: the bad change's field reverted, billing's kept.
+        let spec = RestoreSpec {
+            overwrite_later: true,
+            ..by("bad")
+        };
+        let r = decide(&later, &spec, &[]);
+        assert_eq!(r.outcome, Outcome::Restored);
+        let then = r.then.unwrap();
+        assert_eq!(
+            (then.status.as_str(), then.plan_id.as_str()),
+            ("active", "premium")
+        );
+        // Already as it was: nothing to write.
+        let done = Changes {
+            after: vec![bad.clone(), change(3, "update", RESTORE_ACTOR, None, None)],
+            current: Some(row("active", "basic")),
+        };
+        assert_eq!(decide(&done, &by("bad"), &[]).outcome, Outcome::Unchanged);
+        // A seed after the bad change: unknown.
+        let seed = Seed {
+            seq: 2,
+            at: at("2026-11-30T08:00:05Z"),
+        };
+        assert_eq!(
+            decide(&alone, &by("bad"), &[seed]).outcome,
+            Outcome::Unknown
+        );
+    }
+
+    #[test]
+    fn creations_and_deletions_are_undone_only_with_their_flags_and_erasures_never_alone() {
+        let created = Changes {
+            after: vec![change(
+                1,
+                "insert",
+                "bad",
+                None,
+                Some(row("active", "basic")),
+            )],
+            current: Some(row("active", "basic")),
+        };
+        assert_eq!(decide(&created, &by("bad"), &[]).outcome, Outcome::Skipped);
+        let undo = RestoreSpec {
+            undo_inserts: true,
+            ..by("bad")
+        };
+        let r = decide(&created, &undo, &[]);
+        assert_eq!((r.outcome, r.then), (Outcome::Restored, None));
+        let deleted = Changes {
+            after: vec![change(
+                1,
+                "delete",
+                "bad",
+                Some(row("active", "basic")),
+                None,
+            )],
+            current: None,
+        };
+        assert_eq!(decide(&deleted, &by("bad"), &[]).outcome, Outcome::Skipped);
+        let undo = RestoreSpec {
+            undo_deletes: true,
+            ..by("bad")
+        };
+        assert_eq!(decide(&deleted, &undo, &[]).outcome, Outcome::Restored);
+        // Erased by someone else after the bad change: a conflict, even with
+        // --undo-deletes; both flags to overwrite it.
+        let erased = Changes {
+            after: vec![
+                change(
+                    1,
+                    "update",
+                    "bad",
+                    Some(row("active", "basic")),
+                    Some(row("cancelled", "basic")),
+                ),
+                change(2, "delete", "gdpr", Some(row("cancelled", "basic")), None),
+            ],
+            current: None,
+        };
+        assert_eq!(decide(&erased, &undo, &[]).outcome, Outcome::Conflict);
+        let both = RestoreSpec {
+            undo_deletes: true,
+            overwrite_later: true,
+            ..by("bad")
+        };
+        assert_eq!(decide(&erased, &both, &[]).outcome, Outcome::Restored);
+    }
+
+    #[test]
+    fn rows_compare_as_typed_values() {
+        let a = Row::of_image(&json!({"status": "active", "plan_id": "p", "country": "US",
+            "price_locked_amount": 19.990, "price_locked_currency": "USD",
+            "price_locked_until": "2027-05-31T20:00:00-04:00"}))
+        .unwrap();
+        let b = Row::of_image(&json!({"status": "active", "plan_id": "p", "country": "US",
+            "price_locked_amount": "19.99", "price_locked_currency": "USD",
+            "price_locked_until": "2027-06-01T00:00:00+00:00"}))
+        .unwrap();
+        assert!(a.same_as(&b));
+        let c = Row {
+            price_locked_until: Some("2027-06-01T00:00:01Z".into()),
+            ..b.clone()
+        };
+        assert!(!a.same_as(&c));
     }
 }

@@ -145,6 +145,10 @@ CREATE TABLE IF NOT EXISTS member_history (
 CREATE INDEX IF NOT EXISTS member_history_member ON member_history (member_id, seq);
 CREATE INDEX IF NOT EXISTS member_history_txid ON member_history (txid, seq);
 CREATE INDEX IF NOT EXISTS member_history_seq ON member_history USING brin (seq);
+-- A restore's selection (entries after T) and every member's state at T (the seeds):
+-- without these each scanned the whole history (0.41-0.64 s at 3 M entries).
+CREATE INDEX IF NOT EXISTS member_history_at ON member_history USING brin (at);
+CREATE INDEX IF NOT EXISTS member_history_seed ON member_history (seq) WHERE op = 'seed';
 CREATE TABLE IF NOT EXISTS member_history_default PARTITION OF member_history DEFAULT;
 CREATE TABLE IF NOT EXISTS catalog_history (
     seq             BIGINT NOT NULL DEFAULT nextval('history_seq'),
@@ -270,7 +274,10 @@ BEGIN
     INSERT INTO catalog_history (table_name, op, country, plan_id, catalog_version,
                                  before, after, actor, reason)
     VALUES (TG_TABLE_NAME, lower(TG_OP),
-            coalesce(new_row->>'country', old_row->>'country'),
+            -- An experiment's cells and prices are found by their experiment's country.
+            coalesce(new_row->>'country', old_row->>'country',
+                     (SELECT e.country FROM experiments e WHERE e.experiment_id =
+                         coalesce(new_row->>'experiment_id', old_row->>'experiment_id'))),
             coalesce(new_row->>'plan_id', old_row->>'plan_id'), v, old_row, new_row,
             coalesce(nullif(current_setting('readtier.actor', true), ''),
                      nullif(current_setting('application_name', true), ''), session_user::text),

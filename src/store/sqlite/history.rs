@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::SqliteStore;
 use crate::store::history::{
-    Action, Entry, Evidence, Instant, Mismatch, RestoreSpec, Seed, RESTORE_ACTOR,
+    Action, Change, Changes, Entry, Evidence, Instant, Mismatch, RestoreSpec, Seed, RESTORE_ACTOR,
 };
 use crate::store::StoreError;
 
@@ -38,6 +38,22 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
+/// Every bulk seed's entry (`member_history_seed`, a partial index).
+fn seeds(c: &rusqlite::Connection) -> rusqlite::Result<Vec<Seed>> {
+    let mut st =
+        c.prepare_cached("SELECT seq, at FROM member_history WHERE op = 'seed' ORDER BY seq")?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, at)| Seed {
+            seq,
+            at: Instant::parse(&at).unwrap_or_else(|_| Instant::now()),
+        })
+        .collect())
+}
+
 /// A current `memberships` row as the JSON image history stores.
 const CURRENT: &str = "SELECT json_object('member_id', member_id, 'status', status, \
      'plan_id', plan_id, 'country', country, 'version', version, 'updated_at', updated_at, \
@@ -63,7 +79,11 @@ impl SqliteStore {
         before: Option<i64>,
     ) -> Result<Vec<Entry>, StoreError> {
         let sql = format!(
-            "SELECT {CATALOG_COLUMNS} FROM catalog_history WHERE (?1 IS NULL OR country = ?1)"
+            "SELECT {CATALOG_COLUMNS} FROM catalog_history WHERE (?1 IS NULL OR country = ?1
+                OR (country IS NULL AND table_name IN ('experiment_cells', 'experiment_prices')
+                    AND coalesce(json_extract(\"after\", '$.experiment_id'),
+                                 json_extract(\"before\", '$.experiment_id')) IN
+                        (SELECT experiment_id FROM experiments WHERE country = ?1)))"
         );
         self.newest_first(&sql, &country, limit, before, "read catalog history")
     }
@@ -152,21 +172,56 @@ impl SqliteStore {
                 };
                 out.insert(*id, e);
             }
-            let mut seeds = c
-                .prepare_cached("SELECT seq, at FROM member_history WHERE op = 'seed' ORDER BY seq")
+            Ok((out, seeds(c).map_err(&read)?))
+        })
+    }
+
+    /// These members' history entries after `at`, oldest first, and their rows now.
+    pub(crate) fn history_after_instant(
+        &self,
+        ids: &[i64],
+        at: &Instant,
+    ) -> Result<(HashMap<i64, Changes>, Vec<Seed>), StoreError> {
+        self.with_conn(|c| {
+            let read = self.err("read history after");
+            let mut out: HashMap<i64, Changes> = HashMap::with_capacity(ids.len());
+            let mut after = c
+                .prepare_cached(
+                    "SELECT seq, at, op, actor, reason, \"before\", \"after\" FROM member_history
+                      WHERE member_id = ?1 AND at > ?2 ORDER BY seq",
+                )
                 .map_err(&read)?;
-            let seeds = seeds
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                .map_err(&read)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(&read)?
-                .into_iter()
-                .map(|(seq, at)| Seed {
-                    seq,
-                    at: Instant::parse(&at).unwrap_or_else(|_| Instant::now()),
-                })
-                .collect();
-            Ok((out, seeds))
+            let mut current = c.prepare_cached(CURRENT).map_err(&read)?;
+            for id in ids {
+                let changes = after
+                    .query_map(params![id, at.as_str()], |r| {
+                        Ok(Change {
+                            seq: r.get(0)?,
+                            at: r.get(1)?,
+                            op: r.get(2)?,
+                            actor: r.get(3)?,
+                            reason: r.get(4)?,
+                            before: json(r.get(5)?),
+                            after: json(r.get(6)?),
+                        })
+                    })
+                    .map_err(&read)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(&read)?;
+                let now = current
+                    .query_row(params![id], |r| r.get::<_, String>(0))
+                    .optional()
+                    .map_err(&read)?
+                    .and_then(|t| serde_json::from_str(&t).ok());
+                out.insert(
+                    *id,
+                    Changes {
+                        after: changes,
+                        current: now,
+                    },
+                );
+            }
+            Ok((out, seeds(c).map_err(&read)?))
         })
     }
 

@@ -149,6 +149,9 @@ CREATE TABLE IF NOT EXISTS member_history (
     reason    TEXT
 );
 CREATE INDEX IF NOT EXISTS member_history_member ON member_history (member_id, seq);
+-- A restore's selection (entries after T) and the seeds every member's state at T reads.
+CREATE INDEX IF NOT EXISTS member_history_at ON member_history (at);
+CREATE INDEX IF NOT EXISTS member_history_seed ON member_history (seq) WHERE op = 'seed';
 CREATE TABLE IF NOT EXISTS catalog_history (
     seq             INTEGER PRIMARY KEY,
     at              TEXT NOT NULL,
@@ -364,6 +367,11 @@ pub(super) fn catalog_triggers_sql() -> String {
             };
             let country = if has_country {
                 format!("{row}.country")
+            } else if table.starts_with("experiment_") {
+                // An experiment's cells and prices are found by their experiment's country.
+                format!(
+                    "(SELECT e.country FROM experiments e WHERE e.experiment_id = {row}.experiment_id)"
+                )
             } else {
                 "NULL".into()
             };
